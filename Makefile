@@ -1,0 +1,46 @@
+# Everything a fresh Debian machine with python3 needs, from nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The real programs the tests talk to; nobody here wrote them.
+PEERS_DEB := socat netcat-openbsd curl redis-server redis-tools tshark iproute2 lsof util-linux gcc strace
+PEER_BINS := socat nc curl redis-server redis-cli redis-benchmark tshark ss lsof setpriv gcc
+
+.PHONY: demo test lint typecheck unit peers venv clean
+
+demo: venv
+	$(BIN)/udskit demo
+
+test: venv peers lint typecheck unit
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,charts]'
+	touch $(STAMP)
+
+# Installs missing peers with apt-get when root; otherwise says what is missing.
+peers:
+	@missing=""; for b in $(PEER_BINS); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing test peers (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PEERS_DEB) >/dev/null; \
+	  else echo "missing test peers:$$missing (install: $(PEERS_DEB))"; fi; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

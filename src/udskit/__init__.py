@@ -1,0 +1,85 @@
+"""udskit: UNIX domain sockets on Linux, addressed, talked to, relayed, dumped and listed.
+
+The names below are imported on first use, so `import udskit` (and `udskit --help`)
+stays fast; the modules themselves are `udskit.address`, `udskit.errors`,
+`udskit.endpoints` and the capability packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from udskit.address import (
+        AddressKind,
+        UnixAddress,
+        decode_sockaddr,
+        format_address,
+        parse_address,
+    )
+    from udskit.endpoints import (
+        Listener,
+        SocketType,
+        open_connection,
+        open_connection_async,
+        open_listener,
+        open_socketpair,
+        start_server_async,
+    )
+    from udskit.errors import (
+        AddressError,
+        PeerClosed,
+        SocketError,
+        UdskitError,
+        UsageError,
+    )
+
+_EXPORTS = {
+    "AddressError": "udskit.errors",
+    "AddressKind": "udskit.address",
+    "Listener": "udskit.endpoints",
+    "PeerClosed": "udskit.errors",
+    "SocketError": "udskit.errors",
+    "SocketType": "udskit.endpoints",
+    "UdskitError": "udskit.errors",
+    "UnixAddress": "udskit.address",
+    "UsageError": "udskit.errors",
+    "decode_sockaddr": "udskit.address",
+    "format_address": "udskit.address",
+    "open_connection": "udskit.endpoints",
+    "open_connection_async": "udskit.endpoints",
+    "open_listener": "udskit.endpoints",
+    "open_socketpair": "udskit.endpoints",
+    "parse_address": "udskit.address",
+    "start_server_async": "udskit.endpoints",
+}
+
+__all__ = [
+    "AddressError",
+    "AddressKind",
+    "Listener",
+    "PeerClosed",
+    "SocketError",
+    "SocketType",
+    "UdskitError",
+    "UnixAddress",
+    "UsageError",
+    "decode_sockaddr",
+    "format_address",
+    "open_connection",
+    "open_connection_async",
+    "open_listener",
+    "open_socketpair",
+    "parse_address",
+    "start_server_async",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'udskit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,276 @@
+"""Pure: the unix socket address type, its text notation and its sockaddr forms.
+
+No I/O here: values in, values out. Every other part of udskit speaks of addresses
+through `UnixAddress`, so that a name printed by `udskit ls` can be pasted into
+`udskit connect` and means exactly the same bytes.
+
+Notation (see unix(7)):
+
+=====================  ==========================================================
+``/run/app.sock``      pathname; also ``./rel.sock``, ``rel.sock``, ``unix:PATH``
+``@name``              abstract name: exact bytes, no trailing NUL; ``abstract:name``
+``@``                  autobind: the kernel picks a unique abstract name (5 hex digits)
+``*``                  unnamed: socketpair() ends and unbound sockets, as ss shows them
+=====================  ==========================================================
+
+Abstract names may hold any byte. In the notation, ``\\xHH`` stands for one byte and
+``\\\\`` for a backslash; every other character stands for its UTF-8 bytes. So
+``@HELLO`` and ``@HELLO\\x00`` are two different names, and
+``parse_address(format_address(a)) == a`` for every address.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from dataclasses import dataclass
+from typing import Final, final
+
+from udskit.errors import AddressError
+
+__all__ = [
+    "MAX_ABSTRACT_BYTES",
+    "MAX_PATH_BYTES",
+    "SUN_PATH_SIZE",
+    "AddressKind",
+    "UnixAddress",
+    "decode_sockaddr",
+    "format_address",
+    "from_sun_path",
+    "parse_address",
+]
+
+#: sizeof(sun_path) on Linux (struct sockaddr_un in <sys/un.h>).
+SUN_PATH_SIZE: Final = 108
+#: A pathname needs its terminating NUL inside sun_path: 107 bytes of path at most.
+MAX_PATH_BYTES: Final = SUN_PATH_SIZE - 1
+#: An abstract name follows the leading NUL: 107 bytes at most (unix_mkname_bsd).
+MAX_ABSTRACT_BYTES: Final = SUN_PATH_SIZE - 1
+AF_UNIX: Final = 1
+
+_FS_ENCODING: Final = "utf-8"
+
+
+class AddressKind(enum.Enum):
+    """The three kinds of unix(7) address, plus the request to autobind."""
+
+    PATHNAME = "pathname"
+    ABSTRACT = "abstract"
+    UNNAMED = "unnamed"
+    AUTOBIND = "autobind"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UnixAddress:
+    """One unix socket address.
+
+    `name` holds the path's bytes for a pathname and the exact name bytes (without the
+    leading NUL of sun_path) for an abstract address; it is empty for the other kinds.
+    Build one with the class methods or `parse_address`; the checks live there so that
+    an address that exists is one the kernel will take.
+    """
+
+    kind: AddressKind
+    name: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.kind is AddressKind.PATHNAME:
+            _check_path(self.name)
+        elif self.kind is AddressKind.ABSTRACT:
+            if len(self.name) > MAX_ABSTRACT_BYTES:
+                raise AddressError(
+                    f"abstract name too long: {len(self.name)} bytes, the limit is "
+                    f"{MAX_ABSTRACT_BYTES} (sun_path is {SUN_PATH_SIZE} bytes with the leading NUL)"
+                )
+        elif self.name:
+            raise AddressError(f"an {self.kind.value} address has no name")
+
+    # -- constructors ---------------------------------------------------------------
+    @classmethod
+    def pathname(cls, path: str | bytes | os.PathLike[str]) -> UnixAddress:
+        raw = os.fsencode(path) if not isinstance(path, bytes) else path
+        return cls(AddressKind.PATHNAME, raw)
+
+    @classmethod
+    def abstract(cls, name: str | bytes) -> UnixAddress:
+        raw = name.encode("utf-8") if isinstance(name, str) else name
+        return cls(AddressKind.ABSTRACT, raw)
+
+    @classmethod
+    def unnamed(cls) -> UnixAddress:
+        return _UNNAMED
+
+    @classmethod
+    def autobind(cls) -> UnixAddress:
+        return _AUTOBIND
+
+    # -- views ------------------------------------------------------------------------
+    @property
+    def is_pathname(self) -> bool:
+        return self.kind is AddressKind.PATHNAME
+
+    @property
+    def is_abstract(self) -> bool:
+        return self.kind is AddressKind.ABSTRACT
+
+    @property
+    def path(self) -> str:
+        """The filesystem path of a pathname address (undecodable bytes surrogate-escaped)."""
+        if self.kind is not AddressKind.PATHNAME:
+            raise AddressError(f"{self} is not a pathname address")
+        return os.fsdecode(self.name)
+
+    def to_sockaddr(self) -> str | bytes:
+        """What `socket.bind` / `socket.connect` take for this address.
+
+        CPython passes a bytes address through with its exact length, so an abstract
+        name keeps its trailing NULs; a pathname gets its NUL from the kernel
+        (unix_mkname_bsd). An empty address makes bind() autobind.
+        """
+        if self.kind is AddressKind.PATHNAME:
+            return self.name
+        if self.kind is AddressKind.ABSTRACT:
+            return b"\0" + self.name
+        if self.kind is AddressKind.AUTOBIND:
+            return b""
+        raise AddressError("an unnamed address cannot be bound or connected to")
+
+    def sun_path(self) -> bytes:
+        """The bytes of sun_path that the kernel reports (UNIX_DIAG_NAME, /proc/net/unix)."""
+        if self.kind is AddressKind.PATHNAME:
+            return self.name + b"\0"
+        if self.kind is AddressKind.ABSTRACT:
+            return b"\0" + self.name
+        return b""
+
+    def to_sockaddr_bytes(self) -> bytes:
+        """The whole struct sockaddr_un, as long as addrlen says (for pcap, sendmsg)."""
+        return struct.pack("=H", AF_UNIX) + self.sun_path()
+
+    def __str__(self) -> str:
+        return format_address(self)
+
+
+_UNNAMED: Final = UnixAddress(AddressKind.UNNAMED)
+_AUTOBIND: Final = UnixAddress(AddressKind.AUTOBIND)
+_PREFIXES: Final = ("unix:", "abstract:", "@", "*")
+
+
+def _check_path(raw: bytes) -> None:
+    if not raw:
+        raise AddressError("empty path: give a socket file path, @name or *")
+    if b"\0" in raw:
+        raise AddressError("a pathname cannot contain a NUL byte; for an abstract name write @name")
+    if len(raw) > MAX_PATH_BYTES:
+        raise AddressError(
+            f"path too long for sun_path: {len(raw)} bytes, the limit is {MAX_PATH_BYTES} "
+            f"({SUN_PATH_SIZE} with the NUL); use a shorter path, or chdir to its directory "
+            "and use a relative name"
+        )
+
+
+def parse_address(text: str | bytes | os.PathLike[str]) -> UnixAddress:
+    """Parse the notation above into an address. Raises `AddressError` on bad text."""
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    elif not isinstance(text, str):
+        text = os.fspath(text)
+    if text == "*":
+        return _UNNAMED
+    if text == "@":
+        return _AUTOBIND
+    if text.startswith("@"):
+        return UnixAddress.abstract(_unescape(text[1:]))
+    if text.startswith("abstract:"):
+        return UnixAddress.abstract(_unescape(text[len("abstract:") :]))
+    if text.startswith("unix:"):
+        text = text[len("unix:") :]
+    return UnixAddress.pathname(os.fsencode(text))
+
+
+def format_address(address: UnixAddress) -> str:
+    """Format an address in the notation that `parse_address` reads back exactly."""
+    kind = address.kind
+    if kind is AddressKind.UNNAMED:
+        return "*"
+    if kind is AddressKind.AUTOBIND:
+        return "@"
+    if kind is AddressKind.ABSTRACT:
+        return "abstract:" if not address.name else "@" + escape_bytes(address.name)
+    path = os.fsdecode(address.name)
+    # A path that would read back as another kind keeps an explicit prefix.
+    return "unix:" + path if path.startswith(_PREFIXES) or path == "*" else path
+
+
+def escape_bytes(raw: bytes) -> str:
+    """Printable characters as they are; `\\` doubled; any other byte as `\\xHH`."""
+    out: list[str] = []
+    for ch in raw.decode("utf-8", errors="surrogateescape"):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, smuggled by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def _unescape(text: str) -> bytes:
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\":
+            out += ch.encode("utf-8", errors="surrogateescape")
+            i += 1
+            continue
+        nxt = text[i + 1 : i + 2]
+        if nxt == "\\":
+            out.append(0x5C)
+            i += 2
+        elif nxt == "x" and _is_hex(text[i + 2 : i + 4]):
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        elif nxt == "0":
+            out.append(0)
+            i += 2
+        else:
+            raise AddressError(
+                f"bad escape in abstract name {text!r} at position {i}: "
+                "write \\xHH for a byte, \\\\ for a backslash"
+            )
+    return bytes(out)
+
+
+def _is_hex(pair: str) -> bool:
+    return len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair)
+
+
+def decode_sockaddr(raw: str | bytes | None) -> UnixAddress:
+    """Turn what CPython's getsockname/getpeername/accept/recvfrom return into an address.
+
+    CPython gives bytes for an abstract name (with the leading NUL), str for a pathname,
+    '' for an unnamed socket, and None where the kernel gave no address at all (a
+    datagram from an unbound sender).
+    """
+    if raw is None or raw in ("", b""):
+        return _UNNAMED
+    if isinstance(raw, bytes):
+        if raw[:1] == b"\0":
+            return UnixAddress(AddressKind.ABSTRACT, raw[1:])
+        return UnixAddress.pathname(raw.split(b"\0", 1)[0])
+    return UnixAddress.pathname(raw)
+
+
+def from_sun_path(raw: bytes) -> UnixAddress:
+    """Decode sun_path bytes as the kernel reports them (UNIX_DIAG_NAME, addrlen - 2)."""
+    if not raw:
+        return _UNNAMED
+    if raw[:1] == b"\0":
+        return UnixAddress(AddressKind.ABSTRACT, raw[1:])
+    return UnixAddress(AddressKind.PATHNAME, raw.split(b"\0", 1)[0])

@@ -1,0 +1,506 @@
+"""I/O: listen, connect and socketpair on unix sockets of every type and address kind.
+
+Safe bind is the heart of it: a socket file left by a dead server is replaced, a file
+with a live socket behind it is never removed (the error names its owner), and a file
+that is not a socket is never touched. The listener's own socket file is unlinked when
+it closes, but only if the file is still the one it created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import grp
+import os
+import pwd
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, final
+
+from udskit.address import AddressKind, UnixAddress, decode_sockaddr, parse_address
+from udskit.errors import UsageError, socket_error
+from udskit.probe import bound_owners, file_kind, os_errors
+from udskit.socktype import SocketType
+
+__all__ = [
+    "DEFAULT_BACKLOG",
+    "Listener",
+    "Message",
+    "SocketType",
+    "UnixServer",
+    "as_address",
+    "open_connection",
+    "open_connection_async",
+    "open_listener",
+    "open_socketpair",
+    "peer_credentials",
+    "recv_message",
+    "resolve_group",
+    "resolve_user",
+    "send_message",
+    "start_server_async",
+]
+
+#: listen() backlog. socat's default of 5 makes 50 simultaneous connects fail with
+#: EAGAIN; the kernel caps this at net.core.somaxconn anyway.
+DEFAULT_BACKLOG: Final = 4096
+
+AddressLike = UnixAddress | str | os.PathLike[str]
+
+
+def as_address(address: AddressLike) -> UnixAddress:
+    return address if isinstance(address, UnixAddress) else parse_address(address)
+
+
+def _new_socket(sock_type: SocketType) -> socket.socket:
+    return socket.socket(socket.AF_UNIX, sock_type.kernel | socket.SOCK_CLOEXEC)
+
+
+# -- users and groups ------------------------------------------------------------------
+def resolve_user(user: str | int) -> int:
+    """A user name or number -> uid; unknown names are a UsageError."""
+    if isinstance(user, int) or user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UsageError(f"no such user: {user!r}") from None
+
+
+def resolve_group(group: str | int) -> int:
+    if isinstance(group, int) or group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"no such group: {group!r}") from None
+
+
+# -- the listener ------------------------------------------------------------------------
+@final
+class Listener:
+    """A bound (and, for stream and seqpacket, listening) socket that cleans up after itself.
+
+    `replaced_stale` tells whether a dead socket file had to be removed first.
+    Closing unlinks the socket file only if it is still the file this listener created.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: UnixAddress,
+        sock_type: SocketType,
+        created: tuple[int, int] | None,
+        replaced_stale: bool,
+    ) -> None:
+        self.sock = sock
+        self.address = address
+        self.type = sock_type
+        self.replaced_stale = replaced_stale
+        self._created = created
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self) -> tuple[socket.socket, UnixAddress]:
+        with os_errors("accept", self.address, self.type):
+            conn, raw = self.sock.accept()
+        return conn, decode_sockaddr(raw)
+
+    def detach_file(self) -> None:
+        """Leave the socket file in place on close (another process took it over)."""
+        self._created = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.sock.close()
+        finally:
+            self._unlink_own_file()
+
+    def _unlink_own_file(self) -> None:
+        if self._created is None or self.address.kind is not AddressKind.PATHNAME:
+            return
+        try:
+            st = os.lstat(self.address.path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == self._created:
+            with suppress(FileNotFoundError):
+                os.unlink(self.address.path)
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.type.value} {self.address}>"
+
+
+def open_listener(
+    address: AddressLike,
+    sock_type: SocketType = SocketType.STREAM,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    mode: int | None = None,
+    owner: str | int | None = None,
+    group: str | int | None = None,
+    replace_stale: bool = True,
+) -> Listener:
+    """Bind (safely) and listen. Close the result, or use it as a context manager.
+
+    With `mode`, `owner` or `group`, the socket file is created with no permissions at
+    all and opened up only after the owner is set, so at no instant can anybody
+    connect whom the final mode would refuse.
+    """
+    addr = as_address(address)
+    if addr.kind is AddressKind.UNNAMED:
+        raise UsageError("cannot listen on an unnamed address; give a path or @name")
+    if (mode is not None or owner is not None or group is not None) and not addr.is_pathname:
+        raise UsageError(
+            f"--mode/--owner/--group apply to socket files; {addr} is abstract and has "
+            "no permissions (filter peers by --allow-uid instead)"
+        )
+    uid = resolve_user(owner) if owner is not None else -1
+    gid = resolve_group(group) if group is not None else -1
+    sock = _new_socket(sock_type)
+    try:
+        created: tuple[int, int] | None = None
+        replaced = False
+        if addr.kind is AddressKind.PATHNAME:
+            with _directory_lock(os.path.dirname(os.path.abspath(addr.path)) or "/"):
+                replaced = _bind_path(sock, addr, sock_type, mode, uid, gid, replace_stale)
+                st = os.lstat(addr.path)
+                created = (st.st_dev, st.st_ino)
+                _listen(sock, addr, sock_type, backlog)
+        else:
+            with os_errors("listen", addr, sock_type):
+                sock.bind(addr.to_sockaddr())
+            _listen(sock, addr, sock_type, backlog)
+        bound = decode_sockaddr(sock.getsockname())
+    except BaseException:
+        sock.close()
+        raise
+    return Listener(
+        sock, bound if bound.kind is not AddressKind.UNNAMED else addr, sock_type, created, replaced
+    )
+
+
+def _listen(sock: socket.socket, addr: UnixAddress, sock_type: SocketType, backlog: int) -> None:
+    if sock_type.connection_oriented:
+        with os_errors("listen", addr, sock_type):
+            sock.listen(backlog)
+
+
+@contextmanager
+def _directory_lock(directory: str) -> Iterator[None]:
+    """flock() the directory while binding, so that two udskit servers starting at once
+    cannot both take a stale file for dead and one unlink the other's fresh socket.
+    Without read permission on the directory we bind unlocked: there is no other lock
+    that every binder would honour."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _bind_path(
+    sock: socket.socket,
+    addr: UnixAddress,
+    sock_type: SocketType,
+    mode: int | None,
+    uid: int,
+    gid: int,
+    replace_stale: bool,
+) -> bool:
+    """Bind to a pathname, replacing a stale socket file. Returns whether it replaced one."""
+    path = addr.path
+    restricted = mode is not None or uid != -1 or gid != -1
+    replaced = False
+    for _attempt in range(5):
+        try:
+            _bind_once(sock, addr, sock_type, restricted)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            if not replace_stale:
+                raise _in_use(addr, "a file exists there (stale replacement is off)") from None
+            if _remove_if_stale(addr):
+                replaced = True
+    else:
+        raise _in_use(addr, "the file keeps coming back; another program races us for it")
+    if restricted:
+        with os_errors("listen", addr, sock_type):
+            if uid != -1 or gid != -1:
+                os.chown(path, uid, gid)
+            final_mode = mode if mode is not None else 0o777 & ~_current_umask()
+            os.chmod(path, final_mode)
+    return replaced
+
+
+def _bind_once(
+    sock: socket.socket, addr: UnixAddress, sock_type: SocketType, restricted: bool
+) -> None:
+    """One bind(). With `restricted`, the file is born with mode 0000 (umask 0777).
+
+    umask is process-wide: another thread creating a file in these microseconds would
+    get mode 0000 too. The only alternative, binding under a temporary name and
+    renaming, leaves the kernel's bound name (getsockname, ss, /proc) pointing at the
+    temporary name, which misleads every tool that lists sockets.
+    """
+    if not restricted:
+        try:
+            sock.bind(addr.to_sockaddr())
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise
+            with os_errors("listen", addr):
+                raise
+        return
+    old = os.umask(0o777)
+    try:
+        sock.bind(addr.to_sockaddr())
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise
+        with os_errors("listen", addr, sock_type):
+            raise
+    finally:
+        os.umask(old)
+
+
+def _current_umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _in_use(addr: UnixAddress, detail: str) -> Exception:
+    return socket_error("listen", str(addr), errno.EADDRINUSE, detail)
+
+
+def _remove_if_stale(addr: UnixAddress) -> bool:
+    """Unlink the file at `addr` if it is a socket file with no socket behind it.
+
+    The probe is a datagram connect(): the kernel answers ECONNREFUSED when no socket
+    is bound to that inode (stale), EPROTOTYPE when a socket of another type is bound
+    (live, even if it has not called listen() yet), and succeeds for a bound datagram
+    socket. It never creates a connection on a live server (unix_find_other in
+    net/unix/af_unix.c).
+    """
+    path = addr.path
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        return False  # gone meanwhile: just bind again
+    if not stat.S_ISSOCK(before.st_mode):
+        raise _in_use(
+            addr,
+            f"{path} is a {file_kind(before.st_mode)}, not a socket; udskit never removes "
+            "it: move it away or pick another path",
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(addr.to_sockaddr())
+    except OSError as exc:
+        if exc.errno != errno.ECONNREFUSED:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise _in_use(
+                    addr,
+                    "a socket file exists there and we may not check whether it is live; "
+                    "remove it yourself if its server is dead",
+                ) from None
+            raise _live(addr) from None
+    else:
+        raise _live(addr)
+    finally:
+        probe.close()
+    try:
+        after = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        return False  # replaced meanwhile: look again
+    os.unlink(path)
+    return True
+
+
+def _live(addr: UnixAddress) -> Exception:
+    owners = bound_owners(addr)
+    who = f" ({owners})" if owners else ""
+    return _in_use(
+        addr,
+        f"a live server listens there{who}; udskit never removes it: stop it or pick another path",
+    )
+
+
+# -- connecting ----------------------------------------------------------------------------
+def open_connection(
+    address: AddressLike,
+    sock_type: SocketType = SocketType.STREAM,
+    *,
+    bind: AddressLike | None = None,
+    timeout: float | None = None,
+) -> socket.socket:
+    """A socket connected to `address`. The caller closes it.
+
+    A datagram socket is autobound unless `bind` says otherwise: without a name of its
+    own it could send but never receive a reply (unix(7), "autobind").
+    """
+    addr = as_address(address)
+    sock = _new_socket(sock_type)
+    try:
+        local = as_address(bind) if bind is not None else None
+        if local is None and sock_type is SocketType.DGRAM:
+            local = UnixAddress.autobind()
+        if local is not None:
+            with os_errors("bind", local, sock_type):
+                sock.bind(local.to_sockaddr())
+        sock.settimeout(timeout)
+        with os_errors("connect", addr, sock_type):
+            sock.connect(addr.to_sockaddr())
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_socketpair(
+    sock_type: SocketType = SocketType.STREAM,
+) -> tuple[socket.socket, socket.socket]:
+    """Two connected, unnamed sockets (the third address kind)."""
+    return socket.socketpair(socket.AF_UNIX, sock_type.kernel | socket.SOCK_CLOEXEC)
+
+
+# -- messages -----------------------------------------------------------------------------
+@final
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One received message. `length` is its real size; `truncated` if it exceeded the buffer."""
+
+    data: bytes
+    length: int
+    truncated: bool
+    sender: UnixAddress
+
+
+def recv_message(sock: socket.socket, bufsize: int, address: UnixAddress) -> Message:
+    """Receive one datagram or seqpacket record, noticing truncation.
+
+    With MSG_TRUNC in the flags the kernel returns the real length even when the buffer
+    was smaller (unix_dgram_recvmsg, Linux >= 3.4), so a cut message is reported rather
+    than silently shortened. recvmsg_into hands back that count as it is.
+    """
+    buf = bytearray(bufsize)
+    with os_errors("recv", address):
+        count, _anc, flags, raw = sock.recvmsg_into([buf], 0, socket.MSG_TRUNC)
+    truncated = bool(flags & socket.MSG_TRUNC) or count > bufsize
+    return Message(bytes(buf[: min(count, bufsize)]), count, truncated, decode_sockaddr(raw))
+
+
+def send_message(
+    sock: socket.socket, data: bytes, address: UnixAddress, to: UnixAddress | None = None
+) -> None:
+    """Send one message (to `to` for an unconnected datagram socket), errors explained."""
+    with os_errors("send", to or address, sock=sock, size=len(data)):
+        if to is None:
+            sock.send(data)
+        else:
+            sock.sendto(data, to.to_sockaddr())
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the peer, as the kernel recorded them at connect (SO_PEERCRED)."""
+    import struct
+
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+# -- asyncio -----------------------------------------------------------------------------------
+async def open_connection_async(
+    address: AddressLike, *, limit: int = 2**16
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio streams over a unix stream connection, with udskit's error messages."""
+    addr = as_address(address)
+    sock = _new_socket(SocketType.STREAM)
+    sock.setblocking(False)
+    try:
+        with os_errors("connect", addr, SocketType.STREAM):
+            await asyncio.get_running_loop().sock_connect(sock, addr.to_sockaddr())
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_unix_connection(sock=sock, limit=limit)
+
+
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@final
+class UnixServer:
+    """An asyncio server on a safely bound listener; closing it unlinks the socket file."""
+
+    def __init__(self, server: asyncio.Server, listener: Listener) -> None:
+        self.server = server
+        self.listener = listener
+        self.address = listener.address
+
+    def close(self) -> None:
+        self.server.close()
+        self.listener.close()
+
+    async def wait_closed(self) -> None:
+        await self.server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        await self.server.serve_forever()
+
+    async def __aenter__(self) -> UnixServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_server_async(
+    handler: ClientHandler,
+    address: AddressLike,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    mode: int | None = None,
+    owner: str | int | None = None,
+    group: str | int | None = None,
+) -> UnixServer:
+    """Like asyncio.start_unix_server, with safe bind, modes and cleanup."""
+    listener = open_listener(address, backlog=backlog, mode=mode, owner=owner, group=group)
+    try:
+        server = await asyncio.start_unix_server(handler, sock=listener.sock, backlog=backlog)
+    except BaseException:
+        listener.close()
+        raise
+    return UnixServer(server, listener)

@@ -1,0 +1,243 @@
+"""I/O: find the facts behind a failed syscall, so the error can say what to do.
+
+`os_errors()` is the one boundary where OSError becomes SocketError: it wraps every
+syscall udskit makes on an address. On failure it looks around, read-only and without
+side effects on anybody's sockets (no connection is ever made to a live server): which
+path component is missing, which permission is lacking, the real type of the socket
+there, who holds a bound name. The wording lives in `udskit.errors`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import socket
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from udskit.address import AddressKind, UnixAddress
+from udskit.errors import UdskitError, socket_error
+from udskit.inspect.owners import find_socket_owners, read_proc_net_unix
+from udskit.socktype import SocketType
+
+
+@contextmanager
+def os_errors(
+    op: str,
+    address: UnixAddress,
+    sock_type: SocketType | None = None,
+    *,
+    sock: socket.socket | None = None,
+    size: int | None = None,
+) -> Iterator[None]:
+    """Turn an OSError raised inside into a SocketError with an actionable message."""
+    try:
+        yield
+    except UdskitError:
+        raise
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        try:
+            detail = explain(op, address, exc.errno, sock_type, sock=sock, size=size)
+        except OSError:
+            detail = None
+        raise socket_error(op, str(address), exc.errno, detail) from exc
+
+
+def explain(
+    op: str,
+    address: UnixAddress,
+    err: int,
+    sock_type: SocketType | None = None,
+    *,
+    sock: socket.socket | None = None,
+    size: int | None = None,
+) -> str | None:
+    """The specific reason for `err`, or None to fall back on the generic hint."""
+    path = address.path if address.kind is AddressKind.PATHNAME else None
+    if err == errno.ENOENT and path is not None:
+        return missing_component(path)
+    if err == errno.ECONNREFUSED:
+        return _refused(address, path)
+    if err in (errno.EACCES, errno.EPERM) and path is not None:
+        return permission_problem(path, binding=op in ("listen", "bind"))
+    if err == errno.EPROTOTYPE:
+        real = bound_type(address, exclude=sock_type)
+        if real is not None:
+            return f"{address} is a {real.noun} socket; use --type {real.value}"
+        return None
+    if err == errno.EADDRINUSE and address.kind is AddressKind.ABSTRACT:
+        owners = bound_owners(address)
+        who = f" by {owners}" if owners else ""
+        return f"{address} is already bound{who}; stop it or pick another name"
+    if err == errno.EMSGSIZE:
+        return _too_big(sock, size)
+    if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+        if op == "connect":
+            return "the listener's backlog is full (it is not accepting fast enough); retry"
+        return (
+            f"the receiver's queue is full (net.unix.max_dgram_qlen is {_max_dgram_qlen()}); "
+            "it is not reading fast enough: wait and retry"
+        )
+    return None
+
+
+def _refused(address: UnixAddress, path: str | None) -> str:
+    if path is None:
+        return f"nothing is bound to {address} in this network namespace; is the server running?"
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "the socket file vanished; is the server running?"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"{path} is a {file_kind(st.st_mode)}, not a socket"
+    if bound_type(address) is not None:
+        return "a socket is bound there but does not accept connections (not listening yet?)"
+    return (
+        "the socket file exists but nothing listens on it: a stale file left by a dead "
+        "server; start the server (`udskit listen` replaces a stale file) or remove it"
+    )
+
+
+def _too_big(sock: socket.socket | None, size: int | None) -> str:
+    limit = ""
+    if sock is not None:
+        with suppress(OSError):
+            limit = f" (SO_SNDBUF is {sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)} bytes)"
+    what = f"{size} bytes do not" if size is not None else "the message does not"
+    return f"{what} fit in one datagram here{limit}; send smaller messages or raise SO_SNDBUF"
+
+
+def _max_dgram_qlen() -> str:
+    try:
+        with open("/proc/sys/net/unix/max_dgram_qlen") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def file_kind(mode: int) -> str:
+    for test, noun in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return noun
+    return "file"
+
+
+def missing_component(path: str) -> str:
+    """Name the first component of `path` that does not exist."""
+    absolute = os.path.abspath(path)
+    parts = absolute.split("/")[1:]
+    current = ""
+    for i, part in enumerate(parts):
+        current += "/" + part
+        try:
+            st = os.stat(current)
+        except FileNotFoundError:
+            if i < len(parts) - 1:
+                return f"directory {current} does not exist; create it or fix the path"
+            return f"no socket file {current} (its directory exists); is the server running?"
+        except OSError:
+            return f"cannot look into {os.path.dirname(current)}"
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            return f"{current} is a {file_kind(st.st_mode)}, not a directory"
+    return f"no socket file {absolute}; is the server running?"
+
+
+def _who() -> str:
+    uid = os.geteuid()
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _describe_file(path: str, st: os.stat_result) -> str:
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    import grp
+
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{path} (mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}:{group})"
+
+
+def permission_problem(path: str, *, binding: bool) -> str | None:
+    """Which permission on which path the caller lacks; see path_resolution(7)."""
+    absolute = os.path.abspath(path)
+    parent = os.path.dirname(absolute)
+    # Search (x) permission on every directory on the way.
+    current = "/"
+    for part in parent.split("/")[1:]:
+        current = os.path.join(current, part)
+        if not os.access(current, os.X_OK, effective_ids=True):
+            st = os.stat(current)
+            return (
+                f"{_who()} lacks search (x) permission on directory "
+                f"{_describe_file(current, st)}; grant it or use another directory"
+            )
+    if binding:
+        if not os.access(parent, os.W_OK, effective_ids=True):
+            st = os.stat(parent)
+            return (
+                f"{_who()} lacks write permission on directory {_describe_file(parent, st)}, "
+                "which bind needs to create the socket file; bind elsewhere (e.g. under "
+                "$XDG_RUNTIME_DIR) or use an abstract name"
+            )
+        return None
+    try:
+        st = os.stat(absolute)
+    except OSError:
+        return None
+    if not os.access(absolute, os.W_OK, effective_ids=True):
+        return (
+            f"{_who()} lacks write permission on socket file {_describe_file(absolute, st)}, "
+            "which connect needs; have the server grant it (`udskit listen --mode 0660 "
+            "--group GROUP`) or run as an allowed user"
+        )
+    return None
+
+
+def _entries_for(address: UnixAddress) -> list[tuple[int, int]]:
+    """(inode, type) of the sockets bound at `address`, from /proc/net/unix."""
+    if address.kind is AddressKind.PATHNAME:
+        wanted = {address.name, os.fsencode(os.path.abspath(address.path))}
+    elif address.kind is AddressKind.ABSTRACT:
+        wanted = {b"@" + address.name.replace(b"\0", b"@")}
+    else:
+        return []
+    return [(e.inode, e.type) for e in read_proc_net_unix() if e.name in wanted]
+
+
+def bound_type(address: UnixAddress, exclude: SocketType | None = None) -> SocketType | None:
+    """The type of a socket bound at `address` (another than `exclude`), if any."""
+    for _inode, kernel_type in _entries_for(address):
+        try:
+            found = SocketType.from_kernel(kernel_type)
+        except ValueError:
+            continue
+        if found is not exclude:
+            return found
+    return None
+
+
+def bound_owners(address: UnixAddress) -> str | None:
+    """'pid 123 (redis-server)' for the processes holding a socket bound at `address`."""
+    inodes = [inode for inode, _ in _entries_for(address)]
+    owners = find_socket_owners(inodes)
+    found = sorted({str(o) for lst in owners.values() for o in lst})
+    return ", ".join(found) if found else None

@@ -1,0 +1,241 @@
+"""Fixtures: short socket directories, and real peers that are stopped by PID.
+
+`peers` starts programs nobody here wrote (socat, nc, curl, redis-server, tshark) and
+udskit itself as a subprocess, waits until their socket is really there (from
+/proc/net/unix, without connecting, so servers see no stray connection), and kills
+each one by PID at teardown, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+from udskit.address import AddressKind, UnixAddress, parse_address
+
+ROOT = Path(__file__).resolve().parent.parent
+UDSKIT = [sys.executable, "-m", "udskit"]
+_ACCEPTCON = 0x10000  # __SO_ACCEPTCON in /proc/net/unix's Flags: a listening socket
+
+
+def proc_net_unix_names() -> list[tuple[bytes, int, bool]]:
+    """(name as /proc/net/unix shows it, type, listening) for every unix socket."""
+    rows: list[tuple[bytes, int, bool]] = []
+    with open("/proc/net/unix", "rb") as f:
+        next(f)  # the header
+        for line in f:
+            # Num RefCount Protocol Flags Type St Inode Path; the path may hold spaces.
+            parts = line.rstrip(b"\n").split(None, 7)
+            if len(parts) < 8:
+                continue  # an unnamed socket
+            rows.append((parts[7], int(parts[4], 16), bool(int(parts[3], 16) & _ACCEPTCON)))
+    return rows
+
+
+def socket_is_up(address: UnixAddress, listening: bool | None = None) -> bool:
+    """Is a socket bound at `address` (and listening, if asked)? Reads /proc/net/unix."""
+    if address.kind is AddressKind.PATHNAME:
+        want = os.fsencode(os.path.abspath(address.path))
+        if not os.path.exists(address.path):
+            return False
+    else:
+        want = b"@" + address.name.replace(b"\0", b"@")
+    for name, _type, is_listening in proc_net_unix_names():
+        if name == want and (listening is None or is_listening == listening):
+            return True
+    return False
+
+
+def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Peer:
+    """A running program; stopping it kills it by PID (its whole process group)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], argv: Sequence[str]) -> None:
+        self.proc = proc
+        self.argv = list(argv)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Peers:
+    def __init__(self) -> None:
+        self._started: list[Peer] = []
+
+    @staticmethod
+    def require(*programs: str) -> None:
+        missing = [p for p in programs if shutil.which(p) is None]
+        if missing:
+            pytest.fail(f"test peers missing: {' '.join(missing)} (run `make peers` as root)")
+
+    def start(
+        self,
+        *argv: str | os.PathLike[str],
+        wait_for: str | os.PathLike[str] | None = None,
+        listening: bool | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+        stdout: int | None = subprocess.PIPE,
+        stderr: int | None = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float = 10.0,
+    ) -> Peer:
+        args = [os.fspath(a) for a in argv]
+        if args[0] != sys.executable:
+            self.require(args[0])
+        proc = subprocess.Popen(
+            args,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        peer = Peer(proc, args)
+        self._started.append(peer)
+        if wait_for is not None:
+            address = parse_address(os.fspath(wait_for))
+
+            def up() -> bool:
+                if proc.poll() is not None:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise AssertionError(f"{args} exited with {proc.returncode}: {err}")
+                return socket_is_up(address, listening)
+
+            wait_until(up, timeout, f"{address} from {args[0]}")
+        return peer
+
+    def udskit(self, *args: str | os.PathLike[str], **kwargs: object) -> Peer:
+        return self.start(*UDSKIT, *args, **kwargs)  # type: ignore[arg-type]
+
+    def run(
+        self,
+        *argv: str | os.PathLike[str],
+        input: bytes | None = None,
+        timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a program to completion (killed by PID if it outlives `timeout`)."""
+        args = [os.fspath(a) for a in argv]
+        if args[0] not in (sys.executable, "setpriv"):
+            self.require(args[0])
+        with subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        ) as proc:
+            try:
+                out, err = proc.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, err = proc.communicate()
+                raise AssertionError(f"{args} did not finish in {timeout}s: {err!r}") from None
+            return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+    def udskit_run(
+        self, *args: str | os.PathLike[str], **kwargs: object
+    ) -> subprocess.CompletedProcess[bytes]:
+        return self.run(*UDSKIT, *args, **kwargs)  # type: ignore[arg-type]
+
+    @staticmethod
+    def as_nobody(*argv: str | os.PathLike[str]) -> list[str]:
+        """The argv to run a program as user nobody (for permission checks as root)."""
+        return [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            *(os.fspath(a) for a in argv),
+        ]
+
+    def stop_all(self) -> None:
+        for peer in reversed(self._started):
+            peer.stop()
+
+
+@pytest.fixture
+def peers() -> Iterator[Peers]:
+    p = Peers()
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short, world-traversable directory for socket files (sun_path is 108 bytes).
+
+    pytest's tmp_path is long and private (0700); permission tests need a directory
+    that user nobody can enter.
+    """
+    path = Path(tempfile.mkdtemp(prefix="udsk-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def abstract_name(request: pytest.FixtureRequest) -> str:
+    """A unique abstract name for this test (abstract names are machine-wide)."""
+    return f"@udskit-test-{os.getpid()}-{request.node.name[:40]}"
