@@ -22,41 +22,11 @@ from types import TracebackType
 
 import pytest
 
-from udskit.address import AddressKind, UnixAddress, parse_address
+from udskit.address import parse_address
+from udskit.probe import is_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 UDSKIT = [sys.executable, "-m", "udskit"]
-_ACCEPTCON = 0x10000  # __SO_ACCEPTCON in /proc/net/unix's Flags: a listening socket
-
-
-def proc_net_unix_names() -> list[tuple[bytes, int, bool]]:
-    """(name as /proc/net/unix shows it, type, listening) for every unix socket."""
-    rows: list[tuple[bytes, int, bool]] = []
-    with open("/proc/net/unix", "rb") as f:
-        next(f)  # the header
-        for line in f:
-            # Num RefCount Protocol Flags Type St Inode Path; the path may hold spaces.
-            parts = line.rstrip(b"\n").split(None, 7)
-            if len(parts) < 8:
-                continue  # an unnamed socket
-            rows.append((parts[7], int(parts[4], 16), bool(int(parts[3], 16) & _ACCEPTCON)))
-    return rows
-
-
-def socket_is_up(address: UnixAddress, listening: bool | None = None) -> bool:
-    """Is a socket bound at `address` (and listening, if asked)? Reads /proc/net/unix."""
-    if address.kind is AddressKind.PATHNAME:
-        want = os.fsencode(os.path.abspath(address.path))
-        if not os.path.exists(address.path):
-            return False
-    else:
-        want = b"@" + address.name.replace(b"\0", b"@")
-    for name, _type, is_listening in proc_net_unix_names():
-        if name == want and (listening is None or is_listening == listening):
-            return True
-    return False
-
-
 def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
     assert callable(predicate)
     deadline = time.monotonic() + timeout
@@ -153,7 +123,7 @@ class Peers:
                 if proc.poll() is not None:
                     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                     raise AssertionError(f"{args} exited with {proc.returncode}: {err}")
-                return socket_is_up(address, listening)
+                return is_bound(address, listening=listening)
 
             wait_until(up, timeout, f"{address} from {args[0]}")
         return peer

@@ -212,15 +212,19 @@ def permission_problem(path: str, *, binding: bool) -> str | None:
     return None
 
 
+def _wanted_names(address: UnixAddress) -> set[bytes]:
+    """The names /proc/net/unix may show for `address` (it shows NULs as '@')."""
+    if address.kind is AddressKind.PATHNAME:
+        return {address.name, os.fsencode(os.path.abspath(address.path))}
+    if address.kind is AddressKind.ABSTRACT:
+        return {b"@" + address.name.replace(b"\0", b"@")}
+    return set()
+
+
 def _entries_for(address: UnixAddress) -> list[tuple[int, int]]:
     """(inode, type) of the sockets bound at `address`, from /proc/net/unix."""
-    if address.kind is AddressKind.PATHNAME:
-        wanted = {address.name, os.fsencode(os.path.abspath(address.path))}
-    elif address.kind is AddressKind.ABSTRACT:
-        wanted = {b"@" + address.name.replace(b"\0", b"@")}
-    else:
-        return []
-    return [(e.inode, e.type) for e in read_proc_net_unix() if e.name in wanted]
+    wanted = _wanted_names(address)
+    return [(e.inode, e.type) for e in read_proc_net_unix() if e.name in wanted] if wanted else []
 
 
 def bound_type(address: UnixAddress, exclude: SocketType | None = None) -> SocketType | None:
@@ -241,3 +245,15 @@ def bound_owners(address: UnixAddress) -> str | None:
     owners = find_socket_owners(inodes)
     found = sorted({str(o) for lst in owners.values() for o in lst})
     return ", ".join(found) if found else None
+
+
+def is_bound(address: UnixAddress, *, listening: bool | None = None) -> bool:
+    """Is a socket bound at `address` (and listening, if asked)? Reads /proc/net/unix,
+    so unlike a test connect() it leaves no stray connection on the server."""
+    if address.kind is AddressKind.PATHNAME and not os.path.exists(address.path):
+        return False
+    wanted = _wanted_names(address)
+    return any(
+        e.name in wanted and (listening is None or e.listening == listening)
+        for e in read_proc_net_unix()
+    )
