@@ -1,0 +1,130 @@
+"""Pure: the one event model every capture engine feeds and every output renders.
+
+A capture is a sequence of `Event`s: a connection opens, data chunks flow in either
+direction, the connection closes (and we note who closed first). The proxy engine
+makes them from the relay's `Tap` calls; `-r FILE.pcapng` makes them back from a file;
+a later eBPF engine will make the same ones from kernel probes. Printers and the
+pcapng encoder only ever see events, so every output works with every engine.
+
+`Selection` holds the user's filters and limits (`--pid`, `-c`, `-s`) as plain rules
+applied to values, so they behave the same live and when reading a file.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import final
+
+from udskit.socktype import SocketType
+from udskit.tap import ClientInfo, Direction
+
+__all__ = ["ClientInfo", "Direction", "Event", "EventKind", "Selection"]
+
+
+class EventKind(enum.Enum):
+    """What happened: values are the `event` field of `--json`."""
+
+    OPEN = "open"
+    DATA = "data"
+    CLOSE = "close"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing seen on one connection.
+
+    `direction` is the chunk's direction for DATA and the side that closed first for
+    CLOSE (None when unknown or both at once); None for OPEN. `length` is the real size
+    of the chunk; `data` holds what was recorded, shorter than `length` when a snap
+    length cut it (`truncated`). `path` is the socket address clients connected to, as
+    notation text. Datagram and seqpacket chunks are whole messages.
+    """
+
+    kind: EventKind
+    time_ns: int
+    conn: int
+    path: str
+    sock_type: SocketType = SocketType.STREAM
+    client: ClientInfo = field(default_factory=ClientInfo)
+    direction: Direction | None = None
+    length: int = 0
+    data: bytes = b""
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.data) < self.length
+
+    @classmethod
+    def open(
+        cls, time_ns: int, conn: int, path: str, sock_type: SocketType, client: ClientInfo
+    ) -> Event:
+        return cls(EventKind.OPEN, time_ns, conn, path, sock_type, client)
+
+    @classmethod
+    def chunk(
+        cls,
+        time_ns: int,
+        conn: int,
+        path: str,
+        sock_type: SocketType,
+        client: ClientInfo,
+        direction: Direction,
+        data: bytes,
+        length: int | None = None,
+    ) -> Event:
+        real = len(data) if length is None else length
+        return cls(EventKind.DATA, time_ns, conn, path, sock_type, client, direction, real, data)
+
+    @classmethod
+    def close(
+        cls,
+        time_ns: int,
+        conn: int,
+        path: str,
+        sock_type: SocketType,
+        client: ClientInfo,
+        first: Direction | None,
+    ) -> Event:
+        return cls(EventKind.CLOSE, time_ns, conn, path, sock_type, client, first)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which events to keep and how much of each chunk (`--pid`, `-c`, `-s`).
+
+    `pid` keeps only connections whose client has that pid; `count` stops after that
+    many data events; `snaplen` records at most that many bytes of each chunk (the
+    event keeps the real length, so the cut shows). None means no limit.
+    """
+
+    pid: int | None = None
+    count: int | None = None
+    snaplen: int | None = None
+
+    def wants(self, client: ClientInfo) -> bool:
+        return self.pid is None or client.pid == self.pid
+
+    def cut(self, data: bytes | memoryview) -> bytes:
+        """The bytes to record of one chunk (a copy: the engine reuses its buffers)."""
+        if self.snaplen is not None and len(data) > self.snaplen:
+            return bytes(data[: self.snaplen])
+        return bytes(data)
+
+    def apply(self, event: Event) -> Event:
+        """The event as recorded under the snap length (for events read back from files)."""
+        if self.snaplen is None or len(event.data) <= self.snaplen:
+            return event
+        return Event(
+            event.kind,
+            event.time_ns,
+            event.conn,
+            event.path,
+            event.sock_type,
+            event.client,
+            event.direction,
+            event.length,
+            event.data[: self.snaplen],
+        )

@@ -1,0 +1,717 @@
+"""Pure: pcapng files of unix socket traffic that stock Wireshark and tshark dissect.
+
+Wireshark has no dissector for AF_UNIX payloads, but it dissects HTTP, Redis (RESP) and
+PostgreSQL over TCP with full stream reassembly. So each unix connection is written as
+a *synthetic* TCP flow between IPv4 loopback addresses that exist only inside the file
+(nothing is ever sent on a network): a three-way handshake, one segment per chunk with
+true sequence and acknowledgement numbers, and FINs in the order the two sides closed.
+The server side is 127.0.0.1 on a port that names the protocol (80, 6379, 5432 or the
+user's choice), so Wireshark's port table picks the dissector and "Follow TCP stream"
+works. Datagram and seqpacket messages become one UDP packet each, which keeps their
+boundaries. Every packet carries an `opt_comment` with the client's pid, command, uid,
+gid, the socket path and the connection id; the decoder reads them back.
+
+Layout choices, and why:
+
+- The file is big-endian. pcapng lets the writer choose its byte order (the SHB's
+  byte-order magic, pcapng spec section 4.1), and with network order everywhere one
+  precompiled `struct` packs the block header and the IP and TCP headers of a packet in
+  one call: the per-chunk path is the hot path of `udskit dump -w`.
+- Link type 101 (LINKTYPE_RAW): packets start at the IPv4 header, no fake Ethernet.
+- if_tsresol 9: timestamps in nanoseconds, as the event model has them.
+- The IPv4 header checksum is correct (cheap: nine of its ten words are constant per
+  direction); TCP and UDP checksums are 0, which Wireshark does not check by default.
+- Window scaling (shift 14) is announced in the handshake, so a megabyte sent without
+  a reply does not look like a full receive window.
+- Clients are 127.1.X.Y (Y >= 1) on ports 49152 + (id mod 16384), unique per connection id;
+  the ephemeral range keeps Wireshark's "lower port first" rule on the server's port.
+- A chunk longer than an IPv4 packet can carry is split into several segments (TCP);
+  a datagram longer than a UDP packet can carry is recorded up to that size and
+  marked truncated (rare: unix datagrams over 64 KiB).
+- With no `--decode-as`, the server port is guessed from the first chunk, so the
+  handshake is written when that chunk (or the close) arrives, stamped with the time
+  of the open.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final, final
+
+from udskit.capture.events import Event, EventKind
+from udskit.errors import UsageError
+from udskit.socktype import SocketType
+from udskit.tap import ClientInfo, Direction
+
+__all__ = [
+    "FALLBACK_PORT",
+    "PROTOCOL_PORTS",
+    "Packet",
+    "PcapngEncoder",
+    "decode_events",
+    "format_comment",
+    "guess_port",
+    "iter_packets",
+    "parse_comment",
+    "parse_decode_as",
+]
+
+# -- block and link constants (pcapng spec, tcpdump's link-layer header types) ----------
+SHB_TYPE: Final = 0x0A0D0D0A
+IDB_TYPE: Final = 0x00000001
+EPB_TYPE: Final = 0x00000006
+BYTE_ORDER_MAGIC: Final = 0x1A2B3C4D
+OPT_ENDOFOPT: Final = 0
+OPT_COMMENT: Final = 1
+IF_TSRESOL: Final = 9
+SHB_USERAPPL: Final = 4
+LINKTYPE_NULL: Final = 0
+LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_RAW: Final = 101
+LINKTYPE_LINUX_SLL: Final = 113
+LINKTYPE_IPV4: Final = 228
+
+IPPROTO_TCP: Final = 6
+IPPROTO_UDP: Final = 17
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_PSH: Final = 0x08
+TCP_ACK: Final = 0x10
+
+SERVER_IP: Final = 0x7F000001  # 127.0.0.1
+CLIENT_NET: Final = 0x7F010000  # 127.1.0.0/16
+CLIENT_PORT_BASE: Final = 49152
+CLIENT_PORTS: Final = 16384
+#: A port with no dissector of its own: Wireshark shows the bytes as Data.
+FALLBACK_PORT: Final = 4
+#: `--decode-as` names and the ports Wireshark dissects them on by default.
+PROTOCOL_PORTS: Final = {
+    "http": 80,
+    "redis": 6379,
+    "resp": 6379,
+    "postgres": 5432,
+    "postgresql": 5432,
+    "pgsql": 5432,
+}
+#: Largest TCP payload in one IPv4 packet (65535 - 20 - 20).
+MAX_TCP_SEGMENT: Final = 65495
+#: Largest UDP payload in one IPv4 packet (65535 - 20 - 8).
+MAX_UDP_PAYLOAD: Final = 65507
+WINDOW_SHIFT: Final = 14
+ISN_CLIENT: Final = 0x10000000
+ISN_SERVER: Final = 0x20000000
+
+# Block header (7 words) + IPv4 (20 bytes) + TCP (20 bytes) / UDP (8 bytes), network order.
+_EPB_TCP = struct.Struct(">IIIIIII BBHHHBBHII HHIIHHHH")
+_EPB_UDP = struct.Struct(">IIIIIII BBHHHBBHII HHHH")
+_U32 = struct.Struct(">I")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
+#: SYN options: MSS (kind 2: the largest segment we write), NOP, window scale (kind 3).
+_SYN_OPTIONS = struct.pack(">BBH", 2, 4, MAX_TCP_SEGMENT) + bytes((1, 3, 3, WINDOW_SHIFT))
+_IP_DF = 0x4000
+
+
+def parse_decode_as(text: str) -> int:
+    """`--decode-as` value -> server port: http, redis, postgres, or a number."""
+    name = text.strip().lower()
+    if name in PROTOCOL_PORTS:
+        return PROTOCOL_PORTS[name]
+    if name.isdigit() and 1 <= int(name) <= 65535:
+        return int(name)
+    raise UsageError(f"--decode-as {text!r}: give http, redis, postgres or a TCP port 1-65535")
+
+
+_HTTP_STARTS: Final = (
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+    b"PRI * HTTP/2",
+    b"HTTP/1.",
+)
+#: PostgreSQL's first message: protocol 3.0, SSLRequest or GSSENCRequest (protocol.html).
+_PG_CODES: Final = (0x00030000, 80877103, 80877104)
+
+
+def guess_port(first: bytes | memoryview) -> int:
+    """The server port whose dissector fits the first bytes of a connection."""
+    head = bytes(first[:16])
+    if head.startswith(_HTTP_STARTS):
+        return PROTOCOL_PORTS["http"]
+    if head[:1] == b"*" and head[1:2].isdigit():  # RESP array: *<count>\r\n
+        return PROTOCOL_PORTS["redis"]
+    if len(head) >= 8:
+        length, code = struct.unpack_from(">iI", head)
+        if code in _PG_CODES and 8 <= length <= 10000:
+            return PROTOCOL_PORTS["postgres"]
+    return FALLBACK_PORT
+
+
+# -- comments -------------------------------------------------------------------------------
+_COMMENT_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def format_comment(conn: int, path: str, sock_type: SocketType, client: ClientInfo) -> str:
+    """`pid=42 command="curl" uid=0 gid=0 path="/run/x.sock" conn=3 type=stream`.
+
+    Readable in Wireshark's packet list and parseable back (strings are JSON strings)."""
+    parts: list[str] = []
+    if client.pid is not None:
+        parts.append(f"pid={client.pid}")
+    if client.command is not None:
+        parts.append(f"command={json.dumps(client.command, ensure_ascii=False)}")
+    if client.uid is not None:
+        parts.append(f"uid={client.uid}")
+    if client.gid is not None:
+        parts.append(f"gid={client.gid}")
+    parts.append(f"path={json.dumps(path, ensure_ascii=False)}")
+    parts.append(f"conn={conn}")
+    parts.append(f"type={sock_type.value}")
+    return " ".join(parts)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CommentFields:
+    conn: int | None
+    path: str | None
+    sock_type: SocketType | None
+    client: ClientInfo
+
+
+def parse_comment(text: str | None) -> CommentFields:
+    """The facts in a comment made by `format_comment`; unknown ones are None."""
+    fields: dict[str, str] = {}
+    for match in _COMMENT_FIELD.finditer(text or ""):
+        key, value = match.group(1), match.group(2)
+        if value.startswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = value.strip('"')
+        fields[key] = value
+
+    def number(key: str) -> int | None:
+        value = fields.get(key, "")
+        return int(value) if value.isdigit() else None
+
+    sock_type: SocketType | None
+    try:
+        sock_type = SocketType(fields["type"]) if "type" in fields else None
+    except ValueError:
+        sock_type = None
+    client = ClientInfo(number("pid"), number("uid"), number("gid"), fields.get("command"))
+    return CommentFields(number("conn"), fields.get("path"), sock_type, client)
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack(">HH", code, len(value)) + value + _PAD[len(value) % 4]
+
+
+def _comment_options(text: str) -> bytes:
+    raw = text.encode("utf-8", errors="surrogateescape")[:65000]
+    return _option(OPT_COMMENT, raw) + _option(OPT_ENDOFOPT, b"")
+
+
+def _ip_words(addr: int) -> int:
+    return (addr >> 16) + (addr & 0xFFFF)
+
+
+# -- the encoder ----------------------------------------------------------------------------
+@final
+class _Flow:
+    """Per-connection state: sequence numbers and what is constant in its packets."""
+
+    __slots__ = (
+        "c2s_seq",
+        "client_ip",
+        "client_port",
+        "comment",
+        "conn",
+        "open_ns",
+        "pending",
+        "port",
+        "s2c_seq",
+        "stream",
+        "sum_c2s",
+        "sum_s2c",
+    )
+
+    def __init__(self, conn: int, stream: bool, comment: bytes, open_ns: int) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.comment = comment
+        self.open_ns = open_ns
+        self.client_ip = CLIENT_NET | ((conn // CLIENT_PORTS + 1) & 0xFFFF)
+        self.client_port = CLIENT_PORT_BASE + conn % CLIENT_PORTS
+        self.port = 0
+        self.pending = True
+        self.c2s_seq = ISN_CLIENT
+        self.s2c_seq = ISN_SERVER
+        self.sum_c2s = 0
+        self.sum_s2c = 0
+
+    def set_port(self, port: int, proto: int) -> None:
+        self.port = port
+        self.pending = False
+        # The IPv4 header words that do not change: version/IHL, DF, TTL/protocol,
+        # both addresses; total length is added per packet (RFC 1071 sum).
+        const = 0x4500 + _IP_DF + ((64 << 8) | proto) + _ip_words(self.client_ip)
+        const += _ip_words(SERVER_IP)
+        self.sum_c2s = const
+        self.sum_s2c = const
+
+
+def _checksum(partial: int, total_length: int) -> int:
+    s = partial + total_length
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+@final
+class PcapngEncoder:
+    """Events in, pcapng bytes out (into `out`; `take()` empties it).
+
+    Call `header()` once first. `opened`/`data`/`closed` mirror the relay's `Tap`, so
+    a sink can hand each call straight through; `event()` takes an `Event`.
+    `server_port` None means: guess it per connection from the first chunk.
+    """
+
+    def __init__(self, server_port: int | None = None, application: str = "udskit dump") -> None:
+        self.server_port = server_port
+        self.application = application
+        self.out = bytearray()
+        self._flows: dict[int, _Flow] = {}
+
+    def take(self) -> bytes:
+        data = bytes(self.out)
+        self.out.clear()
+        return data
+
+    def header(self) -> None:
+        """Section header and the one interface (raw IPv4, nanosecond timestamps)."""
+        shb_opts = _option(SHB_USERAPPL, self.application.encode()) + _option(OPT_ENDOFOPT, b"")
+        shb_len = 28 + len(shb_opts)
+        self.out += struct.pack(">IIIHHq", SHB_TYPE, shb_len, BYTE_ORDER_MAGIC, 1, 0, -1)
+        self.out += shb_opts + _U32.pack(shb_len)
+        idb_opts = _option(IF_TSRESOL, bytes((9,))) + _option(OPT_ENDOFOPT, b"")
+        idb_len = 20 + len(idb_opts)
+        self.out += struct.pack(">IIHHI", IDB_TYPE, idb_len, LINKTYPE_RAW, 0, 0)
+        self.out += idb_opts + _U32.pack(idb_len)
+
+    # -- the Tap-shaped entry points ------------------------------------------------------
+    def opened(
+        self, conn: int, path: str, sock_type: SocketType, client: ClientInfo, time_ns: int
+    ) -> None:
+        comment = _comment_options(format_comment(conn, path, sock_type, client))
+        flow = _Flow(conn, sock_type is SocketType.STREAM, comment, time_ns)
+        self._flows[conn] = flow
+        if self.server_port is not None:
+            self._start(flow, self.server_port)
+
+    def data(
+        self,
+        conn: int,
+        direction: Direction,
+        payload: bytes | memoryview,
+        length: int,
+        time_ns: int,
+    ) -> None:
+        """One chunk; `payload` may be shorter than `length` (snap length)."""
+        flow = self._flows.get(conn)
+        if flow is None:
+            return
+        if flow.pending:
+            self._start(flow, guess_port(payload))
+        c2s = direction is Direction.C2S
+        if flow.stream:
+            if length <= MAX_TCP_SEGMENT:
+                self._tcp(flow, c2s, TCP_PSH | TCP_ACK, payload, length, time_ns)
+                return
+            for offset in range(0, length, MAX_TCP_SEGMENT):
+                size = min(MAX_TCP_SEGMENT, length - offset)
+                piece = payload[offset : offset + size]
+                self._tcp(flow, c2s, TCP_PSH | TCP_ACK, piece, size, time_ns)
+        else:
+            self._udp(flow, c2s, payload, length, time_ns)
+
+    def closed(self, conn: int, first: Direction | None, time_ns: int) -> None:
+        flow = self._flows.pop(conn, None)
+        if flow is None:
+            return
+        if flow.pending:
+            self._start(flow, FALLBACK_PORT)
+        if not flow.stream:
+            return
+        if first is None:
+            self._tcp(flow, True, TCP_RST | TCP_ACK, b"", 0, time_ns)
+            return
+        c2s = first is Direction.C2S
+        self._tcp(flow, c2s, TCP_FIN | TCP_ACK, b"", 1, time_ns, fin=True)
+        self._tcp(flow, not c2s, TCP_FIN | TCP_ACK, b"", 1, time_ns, fin=True)
+        self._tcp(flow, c2s, TCP_ACK, b"", 0, time_ns)
+
+    def event(self, ev: Event) -> None:
+        if ev.kind is EventKind.OPEN:
+            self.opened(ev.conn, ev.path, ev.sock_type, ev.client, ev.time_ns)
+        elif ev.kind is EventKind.DATA:
+            assert ev.direction is not None
+            self.data(ev.conn, ev.direction, ev.data, ev.length, ev.time_ns)
+        else:
+            self.closed(ev.conn, ev.direction, ev.time_ns)
+
+    # -- packets ---------------------------------------------------------------------------
+    def _start(self, flow: _Flow, port: int) -> None:
+        flow.set_port(port, IPPROTO_TCP if flow.stream else IPPROTO_UDP)
+        if not flow.stream:
+            return
+        t = flow.open_ns
+        self._tcp(flow, True, TCP_SYN, b"", 1, t, options=_SYN_OPTIONS, fin=True)
+        self._tcp(flow, False, TCP_SYN | TCP_ACK, b"", 1, t, options=_SYN_OPTIONS, fin=True)
+        self._tcp(flow, True, TCP_ACK, b"", 0, t)
+
+    def _tcp(
+        self,
+        flow: _Flow,
+        c2s: bool,
+        flags: int,
+        payload: bytes | memoryview,
+        length: int,
+        time_ns: int,
+        options: bytes = b"",
+        fin: bool = False,
+    ) -> None:
+        """One TCP segment. `length` is the real payload size; with `fin`, it is the one
+        sequence number a SYN or FIN consumes and no payload is written."""
+        real = 0 if fin else length
+        header = 40 + len(options)
+        ip_len = header + real
+        captured = header + len(payload)
+        comment = flow.comment
+        total = 28 + captured + _PADLEN[captured & 3] + len(comment) + 4
+        if c2s:
+            src, dst, sport, dport = flow.client_ip, SERVER_IP, flow.client_port, flow.port
+            seq, ack = flow.c2s_seq, flow.s2c_seq
+            flow.c2s_seq = (seq + length) & 0xFFFFFFFF
+            csum = _checksum(flow.sum_c2s, ip_len)
+        else:
+            src, dst, sport, dport = SERVER_IP, flow.client_ip, flow.port, flow.client_port
+            seq, ack = flow.s2c_seq, flow.c2s_seq
+            flow.s2c_seq = (seq + length) & 0xFFFFFFFF
+            csum = _checksum(flow.sum_s2c, ip_len)
+        if flags == TCP_SYN:
+            ack = 0
+        out = self.out
+        out += _EPB_TCP.pack(
+            EPB_TYPE,
+            total,
+            0,
+            time_ns >> 32,
+            time_ns & 0xFFFFFFFF,
+            captured,
+            header + real,
+            0x45,
+            0,
+            ip_len,
+            0,
+            _IP_DF,
+            64,
+            IPPROTO_TCP,
+            csum,
+            src,
+            dst,
+            sport,
+            dport,
+            seq,
+            ack,
+            (((header - 20) // 4) << 12) | flags,
+            0xFFFF,
+            0,
+            0,
+        )
+        if options:
+            out += options
+        out += payload
+        out += _PAD[captured & 3]
+        out += comment
+        out += _U32.pack(total)
+
+    def _udp(
+        self, flow: _Flow, c2s: bool, payload: bytes | memoryview, length: int, time_ns: int
+    ) -> None:
+        if len(payload) > MAX_UDP_PAYLOAD:
+            payload = payload[:MAX_UDP_PAYLOAD]
+        ip_len = min(28 + length, 65535)
+        captured = 28 + len(payload)
+        comment = flow.comment
+        total = 28 + captured + _PADLEN[captured & 3] + len(comment) + 4
+        if c2s:
+            src, dst, sport, dport = flow.client_ip, SERVER_IP, flow.client_port, flow.port
+            csum = _checksum(flow.sum_c2s, ip_len)
+        else:
+            src, dst, sport, dport = SERVER_IP, flow.client_ip, flow.port, flow.client_port
+            csum = _checksum(flow.sum_s2c, ip_len)
+        out = self.out
+        out += _EPB_UDP.pack(
+            EPB_TYPE,
+            total,
+            0,
+            time_ns >> 32,
+            time_ns & 0xFFFFFFFF,
+            captured,
+            28 + length,
+            0x45,
+            0,
+            ip_len,
+            0,
+            _IP_DF,
+            64,
+            IPPROTO_UDP,
+            csum,
+            src,
+            dst,
+            sport,
+            dport,
+            ip_len - 20,
+            0,
+        )
+        out += payload
+        out += _PAD[captured & 3]
+        out += comment
+        out += _U32.pack(total)
+
+
+_PADLEN = (0, 3, 2, 1)
+
+
+# -- the decoder ---------------------------------------------------------------------------
+@final
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One captured packet: link type, timestamp, captured bytes, original length."""
+
+    linktype: int
+    time_ns: int
+    data: bytes
+    orig_len: int
+    comment: str | None
+
+
+class PcapngError(UsageError):
+    """The file is not pcapng, or is cut short in a way we cannot read past."""
+
+
+def iter_packets(buf: bytes | memoryview) -> Iterator[Packet]:
+    """Every packet of every section of a pcapng file, in file order.
+
+    Both byte orders are read (each section says its own). A file cut off in the
+    middle of a block (a capture killed while writing) ends quietly at the last whole
+    block."""
+    view = memoryview(buf)
+    size = len(view)
+    pos = 0
+    endian = ">"
+    interfaces: list[tuple[int, int, int]] = []  # (linktype, units per second base, exp)
+    if size >= 4 and bytes(view[:4]) != b"\x0a\x0d\x0d\x0a":
+        raise PcapngError("not a pcapng file (no section header block at the start)")
+    while pos + 12 <= size:
+        raw_type = bytes(view[pos : pos + 4])
+        if raw_type == b"\x0a\x0d\x0d\x0a":
+            magic = bytes(view[pos + 8 : pos + 12])
+            if magic == b"\x1a\x2b\x3c\x4d":
+                endian = ">"
+            elif magic == b"\x4d\x3c\x2b\x1a":
+                endian = "<"
+            else:
+                raise PcapngError("bad byte-order magic in a section header block")
+            interfaces = []
+        block_type, block_len = struct.unpack_from(endian + "II", view, pos)
+        if block_len < 12 or block_len % 4 or pos + block_len > size:
+            return
+        body = view[pos + 8 : pos + block_len - 4]
+        if block_type == IDB_TYPE:
+            linktype = struct.unpack_from(endian + "H", body, 0)[0]
+            base, exp = 10, 6
+            for code, value in _options(body[8:], endian):
+                if code == IF_TSRESOL and value:
+                    base, exp = (2, value[0] & 0x7F) if value[0] & 0x80 else (10, value[0])
+            interfaces.append((linktype, base, exp))
+        elif block_type == EPB_TYPE:
+            iface, hi, lo, caplen, orig = struct.unpack_from(endian + "IIIII", body, 0)
+            if iface < len(interfaces):
+                linktype, base, exp = interfaces[iface]
+                ticks = (hi << 32) | lo
+                ns = ticks if (base, exp) == (10, 9) else ticks * 1_000_000_000 // (base**exp)
+                data = bytes(body[20 : 20 + caplen])
+                comment = None
+                for code, value in _options(body[20 + caplen + _PADLEN[caplen & 3] :], endian):
+                    if code == OPT_COMMENT:
+                        comment = value.decode("utf-8", errors="replace")
+                yield Packet(linktype, ns, data, orig, comment)
+        pos += block_len
+
+
+def _options(raw: memoryview, endian: str) -> Iterator[tuple[int, bytes]]:
+    pos = 0
+    while pos + 4 <= len(raw):
+        code, length = struct.unpack_from(endian + "HH", raw, pos)
+        if code == OPT_ENDOFOPT:
+            return
+        yield code, bytes(raw[pos + 4 : pos + 4 + length])
+        pos += 4 + length + _PADLEN[length & 3]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    proto: int
+    src: tuple[int, int]
+    dst: tuple[int, int]
+    flags: int
+    payload: bytes
+    length: int
+
+
+def _ip_packet(packet: Packet) -> bytes | None:
+    """The IPv4 packet inside a frame of a link type we know, else None."""
+    data = packet.data
+    if packet.linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
+        return data
+    if packet.linktype == LINKTYPE_ETHERNET and data[12:14] == b"\x08\x00":
+        return data[14:]
+    if packet.linktype == LINKTYPE_LINUX_SLL and data[14:16] == b"\x08\x00":
+        return data[16:]
+    if packet.linktype == LINKTYPE_NULL and len(data) >= 4 and data[0] in (2, 0):
+        return data[4:]
+    return None
+
+
+def _segment(packet: Packet) -> _Segment | None:
+    ip = _ip_packet(packet)
+    if ip is None or len(ip) < 20 or ip[0] >> 4 != 4:
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    ip_len, proto = struct.unpack_from(">H", ip, 2)[0], ip[9]
+    src_ip, dst_ip = struct.unpack_from(">II", ip, 12)
+    l4 = ip[ihl:]
+    headroom = len(packet.data) - len(ip)  # link header bytes
+    if proto == IPPROTO_TCP and len(l4) >= 20:
+        sport, dport = struct.unpack_from(">HH", l4)
+        offset = (l4[12] >> 4) * 4
+        flags = l4[13]
+        length = ip_len - ihl - offset
+        payload = l4[offset : offset + length]
+        return _Segment(proto, (src_ip, sport), (dst_ip, dport), flags, payload, length)
+    if proto == IPPROTO_UDP and len(l4) >= 8:
+        sport, dport = struct.unpack_from(">HH", l4)
+        length = ip_len - ihl - 8
+        if ip_len == 65535:  # a datagram recorded cut at the IPv4 limit: orig_len knows
+            length = packet.orig_len - headroom - ihl - 8
+        payload = l4[8 : 8 + length]
+        return _Segment(proto, (src_ip, sport), (dst_ip, dport), 0, payload, length)
+    return None
+
+
+@final
+class _Tracked:
+    __slots__ = ("client", "closing", "conn", "path", "sock_type")
+
+    def __init__(
+        self, conn: int, client: tuple[int, int], path: str, sock_type: SocketType
+    ) -> None:
+        self.conn = conn
+        self.client = client
+        self.path = path
+        self.sock_type = sock_type
+        self.closing: Direction | None = None
+
+
+def _endpoint_text(endpoint: tuple[int, int]) -> str:
+    ip, port = endpoint
+    return f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}:{port}"
+
+
+def decode_events(buf: bytes | memoryview) -> Iterator[Event]:
+    """The events of a capture: ours exactly (from comments and flows), and plain TCP
+    and UDP captures (tcpdump on lo, say) as well as their headers allow."""
+    flows: dict[tuple[tuple[int, int], tuple[int, int], int], _Tracked] = {}
+    next_conn = 1
+    for packet in iter_packets(buf):
+        seg = _segment(packet)
+        if seg is None:
+            continue
+        key = (min(seg.src, seg.dst), max(seg.src, seg.dst), seg.proto)
+        flow = flows.get(key)
+        info = parse_comment(packet.comment)
+        if flow is None:
+            bare = seg.proto == IPPROTO_TCP and seg.length == 0
+            if bare and seg.flags & (TCP_SYN | TCP_ACK) != TCP_SYN:
+                continue  # tail of a connection that began before the capture
+            client = seg.src if _looks_like_client(seg) else seg.dst
+            conn = info.conn if info.conn is not None else next_conn
+            next_conn = max(next_conn, conn) + 1
+            default_type = SocketType.STREAM if seg.proto == IPPROTO_TCP else SocketType.DGRAM
+            path = (
+                info.path
+                if info.path is not None
+                else _endpoint_text(seg.dst if client == seg.src else seg.src)
+            )
+            flow = _Tracked(conn, client, path, info.sock_type or default_type)
+            flows[key] = flow
+            yield Event.open(packet.time_ns, conn, flow.path, flow.sock_type, info.client)
+        direction = Direction.C2S if seg.src == flow.client else Direction.S2C
+        if seg.length > 0:
+            yield Event.chunk(
+                packet.time_ns,
+                flow.conn,
+                flow.path,
+                flow.sock_type,
+                info.client,
+                direction,
+                seg.payload,
+                seg.length,
+            )
+        if seg.proto != IPPROTO_TCP:
+            continue
+        if seg.flags & TCP_RST:
+            del flows[key]
+            yield Event.close(
+                packet.time_ns, flow.conn, flow.path, flow.sock_type, info.client, None
+            )
+        elif seg.flags & TCP_FIN:
+            if flow.closing is None:
+                flow.closing = direction
+            elif flow.closing is not direction:
+                del flows[key]
+                yield Event.close(
+                    packet.time_ns,
+                    flow.conn,
+                    flow.path,
+                    flow.sock_type,
+                    info.client,
+                    flow.closing,
+                )
+
+
+def _looks_like_client(seg: _Segment) -> bool:
+    """Is the sender of this first-seen segment the client?"""
+    if seg.proto == IPPROTO_TCP and seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
+        return True
+    if seg.proto == IPPROTO_TCP and seg.flags & TCP_SYN:
+        return False
+    if seg.dst[0] == SERVER_IP and (seg.src[0] & 0xFFFF0000) == CLIENT_NET:
+        return True
+    if seg.src[0] == SERVER_IP and (seg.dst[0] & 0xFFFF0000) == CLIENT_NET:
+        return False
+    return seg.src[1] > seg.dst[1]  # the ephemeral (higher) port is the client's

@@ -1,0 +1,401 @@
+"""I/O: the proxy engine of `udskit dump`: take a live socket's place, forward, put back.
+
+Taking over a path with no gap. A client connecting at any instant must reach either
+the original server or the proxy, never find the path missing (ENOENT), so the path
+is never unlinked and never renamed away:
+
+1. the proxy binds a fresh socket at a staging name in the same directory
+   (`.NAME.udskit-dump-new`), born with mode 0000 and then given the original file's
+   owner, group and mode;
+2. link(2) gives the original socket file a second, hidden name,
+   `.NAME.udskit-dump`: connect(2) finds a socket through the file's inode
+   (unix_find_bsd in net/unix/af_unix.c), so that name reaches the original server
+   and is how the proxy forwards to it;
+3. rename(2) moves the staging file over PATH: rename replaces its target atomically
+   (rename(2): "there will be no point at which newpath is missing"), so a client sees
+   either the original's inode or the proxy's.
+
+Putting it back is one more rename of the hidden name over PATH, also atomic; the proxy
+then keeps accepting for a moment, for clients whose connect() had already found its
+file, and lets open connections finish for a grace period.
+
+The hidden name is derived from PATH alone, so after a `kill -9` `udskit dump --restore
+PATH` finds it, and `udskit dump PATH` notices it and says so. Connections that existed
+before the dump started go straight to the server and are never touched.
+
+The kernel's bound name of the proxy socket (getsockname, `ss -x`, /proc/net/unix)
+stays the staging name: bind(2) records the name it was given, and there is no way to
+bind to a path that exists. `udskit ls` therefore shows the proxy as
+`.NAME.udskit-dump-new`, which at least says what it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Final, final
+
+from udskit.address import AddressKind, UnixAddress, parse_address
+from udskit.endpoints import DEFAULT_BACKLOG
+from udskit.errors import SocketError, UsageError, socket_error
+from udskit.probe import bound_owners, bound_type, file_kind, os_errors
+from udskit.socktype import SocketType
+
+__all__ = [
+    "HIDDEN_SUFFIX",
+    "STAGING_SUFFIX",
+    "Leftovers",
+    "Takeover",
+    "find_leftovers",
+    "hidden_path",
+    "restore_leftovers",
+    "staging_path",
+]
+
+HIDDEN_SUFFIX: Final = ".udskit-dump"
+STAGING_SUFFIX: Final = ".udskit-dump-new"
+
+
+def hidden_path(path: str) -> str:
+    """Where the original socket file is kept during a dump: `DIR/.NAME.udskit-dump`."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}{HIDDEN_SUFFIX}")
+
+
+def staging_path(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}{STAGING_SUFFIX}")
+
+
+@contextmanager
+def _directory_lock(path: str) -> Iterator[None]:
+    """flock() the socket's directory: two dumps starting (or one stopping and one
+    starting) on the same path must not interleave their links and renames. The same
+    lock as `udskit listen` takes for its safe bind."""
+    directory = os.path.dirname(os.path.abspath(path)) or "/"
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def is_live(path: str) -> bool:
+    """Is a socket bound behind the socket file at `path`? A datagram connect() tells
+    without making a connection: ECONNREFUSED means no socket owns the inode, EPROTOTYPE
+    means a socket of another type does (unix_find_other)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+    finally:
+        probe.close()
+    return True
+
+
+def detect_type(address: UnixAddress) -> SocketType:
+    """The type of the socket bound at `address`: /proc/net/unix by name first; a
+    datagram connect() (no connection is made) and a seqpacket connect() otherwise."""
+    found = bound_type(address)
+    if found is not None:
+        return found
+    target = address.to_sockaddr()
+    for kind in (SocketType.DGRAM, SocketType.STREAM, SocketType.SEQPACKET):
+        probe = socket.socket(socket.AF_UNIX, kind.kernel | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(target)
+        except OSError as exc:
+            if exc.errno == errno.EPROTOTYPE:
+                continue
+            with os_errors("connect", address):
+                raise
+        finally:
+            probe.close()
+        return kind
+    raise UsageError(f"cannot tell the socket type of {address}; give --type")
+
+
+# -- leftovers -------------------------------------------------------------------------------
+@final
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """What a dump that did not finish left next to PATH."""
+
+    path: str
+    hidden: str | None  # the original's hidden name, if it is there
+    staging: str | None  # a staging socket file, if it is there
+    path_live: bool  # something serves PATH (another dump running?)
+
+    def describe(self) -> str:
+        found = [p for p in (self.hidden, self.staging) if p is not None]
+        return ", ".join(found)
+
+
+def find_leftovers(path: str) -> Leftovers | None:
+    hidden = hidden_path(path)
+    staging = staging_path(path)
+    has_hidden = os.path.lexists(hidden)
+    has_staging = os.path.lexists(staging)
+    if not has_hidden and not has_staging:
+        return None
+    return Leftovers(
+        path,
+        hidden if has_hidden else None,
+        staging if has_staging else None,
+        os.path.lexists(path) and is_live(path),
+    )
+
+
+def restore_leftovers(path: str) -> list[str]:
+    """`udskit dump --restore PATH`: put the original back after a killed dump.
+
+    Refuses while PATH is live and the hidden original is too (a dump is running: stop
+    it instead). Returns what was done, one line each."""
+    address = parse_address(path)
+    if address.kind is not AddressKind.PATHNAME:
+        raise UsageError(f"--restore takes a socket file path, not {address}")
+    done: list[str] = []
+    with _directory_lock(path):
+        left = find_leftovers(path)
+        if left is None:
+            return [f"nothing to restore: no {hidden_path(path)} next to {path}"]
+        if left.hidden is not None and _inode(path) == _inode(left.hidden):
+            # Killed between link and rename: PATH is still the original itself.
+            os.unlink(left.hidden)
+            done.append(f"removed {left.hidden}, a second name of {path} (which is intact)")
+        elif left.hidden is not None:
+            hidden_live = is_live(left.hidden)
+            if left.path_live and hidden_live:
+                owners = bound_owners(address)
+                who = f" ({owners})" if owners else ""
+                raise socket_error(
+                    "restore",
+                    path,
+                    errno.EBUSY,
+                    f"a proxy still serves {path}{who}: a udskit dump is running there; "
+                    "stop it (Ctrl-C or kill PID) and it restores the original itself",
+                )
+            if hidden_live or not os.path.lexists(path):
+                with os_errors("restore", address):
+                    os.rename(left.hidden, path)
+                done.append(f"restored the original socket file {path} from {left.hidden}")
+            else:
+                # The server is gone and PATH holds something else: the original file is
+                # a dead socket's; keeping it would only make a stale file.
+                os.unlink(left.hidden)
+                done.append(f"removed {left.hidden}: the original server is no longer there")
+        if left.staging is not None and _is_dead_socket_file(left.staging):
+            os.unlink(left.staging)
+            done.append(f"removed the staging file {left.staging}")
+    return done
+
+
+def _is_dead_socket_file(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISSOCK(st.st_mode) and not is_live(path)
+
+
+# -- the takeover ----------------------------------------------------------------------------
+@final
+class Takeover:
+    """The proxy's listener in the original's place; `restore()` (or closing) undoes it.
+
+    After `start()`: `sock` is the proxy's bound (and listening) socket, non-blocking;
+    `upstream` is the hidden name that reaches the original server; `sock_type` is the
+    original's type.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        sock_type: SocketType | None = None,
+        backlog: int = DEFAULT_BACKLOG,
+    ) -> None:
+        self.address = parse_address(path)
+        if self.address.kind is not AddressKind.PATHNAME:
+            raise UsageError(
+                f"{self.address} is not a socket file: the proxy engine can only take over "
+                "a path; point the clients at a new address with --listen ADDR instead"
+            )
+        self.path = self.address.path
+        self.upstream = hidden_path(self.path)
+        self.staging = staging_path(self.path)
+        self.requested_type = sock_type
+        self.sock_type = sock_type or SocketType.STREAM
+        self.backlog = backlog
+        self.sock: socket.socket | None = None
+        self._proxy_inode: tuple[int, int] | None = None
+        self._original_inode: tuple[int, int] | None = None
+        self.restored = False
+
+    # -- start -----------------------------------------------------------------------------
+    def start(self) -> socket.socket:
+        path, address = self.path, self.address
+        for name in (self.upstream, self.staging):
+            if len(os.fsencode(os.path.abspath(name))) > 107:
+                raise UsageError(
+                    f"{path} is too long to keep a hidden name next to it ({name} would "
+                    "exceed 107 bytes); use --listen ADDR with a shorter path"
+                )
+        with _directory_lock(path):
+            left = find_leftovers(path)
+            if left is not None:
+                raise self._leftovers_error(left)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                with os_errors("connect", address):
+                    raise
+            if not stat.S_ISSOCK(st.st_mode):
+                raise UsageError(f"{path} is a {file_kind(st.st_mode)}, not a socket file")
+            if not is_live(path):
+                raise socket_error(
+                    "connect",
+                    path,
+                    errno.ECONNREFUSED,
+                    "the socket file exists but no server is behind it (stale); "
+                    "start the server first",
+                )
+            if self.requested_type is None:
+                self.sock_type = detect_type(address)
+            sock = self._bind_staging(st)
+            try:
+                with os_errors("dump", address):
+                    os.link(path, self.upstream)
+                try:
+                    with os_errors("dump", address):
+                        os.rename(self.staging, path)
+                except BaseException:
+                    os.unlink(self.upstream)
+                    raise
+            except BaseException:
+                sock.close()
+                with suppress(OSError):
+                    os.unlink(self.staging)
+                raise
+        self._original_inode = (st.st_dev, st.st_ino)
+        self._proxy_inode = _inode(path)
+        self.sock = sock
+        return sock
+
+    def _leftovers_error(self, left: Leftovers) -> SocketError:
+        if left.path_live and left.hidden is not None and is_live(left.hidden):
+            owners = bound_owners(self.address)
+            who = f" ({owners})" if owners else ""
+            detail = (
+                f"another udskit dump already runs on {self.path}{who}; stop it first, "
+                f"or dump its clients with --listen"
+            )
+        else:
+            detail = (
+                f"found leftovers of a udskit dump that was killed ({left.describe()}); "
+                f"run `udskit dump --restore {self.path}` to put the original back"
+            )
+        return socket_error("dump", self.path, errno.EEXIST, detail)
+
+    def _bind_staging(self, original: os.stat_result) -> socket.socket:
+        """The proxy's socket at the staging name, with the original file's mode, owner
+        and group. Born with mode 0000 (umask 0777 around bind) so nobody can connect
+        before the permissions are right; the staging name is private anyway."""
+        if _is_dead_socket_file(self.staging):
+            os.unlink(self.staging)
+        staging = UnixAddress.pathname(self.staging)
+        sock = socket.socket(socket.AF_UNIX, self.sock_type.kernel | socket.SOCK_CLOEXEC)
+        try:
+            old = os.umask(0o777)
+            try:
+                with os_errors("listen", staging, self.sock_type):
+                    sock.bind(self.staging)
+            finally:
+                os.umask(old)
+            try:
+                if (original.st_uid, original.st_gid) != (os.geteuid(), os.getegid()):
+                    os.chown(self.staging, original.st_uid, original.st_gid)
+                os.chmod(self.staging, stat.S_IMODE(original.st_mode))
+            except PermissionError:
+                raise socket_error(
+                    "dump",
+                    self.path,
+                    errno.EPERM,
+                    f"cannot give the proxy's socket file the owner {original.st_uid}:"
+                    f"{original.st_gid} of {self.path}; run udskit dump as root or as "
+                    "that user",
+                ) from None
+            if self.sock_type.connection_oriented:
+                sock.listen(self.backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            with suppress(OSError):
+                os.unlink(self.staging)
+            raise
+        return sock
+
+    # -- restore ---------------------------------------------------------------------------
+    def restore(self) -> list[str]:
+        """Put the original socket file back at PATH (atomically), once.
+
+        The proxy's socket stays open: the caller drains clients that were already on
+        their way in, then closes it. Returns notes for the user (nothing when all is
+        as expected)."""
+        if self.restored or self.sock is None:
+            return []
+        self.restored = True
+        notes: list[str] = []
+        with _directory_lock(self.path):
+            current = _inode(self.path)
+            hidden = _inode(self.upstream)
+            if hidden is None:
+                notes.append(f"{self.upstream} vanished meanwhile: nothing to put back")
+                if current == self._proxy_inode:
+                    os.unlink(self.path)
+                return notes
+            if current == self._proxy_inode or current is None:
+                if current is None and not is_live(self.upstream):
+                    os.unlink(self.upstream)
+                    notes.append(
+                        f"{self.path} was removed meanwhile and its server is gone; left it removed"
+                    )
+                    return notes
+                os.rename(self.upstream, self.path)
+            else:
+                notes.append(
+                    f"{self.path} was replaced meanwhile by another file; "
+                    f"the original stays at {self.upstream}"
+                )
+        return notes
+
+    def close(self) -> None:
+        """Restore (if not yet) and close the proxy's socket."""
+        try:
+            self.restore()
+        finally:
+            if self.sock is not None:
+                self.sock.close()
+
+    @property
+    def upstream_address(self) -> UnixAddress:
+        return UnixAddress.pathname(self.upstream)
