@@ -1,0 +1,594 @@
+"""I/O: the relay itself: accept clients, connect each upstream, run the sessions.
+
+See `udskit.relay` for the public API; this module holds the `Relay` class.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Collection
+from contextlib import suppress
+from typing import BinaryIO, Final, final
+
+from udskit.address import UnixAddress
+from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
+from udskit.endpoints import DEFAULT_BACKLOG, Listener, peer_credentials
+from udskit.errors import SocketError, UsageError
+from udskit.relay.events import CopyMode, EventKind, RelayEvent, RelayStats
+from udskit.relay.loop import IN, OUT, Loop, Timer
+from udskit.relay.sides import (
+    ListenSide,
+    Target,
+    adopt_listen_side,
+    connect_blocking,
+    open_listen_side,
+    resolve_target,
+    spawn_exec,
+    stdio_bridge,
+)
+from udskit.relay.stream import Session
+from udskit.socktype import SocketType
+from udskit.tap import ClientInfo, ConnectionInfo, Tap
+
+EndpointLike = EndpointSpec | str | UnixAddress
+ListenLike = EndpointLike | Listener | socket.socket
+EventCallback = Callable[[RelayEvent], None]
+
+#: One buffer for the whole relay: stream reads take STREAM_CHUNK of it, a seqpacket
+#: record or a datagram may use all of it (net.core.wmem_max is 4 MiB on many hosts,
+#: which bounds a record's size).
+BUFFER_SIZE: Final = 4 << 20
+#: Connect retries while the upstream's backlog is full (EAGAIN on unix sockets).
+_RETRY_FIRST: Final = 0.002
+_RETRY_MAX: Final = 0.1
+
+
+def as_endpoint(value: EndpointLike, default_type: SocketType = SocketType.STREAM) -> EndpointSpec:
+    if isinstance(value, EndpointSpec):
+        return value
+    if isinstance(value, UnixAddress):
+        return EndpointSpec(EndpointKind.UNIX, address=value, sock_type=default_type)
+    return parse_endpoint(value, default_type)
+
+
+@final
+class Relay:
+    """Forward every client of `left` to its own connection to `right`, both ways.
+
+    `left` is an endpoint (text or `EndpointSpec`) or a listener the caller already
+    bound (`udskit.endpoints.Listener` or a listening socket), which the relay uses but
+    never closes. What the relay opened itself it closes in `close()`, removing its
+    socket file. See the `udskit.relay` docstring for the options.
+    """
+
+    def __init__(
+        self,
+        left: ListenLike,
+        right: EndpointLike,
+        *,
+        tap: Tap | None = None,
+        on_event: EventCallback | None = None,
+        max_clients: int | None = None,
+        allow_uids: Collection[int] = (),
+        allow_gids: Collection[int] = (),
+        backlog: int = DEFAULT_BACKLOG,
+        mode: int | None = None,
+        owner: str | int | None = None,
+        group: str | int | None = None,
+        splice: bool = True,
+        connect_timeout: float = 10.0,
+        dgram_idle: float = 60.0,
+        default_type: SocketType = SocketType.STREAM,
+        stdio: tuple[BinaryIO, BinaryIO] | None = None,
+    ) -> None:
+        self._adopted: Listener | socket.socket | None = None
+        if isinstance(left, (Listener, socket.socket)):
+            self._adopted = left
+            self.left = adopt_listen_side(left).spec
+        else:
+            self.left = as_endpoint(left, default_type)
+        self.right = as_endpoint(right, default_type)
+        self.tap = tap
+        self.on_event = on_event
+        self.max_clients = max_clients if max_clients and max_clients > 0 else None
+        self.allow_uids = frozenset(allow_uids)
+        self.allow_gids = frozenset(allow_gids)
+        self.backlog = backlog
+        self.mode, self.owner, self.group = mode, owner, group
+        self.splice = splice
+        self.connect_timeout = connect_timeout
+        self.dgram_idle = dgram_idle
+        self.stdio = stdio
+        self.stats = RelayStats()
+        self._check()
+        self.loop = Loop()
+        self._buffer = bytearray(BUFFER_SIZE)
+        self.view = memoryview(self._buffer)
+        self.view_size = BUFFER_SIZE
+        self.sessions: set[Session] = set()
+        self._connecting: set[_Connecting] = set()
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._listen: ListenSide | None = None
+        self._target: Target | None = None
+        self._next_id = 0
+        self._accept_paused = False
+        self._single = not self.left.listening
+        self._opened = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._finished = threading.Event()
+        self._datagram: object | None = None
+        self._want_client_info = tap is not None or on_event is not None
+        self.error: BaseException | None = None
+
+    # -- checks --------------------------------------------------------------------------
+    def _check(self) -> None:
+        left, right = self.left, self.right
+        if right.listening:
+            raise UsageError(
+                f"RIGHT ({right}) must be something to connect to; only LEFT listens "
+                "(e.g. udskit relay unix-listen:/tmp/front.sock tcp:127.0.0.1:8080)"
+            )
+        if right.kind is EndpointKind.STDIO and left.listening:
+            raise UsageError(
+                "stdio (-) can serve only one connection; with a listening LEFT use "
+                "exec:CMD or a socket as RIGHT"
+            )
+        if left.kind is EndpointKind.STDIO and right.kind is EndpointKind.STDIO:
+            raise UsageError("both sides are stdio; one side must be a socket or exec:CMD")
+        unix_listen = left.kind is EndpointKind.UNIX_LISTEN
+        if (self.allow_uids or self.allow_gids) and not unix_listen:
+            raise UsageError(
+                "--allow-uid/--allow-gid need a unix listen side (LEFT unix-listen: or "
+                "abstract-listen:); TCP clients carry no credentials"
+            )
+        if (self.mode is not None or self.owner is not None or self.group is not None) and not (
+            unix_listen and left.address is not None and left.address.is_pathname
+        ):
+            raise UsageError(
+                "--mode/--owner/--group apply to a socket file LEFT (unix-listen:PATH); "
+                "abstract names and TCP have no file permissions"
+            )
+        dgram_left = left.sock_type is SocketType.DGRAM
+        dgram_right = right.sock_type is SocketType.DGRAM
+        if (dgram_left or dgram_right) and not (
+            dgram_left and dgram_right and left.listening and right.is_unix
+        ):
+            raise UsageError(
+                "datagram relaying goes from a datagram listen side to a datagram "
+                "socket: e.g. unix-recvfrom:/tmp/front.sock unix-sendto:/tmp/back.sock"
+            )
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def listen_endpoint(self) -> EndpointSpec:
+        """LEFT as bound: tcp-listen:...:0 shows the port the kernel chose."""
+        return self._listen.spec if self._listen is not None else self.left
+
+    def open(self) -> Relay:
+        """Bind the listener and resolve RIGHT now, so errors come before serving."""
+        if self._opened:
+            return self
+        self._opened = True
+        try:
+            self._target = resolve_target(self.right)
+            if self._adopted is not None:
+                self._listen = adopt_listen_side(self._adopted)
+            elif self.left.listening:
+                self._listen = open_listen_side(
+                    self.left,
+                    backlog=self.backlog,
+                    mode=self.mode,
+                    owner=self.owner,
+                    group=self.group,
+                )
+            if self._listen is not None:
+                if self.left.sock_type is SocketType.DGRAM:
+                    from udskit.relay.datagram import DatagramRelay
+
+                    self._datagram = DatagramRelay(self, self._listen, self._target)
+                else:
+                    self.loop.register(self._listen.sock.fileno(), IN, self._on_accept)
+                self._emit(
+                    RelayEvent(EventKind.LISTENING, time.time_ns(), detail=str(self._listen.spec))
+                )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def serve_forever(self) -> None:
+        """Run until stop() (from another thread), Ctrl-C or, with a LEFT that does not
+        listen, the end of its one connection. Closes everything on the way out."""
+        try:
+            self.open()
+            if self._single:
+                self._open_single()
+                if not self.sessions:
+                    return
+            self.loop.run()
+        finally:
+            self.close()
+            self._finished.set()
+
+    def start(self) -> Relay:
+        """Open now (errors raise here), then serve in a background thread."""
+        self.open()
+
+        def run() -> None:
+            try:
+                self.serve_forever()
+            except BaseException as exc:  # kept for the caller of stop()
+                self.error = exc
+
+        self._thread = threading.Thread(target=run, name="udskit-relay", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and clean up; safe from any thread. Waits for the loop to end
+        when it runs in another thread."""
+        self.loop.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        elif self._opened and threading.current_thread() is not threading.main_thread():
+            self._finished.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a started relay to finish (a one-connection relay ends by itself)."""
+        return self._finished.wait(timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self.sessions):
+            session.stop()
+        for pending in list(self._connecting):
+            pending.cancel()
+        if self._datagram is not None:
+            self._datagram.close()  # type: ignore[attr-defined]
+        if self._listen is not None:
+            self.loop.unregister(self._listen.sock.fileno())
+            self._listen.close()
+        self._stop_children()
+        self.loop.close()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self.stop()
+        self.close()
+
+    # -- events ---------------------------------------------------------------------------
+    def _emit(self, event: RelayEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def emit(self, kind: EventKind, conn: ConnectionInfo | None, detail: str = "") -> None:
+        if self.on_event is not None:
+            self.on_event(RelayEvent(kind, time.time_ns(), conn, detail=detail))
+
+    # -- accepting ------------------------------------------------------------------------
+    def _on_accept(self, _events: int) -> None:
+        assert self._listen is not None
+        accept = self._listen.sock.accept
+        for _ in range(64):
+            if self.max_clients is not None and (
+                self.stats.active + len(self._connecting) >= self.max_clients
+            ):
+                self._pause_accept()
+                return
+            try:
+                sock, _raw = accept()
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.emit(
+                        EventKind.ERROR,
+                        None,
+                        f"accept: {os.strerror(exc.errno)}; pausing 0.1 s (raise `ulimit -n`?)",
+                    )
+                    self._pause_accept(0.1)
+                    return
+                continue  # ECONNABORTED and friends: that client is gone already
+            self._admit(sock)
+
+    def _pause_accept(self, delay: float | None = None) -> None:
+        assert self._listen is not None
+        self._accept_paused = True
+        self.loop.modify(self._listen.sock.fileno(), 0)
+        if delay is not None:
+            self.loop.call_later(delay, self._resume_accept)
+
+    def _resume_accept(self) -> None:
+        if self._accept_paused and self._listen is not None and not self._closed:
+            self._accept_paused = False
+            self.loop.modify(self._listen.sock.fileno(), IN)
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def client_info(self, sock: socket.socket) -> ClientInfo:
+        """SO_PEERCRED of a unix client, and its command from /proc/PID/comm."""
+        from udskit.inspect.owners import process_command
+
+        pid, uid, gid = peer_credentials(sock)
+        command = process_command(pid) if pid > 0 else None
+        return ClientInfo(pid if pid > 0 else None, uid, gid, command)
+
+    def allowed(self, uid: int | None, gid: int | None) -> bool:
+        if not (self.allow_uids or self.allow_gids):
+            return True
+        return (uid is not None and uid in self.allow_uids) or (
+            gid is not None and gid in self.allow_gids
+        )
+
+    def _admit(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        client = ClientInfo()
+        if sock.family == socket.AF_UNIX:
+            if self._want_client_info or self.allow_uids or self.allow_gids:
+                client = self.client_info(sock)
+        else:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = ConnectionInfo(
+            self.new_id(), self.left.sock_type, str(self.listen_endpoint), str(self.right), client
+        )
+        if not self.allowed(client.uid, client.gid):
+            self.stats.refused += 1
+            sock.close()
+            self.emit(
+                EventKind.REFUSED,
+                conn,
+                f"uid {client.uid} gid {client.gid} is not in --allow-uid/--allow-gid",
+            )
+            return
+        self.stats.accepted += 1
+        self.emit(EventKind.ACCEPTED, conn)
+        self._connect_upstream(conn, sock)
+
+    # -- upstream -------------------------------------------------------------------------
+    def _connect_upstream(self, conn: ConnectionInfo, client: socket.socket) -> None:
+        assert self._target is not None
+        if self.right.kind is EndpointKind.EXEC:
+            assert self.right.command is not None
+            try:
+                upstream, child = spawn_exec(self.right.command)
+            except SocketError as err:
+                self._failed(conn, client, str(err))
+                return
+            self._start_session(conn, client, upstream, child)
+            return
+        _Connecting(self, conn, client, self._target).attempt()
+
+    def _failed(self, conn: ConnectionInfo, client: socket.socket, message: str) -> None:
+        client.close()
+        self.stats.failed += 1
+        self.emit(EventKind.FAILED, conn, message)
+        if self._single:
+            raise SocketError("connect", str(self.right), None, message)
+
+    def _start_session(
+        self,
+        conn: ConnectionInfo,
+        client: socket.socket,
+        upstream: socket.socket,
+        child: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        if upstream.family != socket.AF_UNIX:
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        mode = self._mode_for(client, upstream)
+        try:
+            session = Session(self, conn, client, upstream, mode, child)
+        except OSError:  # no fds left for the splice pipes: copy instead
+            mode = CopyMode.RECORD if mode is CopyMode.RECORD else CopyMode.COPY
+            session = Session(self, conn, client, upstream, CopyMode.COPY, child)
+        self.sessions.add(session)
+        stats = self.stats
+        stats.active += 1
+        stats.modes[mode.value] = stats.modes.get(mode.value, 0) + 1
+        if self.tap is not None:
+            self.tap.opened(conn, time.time_ns())
+        session.start()
+        if self.on_event is not None:
+            self.on_event(RelayEvent(EventKind.CONNECTED, time.time_ns(), conn, mode))
+
+    def _mode_for(self, client: socket.socket, upstream: socket.socket) -> CopyMode:
+        kinds = {_sock_type(client), _sock_type(upstream)}
+        if SocketType.SEQPACKET in kinds:
+            return CopyMode.RECORD
+        if self.splice and self.tap is None:
+            return CopyMode.SPLICE
+        return CopyMode.COPY
+
+    def session_ended(
+        self,
+        session: Session,
+        kind: EventKind,
+        first: object,
+        detail: str,
+        time_ns: int,
+    ) -> None:
+        self.sessions.discard(session)
+        stats = self.stats
+        stats.active -= 1
+        stats.c2s_bytes += session.c2s.count
+        stats.s2c_bytes += session.s2c.count
+        if kind is EventKind.RESET:
+            stats.resets += 1
+        else:
+            stats.closed += 1
+        if session.child is not None:
+            self._reap(session.child)
+        if self.on_event is not None:
+            self.on_event(
+                RelayEvent(
+                    kind,
+                    time_ns,
+                    session.conn,
+                    session.mode,
+                    session.c2s.count,
+                    session.s2c.count,
+                    session.first,
+                    detail,
+                )
+            )
+        if self._accept_paused and not self._closed:
+            self._resume_accept()
+        if self._single and not self.sessions:
+            self.loop.stop()
+
+    # -- one connection, no listener -------------------------------------------------------
+    def _open_single(self) -> None:
+        """LEFT connects (or is stdio / a command): one session, then the relay ends."""
+        left_sock, left_child = self._open_side(self.left)
+        try:
+            right_sock, right_child = self._open_side(self.right)
+        except BaseException:
+            left_sock.close()
+            if left_child is not None:
+                self._reap(left_child)
+            raise
+        conn = ConnectionInfo(
+            self.new_id(), self.left.sock_type, str(self.left), str(self.right), ClientInfo()
+        )
+        if left_child is not None:
+            self._children[left_child.pid] = left_child
+        self._start_session(conn, left_sock, right_sock, right_child)
+
+    def _open_side(
+        self, spec: EndpointSpec
+    ) -> tuple[socket.socket, subprocess.Popen[bytes] | None]:
+        if spec.kind is EndpointKind.STDIO:
+            import sys
+
+            stdin, stdout = self.stdio or (sys.stdin.buffer, sys.stdout.buffer)
+            return stdio_bridge(stdin, stdout), None
+        if spec.kind is EndpointKind.EXEC:
+            assert spec.command is not None
+            return spawn_exec(spec.command)
+        return connect_blocking(resolve_target(spec), self.connect_timeout), None
+
+    # -- children (exec:) -----------------------------------------------------------------
+    def _reap(self, child: subprocess.Popen[bytes]) -> None:
+        """Wait for a command without blocking the loop: a pidfd says when it exits."""
+        if child.poll() is not None:
+            return
+        self._children[child.pid] = child
+        try:
+            pidfd = os.pidfd_open(child.pid)
+        except OSError:
+            return  # reaped in _stop_children
+
+        def exited(_events: int) -> None:
+            self.loop.unregister(pidfd)
+            os.close(pidfd)
+            child.poll()
+            self._children.pop(child.pid, None)
+
+        self.loop.register(pidfd, IN, exited)
+
+    def _stop_children(self) -> None:
+        for child in list(self._children.values()):
+            if child.poll() is None:
+                with suppress(ProcessLookupError):
+                    child.terminate()
+                try:
+                    child.wait(2)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        self._children.clear()
+
+
+def _sock_type(sock: socket.socket) -> SocketType:
+    if sock.family != socket.AF_UNIX:
+        return SocketType.STREAM
+    return SocketType.from_kernel(sock.type & 0xF)
+
+
+@final
+class _Connecting:
+    """A non-blocking connect in progress: EINPROGRESS (TCP) waits for EPOLLOUT, EAGAIN
+    (a unix listener's backlog is full, see unix_stream_connect) retries with backoff
+    until `connect_timeout`."""
+
+    def __init__(
+        self, relay: Relay, conn: ConnectionInfo, client: socket.socket, target: Target
+    ) -> None:
+        self.relay = relay
+        self.conn = conn
+        self.client = client
+        self.target = target
+        self.sock: socket.socket | None = None
+        self.timer: Timer | None = None
+        self.delay = _RETRY_FIRST
+        self.deadline = time.monotonic() + relay.connect_timeout
+        self.registered = False
+
+    def attempt(self) -> None:
+        self.timer = None
+        sock = self.target.new_socket()
+        err = sock.connect_ex(self.target.sockaddr)  # type: ignore[arg-type]
+        if err == 0:
+            self._done(sock)
+        elif err == errno.EINPROGRESS:
+            self.sock = sock
+            self.relay._connecting.add(self)
+            self.relay.loop.register(sock.fileno(), OUT, self._on_writable)
+            self.registered = True
+        elif err == errno.EAGAIN and time.monotonic() < self.deadline:
+            sock.close()
+            self.relay._connecting.add(self)
+            self.timer = self.relay.loop.call_later(self.delay, self.attempt)
+            self.delay = min(self.delay * 2, _RETRY_MAX)
+        else:
+            sock.close()
+            self._fail(err)
+
+    def _on_writable(self, _events: int) -> None:
+        sock = self.sock
+        assert sock is not None
+        self.relay.loop.unregister(sock.fileno())
+        self.registered = False
+        self.sock = None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            self._fail(err)
+        else:
+            self._done(sock)
+
+    def _done(self, sock: socket.socket) -> None:
+        self.relay._connecting.discard(self)
+        self.relay._start_session(self.conn, self.client, sock)
+
+    def _fail(self, err: int) -> None:
+        self.relay._connecting.discard(self)
+        message = str(self.target.error("connect", err))
+        self.relay._failed(self.conn, self.client, message)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.sock is not None:
+            if self.registered:
+                self.relay.loop.unregister(self.sock.fileno())
+            self.sock.close()
+        self.client.close()
+        self.relay._connecting.discard(self)
+
+
+Core = Relay

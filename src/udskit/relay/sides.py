@@ -1,0 +1,269 @@
+"""I/O: open the two sides of a relay: listeners, upstream connections, commands, stdio.
+
+Whatever a side is, the engine sees a socket: `exec:CMD` runs the command on one end of
+a socketpair (as socat does), and `-` bridges stdin/stdout to a socketpair with two
+threads. So one forwarding engine, with splice and half-close, serves every kind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import BinaryIO, final
+
+from udskit.address import UnixAddress
+from udskit.endpoint_spec import EndpointKind, EndpointSpec
+from udskit.endpoints import DEFAULT_BACKLOG, Listener, open_listener
+from udskit.errors import SocketError, UsageError, socket_error
+from udskit.probe import os_errors
+from udskit.socktype import SocketType
+
+
+@final
+@dataclass(slots=True)
+class ListenSide:
+    """A listening (or, for datagrams, bound) socket and what to do on close."""
+
+    sock: socket.socket
+    spec: EndpointSpec  # with the real port for tcp-listen:0
+    listener: Listener | None  # unix listeners we opened: close() unlinks the file
+    owned: bool
+
+    @property
+    def is_unix(self) -> bool:
+        return self.sock.family == socket.AF_UNIX
+
+    def close(self) -> None:
+        if not self.owned:
+            return
+        if self.listener is not None:
+            self.listener.close()
+        else:
+            self.sock.close()
+
+
+def open_listen_side(
+    spec: EndpointSpec,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    mode: int | None = None,
+    owner: str | int | None = None,
+    group: str | int | None = None,
+) -> ListenSide:
+    if spec.kind is EndpointKind.UNIX_LISTEN:
+        assert spec.address is not None
+        listener = open_listener(
+            spec.address, spec.sock_type, backlog=backlog, mode=mode, owner=owner, group=group
+        )
+        listener.sock.setblocking(False)
+        return ListenSide(listener.sock, spec, listener, owned=True)
+    if spec.kind is EndpointKind.TCP_LISTEN:
+        if mode is not None or owner is not None or group is not None:
+            raise UsageError("--mode/--owner/--group apply to socket files, not to tcp-listen")
+        assert spec.host is not None and spec.port is not None
+        family, sockaddr = resolve_tcp(spec, "listen")
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+                sock.listen(backlog)
+            except OSError as exc:
+                raise _tcp_error("listen", spec, exc) from exc
+            sock.setblocking(False)
+            port = sock.getsockname()[1]
+        except BaseException:
+            sock.close()
+            raise
+        real = EndpointSpec(EndpointKind.TCP_LISTEN, host=spec.host, port=port)
+        return ListenSide(sock, real, None, owned=True)
+    raise UsageError(f"{spec} does not listen")
+
+
+def adopt_listen_side(source: Listener | socket.socket) -> ListenSide:
+    """A listener the caller opened (udskit dump binds its own): the relay never closes it."""
+    if isinstance(source, Listener):
+        spec = EndpointSpec(EndpointKind.UNIX_LISTEN, address=source.address, sock_type=source.type)
+        source.sock.setblocking(False)
+        return ListenSide(source.sock, spec, source, owned=False)
+    sock = source
+    sock.setblocking(False)
+    if sock.family == socket.AF_UNIX:
+        from udskit.address import decode_sockaddr
+
+        address = decode_sockaddr(sock.getsockname())
+        sock_type = SocketType.from_kernel(sock.type & 0xF)
+        spec = EndpointSpec(EndpointKind.UNIX_LISTEN, address=address, sock_type=sock_type)
+    else:
+        host, port = sock.getsockname()[:2]
+        spec = EndpointSpec(EndpointKind.TCP_LISTEN, host=host, port=port)
+    return ListenSide(sock, spec, None, owned=False)
+
+
+def resolve_tcp(
+    spec: EndpointSpec, op: str
+) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
+    """(family, sockaddr) for a TCP endpoint; names are resolved once, here."""
+    assert spec.host is not None and spec.port is not None
+    try:
+        infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise SocketError(
+            op, str(spec), None, f"{op} {spec}: cannot resolve {spec.host!r} ({exc.strerror})"
+        ) from None
+    family, _type, _proto, _name, sockaddr = infos[0]
+    return family, sockaddr  # type: ignore[return-value]
+
+
+def _tcp_error(op: str, spec: EndpointSpec, exc: OSError) -> SocketError:
+    hints = {
+        errno.EADDRINUSE: "another program listens on that port; pick another (or 0)",
+        errno.ECONNREFUSED: "nothing listens on that port; is the server running?",
+        errno.EACCES: "ports below 1024 need root (CAP_NET_BIND_SERVICE); pick a higher one",
+        errno.EADDRNOTAVAIL: "that address is not on this machine; use 127.0.0.1 or ::1",
+    }
+    return socket_error(op, str(spec), exc.errno or 0, hints.get(exc.errno or 0))
+
+
+# -- upstream ----------------------------------------------------------------------------
+@final
+@dataclass(slots=True)
+class Target:
+    """Where each client's upstream connection goes, resolved once."""
+
+    spec: EndpointSpec
+    family: int
+    sock_type: SocketType
+    sockaddr: object  # what socket.connect takes
+
+    def new_socket(self) -> socket.socket:
+        kind = self.sock_type.kernel if self.family == socket.AF_UNIX else socket.SOCK_STREAM
+        return socket.socket(self.family, kind | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+
+    def error(self, op: str, err: int) -> SocketError:
+        """The actionable message for a failed connect/send to this target."""
+        if self.family == socket.AF_UNIX:
+            assert self.spec.address is not None
+            try:
+                with os_errors(op, self.spec.address, self.sock_type):
+                    raise OSError(err, os.strerror(err))
+            except SocketError as made:
+                return made
+        return _tcp_error(op, self.spec, OSError(err, os.strerror(err)))
+
+
+def resolve_target(spec: EndpointSpec) -> Target:
+    if spec.kind is EndpointKind.UNIX:
+        assert spec.address is not None
+        return Target(spec, socket.AF_UNIX, spec.sock_type, spec.address.to_sockaddr())
+    if spec.kind is EndpointKind.TCP:
+        family, sockaddr = resolve_tcp(spec, "connect")
+        return Target(spec, family, SocketType.STREAM, sockaddr)
+    return Target(spec, socket.AF_UNIX, SocketType.STREAM, None)
+
+
+def connect_blocking(target: Target, timeout: float) -> socket.socket:
+    """A connected socket (left non-blocking), or a SocketError saying what to do."""
+    sock = target.new_socket()
+    try:
+        if target.sock_type is SocketType.DGRAM:
+            sock.bind(UnixAddress.autobind().to_sockaddr())
+        sock.settimeout(timeout)
+        try:
+            sock.connect(target.sockaddr)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise target.error("connect", errno.ETIMEDOUT) from None
+        except OSError as exc:
+            raise target.error("connect", exc.errno or errno.EIO) from None
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# -- exec and stdio ---------------------------------------------------------------------------
+def spawn_exec(command: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """Run `command` through /bin/sh with stdin and stdout on a socketpair; our end back.
+
+    A socketpair rather than two pipes: half-close (shutdown) reaches the command as
+    EOF on its stdin, and our end is a stream socket, so splice works on it.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", command],
+                stdin=theirs.fileno(),
+                stdout=theirs.fileno(),
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise SocketError("exec", command, exc.errno, f"exec {command}: {exc}") from None
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    return ours, proc
+
+
+def stdio_bridge(stdin: BinaryIO, stdout: BinaryIO) -> socket.socket:
+    """A socket whose peer is our stdin/stdout, moved by two daemon threads.
+
+    stdin's EOF arrives as EOF on the socket; EOF on the socket (the other side shut
+    down) flushes stdout. Plain fds are read with os.read, so a thread still blocked on
+    a terminal at exit holds no buffer lock.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    read = _reader(stdin)
+    remaining = [2]
+    lock = threading.Lock()
+
+    def done() -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                theirs.close()
+
+    def pump_in() -> None:
+        try:
+            while chunk := read(65536):
+                theirs.sendall(chunk)
+        except OSError:
+            pass
+        with suppress(OSError):
+            theirs.shutdown(socket.SHUT_WR)
+        done()
+
+    def pump_out() -> None:
+        try:
+            while chunk := theirs.recv(65536):
+                stdout.write(chunk)
+                stdout.flush()
+        except (OSError, ValueError):
+            pass
+        with suppress(OSError):
+            theirs.shutdown(socket.SHUT_RD)
+        done()
+
+    for target in (pump_in, pump_out):
+        threading.Thread(target=target, name=f"udskit-relay-{target.__name__}", daemon=True).start()
+    ours.setblocking(False)
+    return ours
+
+
+def _reader(stream: BinaryIO) -> Callable[[int], bytes]:
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        read1 = getattr(stream, "read1", None)
+        return read1 if read1 is not None else stream.read
+    return lambda size: os.read(fd, size)

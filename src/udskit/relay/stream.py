@@ -1,0 +1,411 @@
+"""I/O: one forwarded connection (stream or seqpacket): two pumps and their states.
+
+Each direction is a pump from a source socket to a destination socket. A pump reads
+only while it has nothing waiting to be written, so a slow reader slows its writer
+(back-pressure) instead of filling our memory. EOF from a source becomes
+shutdown(SHUT_WR) on its destination, and the other pump keeps going (half-close);
+the connection ends when both pumps have ended. An error on either side (ECONNRESET,
+EPIPE) ends both at once and is reported once, as a reset.
+
+Two kinds of pump:
+
+* `SplicePump` moves bytes socket -> pipe -> socket with splice(2), so they are never
+  copied into this process; used when both sides are stream sockets and no tap
+  watches. The pipe is enlarged to 1 MiB (F_SETPIPE_SZ, capped by
+  /proc/sys/fs/pipe-max-size for unprivileged users) so one splice moves a lot.
+* `CopyPump` does recv_into a buffer shared by the whole relay, hands the chunk to the
+  tap, and sends it; only an unsent remainder is copied out of the shared buffer.
+  With a seqpacket source it reads whole records (MSG_TRUNC reveals a record larger
+  than the buffer rather than cutting it silently).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Final, final
+
+from udskit.errors import errno_name
+from udskit.relay.events import CopyMode, EventKind, RelayEvent
+from udskit.relay.loop import ERR, HUP, IN, OUT
+from udskit.tap import ConnectionInfo, Direction
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from udskit.relay.engine import Core
+
+SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+#: Bytes per splice: the pipe's capacity. 1 MiB is the default pipe-max-size; a bigger
+#: pipe did not move bulk data faster here (benchmarks/relay.py).
+PIPE_SIZE: Final = 1 << 20
+_GONE: Final = IN | HUP | ERR
+
+
+class _Pump:
+    __slots__ = (
+        "blocked",
+        "count",
+        "direction",
+        "done",
+        "dst",
+        "eof",
+        "reading",
+        "session",
+        "src",
+    )
+
+    def __init__(
+        self, session: Session, src: socket.socket, dst: socket.socket, direction: Direction
+    ) -> None:
+        self.session = session
+        self.src = src
+        self.dst = dst
+        self.direction = direction
+        self.reading = True  # wants EPOLLIN on src
+        self.blocked = False  # has bytes for dst that did not fit: wants EPOLLOUT on dst
+        self.eof = False
+        self.done = False
+        self.count = 0
+
+    def on_readable(self) -> None:
+        raise NotImplementedError
+
+    def on_writable(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def _block(self) -> None:
+        self.blocked = True
+        self.reading = False
+        self.session.update()
+
+    def _unblock(self) -> None:
+        self.blocked = False
+        if self.eof:
+            self._finish()
+        else:
+            self.reading = True
+            self.session.update()
+
+    def _at_eof(self) -> None:
+        self.eof = True
+        self.reading = False
+        if not self.blocked:
+            self._finish()
+        else:
+            self.session.update()
+
+    def _finish(self) -> None:
+        """Source ended and everything was delivered: pass the EOF on (half-close)."""
+        with suppress(OSError):
+            self.dst.shutdown(socket.SHUT_WR)
+        self.done = True
+        self.reading = False
+        self.session.pump_done(self)
+
+
+@final
+class SplicePump(_Pump):
+    __slots__ = ("dst_fd", "inpipe", "pipe_r", "pipe_size", "pipe_w", "src_fd")
+
+    def __init__(
+        self, session: Session, src: socket.socket, dst: socket.socket, direction: Direction
+    ) -> None:
+        super().__init__(session, src, dst, direction)
+        self.src_fd = src.fileno()
+        self.dst_fd = dst.fileno()
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.pipe_size = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:  # EPERM past the user's pipe quota: keep the default 64 KiB
+            self.pipe_size = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
+        self.inpipe = 0
+
+    def on_readable(self) -> None:
+        try:
+            n = os.splice(self.src_fd, self.pipe_w, self.pipe_size, flags=SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.session.reset(self.direction, True, exc)
+            return
+        if n == 0:
+            self._at_eof()
+            return
+        self.inpipe = n
+        self.on_writable()
+
+    def on_writable(self) -> None:
+        while self.inpipe:
+            try:
+                m = os.splice(self.pipe_r, self.dst_fd, self.inpipe, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                if not self.blocked:
+                    self._block()
+                return
+            except OSError as exc:
+                self.session.reset(self.direction, False, exc)
+                return
+            self.count += m
+            self.inpipe -= m
+        if self.blocked:
+            self._unblock()
+
+    def close(self) -> None:
+        for fd in (self.pipe_r, self.pipe_w):
+            with suppress(OSError):
+                os.close(fd)
+
+
+@final
+class CopyPump(_Pump):
+    __slots__ = ("flags", "limit", "pending", "record")
+
+    def __init__(
+        self,
+        session: Session,
+        src: socket.socket,
+        dst: socket.socket,
+        direction: Direction,
+        *,
+        record: bool,
+        limit: int,
+    ) -> None:
+        super().__init__(session, src, dst, direction)
+        self.record = record
+        self.flags = socket.MSG_TRUNC if record else 0
+        self.limit = limit
+        self.pending: memoryview | None = None
+
+    def on_readable(self) -> None:
+        session = self.session
+        core = session.core
+        view = core.view
+        try:
+            n = self.src.recv_into(view, self.limit, self.flags)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            session.reset(self.direction, True, exc)
+            return
+        if n == 0:
+            self._at_eof()
+            return
+        if n > self.limit:  # MSG_TRUNC: the record was bigger than our buffer
+            session.reset(
+                self.direction,
+                True,
+                None,
+                f"a {n}-byte record exceeds the relay's {self.limit}-byte buffer",
+            )
+            return
+        chunk = view[:n]
+        tap = core.tap
+        if tap is not None:
+            tap.data(session.conn, self.direction, chunk, time.time_ns())
+        self.count += n
+        try:
+            sent = self.dst.send(chunk)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            session.reset(self.direction, False, exc)
+            return
+        if sent < n:
+            self.pending = memoryview(bytes(chunk[sent:]))  # the buffer is reused
+            self._block()
+
+    def on_writable(self) -> None:
+        pending = self.pending
+        if pending is None:
+            return
+        try:
+            sent = self.dst.send(pending)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.session.reset(self.direction, False, exc)
+            return
+        if sent < len(pending):
+            self.pending = pending[sent:]
+            return
+        self.pending = None
+        self._unblock()
+
+
+@final
+class Session:
+    """One client connection and its upstream, forwarded both ways."""
+
+    __slots__ = (
+        "c2s",
+        "child",
+        "client",
+        "client_fd",
+        "closed",
+        "conn",
+        "core",
+        "first",
+        "mode",
+        "s2c",
+        "upstream",
+        "upstream_fd",
+    )
+
+    def __init__(
+        self,
+        core: Core,
+        conn: ConnectionInfo,
+        client: socket.socket,
+        upstream: socket.socket,
+        mode: CopyMode,
+        child: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        self.core = core
+        self.conn = conn
+        self.client = client
+        self.upstream = upstream
+        self.client_fd = client.fileno()
+        self.upstream_fd = upstream.fileno()
+        self.mode = mode
+        self.child = child
+        self.closed = False
+        self.first: Direction | None = None
+        if mode is CopyMode.SPLICE:
+            self.c2s: _Pump = SplicePump(self, client, upstream, Direction.C2S)
+            try:
+                self.s2c: _Pump = SplicePump(self, upstream, client, Direction.S2C)
+            except BaseException:
+                self.c2s.close()
+                raise
+        else:
+            self.c2s = _copy_pump(self, client, upstream, Direction.C2S, core.view_size)
+            self.s2c = _copy_pump(self, upstream, client, Direction.S2C, core.view_size)
+
+    def start(self) -> None:
+        loop = self.core.loop
+        loop.register(self.client_fd, IN, self._on_client)
+        loop.register(self.upstream_fd, IN, self._on_upstream)
+
+    # -- events -----------------------------------------------------------------------------
+    def _on_client(self, events: int) -> None:
+        if events & OUT and self.s2c.blocked:
+            self.s2c.on_writable()
+            if self.closed:
+                return
+        if self.c2s.reading:
+            if events & _GONE:
+                self.c2s.on_readable()
+        elif events & (HUP | ERR) and not self.s2c.blocked:
+            self._peer_gone(Direction.C2S)
+
+    def _on_upstream(self, events: int) -> None:
+        if events & OUT and self.c2s.blocked:
+            self.c2s.on_writable()
+            if self.closed:
+                return
+        if self.s2c.reading:
+            if events & _GONE:
+                self.s2c.on_readable()
+        elif events & (HUP | ERR) and not self.c2s.blocked:
+            self._peer_gone(Direction.S2C)
+
+    def update(self) -> None:
+        """Ask epoll for what the pumps now want (only changes cost a syscall)."""
+        if self.closed:
+            return
+        c2s, s2c = self.c2s, self.s2c
+        modify = self.core.loop.modify
+        modify(self.client_fd, (IN if c2s.reading else 0) | (OUT if s2c.blocked else 0))
+        modify(self.upstream_fd, (IN if s2c.reading else 0) | (OUT if c2s.blocked else 0))
+
+    def pump_done(self, pump: _Pump) -> None:
+        if self.first is None:
+            self.first = pump.direction
+        if self.c2s.done and self.s2c.done:
+            self._close(EventKind.CLOSED, self.first, "")
+        else:
+            self.update()
+
+    def _peer_gone(self, direction: Direction) -> None:
+        """The side whose EOF we already passed on has now closed completely (EPOLLHUP),
+        so nothing more can reach it: the connection is over."""
+        side = "client" if direction is Direction.C2S else "upstream"
+        self._close(EventKind.CLOSED, self.first, f"{side} closed completely")
+
+    def reset(
+        self, direction: Direction, reading: bool, exc: OSError | None, detail: str = ""
+    ) -> None:
+        """An error on one side: close both at once, report once."""
+        if self.closed:
+            return
+        client_side = (direction is Direction.C2S) == reading
+        side = "client" if client_side else "upstream"
+        if exc is not None:
+            err = exc.errno or errno.EIO
+            detail = f"{side} {'reset the connection' if err == errno.ECONNRESET else 'failed'}"
+            detail += f" ({errno_name(err)})"
+        else:
+            detail = f"{side}: {detail}"
+        self._close(EventKind.RESET, None, detail)
+
+    def stop(self) -> None:
+        """The relay is shutting down."""
+        self._close(EventKind.CLOSED, self.first, "relay stopped")
+
+    def _close(self, kind: EventKind, first: Direction | None, detail: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        core = self.core
+        core.loop.unregister(self.client_fd)
+        core.loop.unregister(self.upstream_fd)
+        self.c2s.close()
+        self.s2c.close()
+        self.client.close()
+        self.upstream.close()
+        now = time.time_ns()
+        if core.tap is not None:
+            core.tap.closed(self.conn, first, now)
+        core.session_ended(self, kind, first, detail, now)
+
+    def event(self, kind: EventKind, time_ns: int, **fields: object) -> RelayEvent:
+        return RelayEvent(
+            kind,
+            time_ns,
+            self.conn,
+            self.mode,
+            self.c2s.count,
+            self.s2c.count,
+            **fields,  # type: ignore[arg-type]
+        )
+
+
+def _copy_pump(
+    session: Session, src: socket.socket, dst: socket.socket, direction: Direction, size: int
+) -> CopyPump:
+    from udskit.socktype import SocketType
+
+    src_type = SocketType.from_kernel(src.type & 0xF) if src.family == socket.AF_UNIX else None
+    dst_type = SocketType.from_kernel(dst.type & 0xF) if dst.family == socket.AF_UNIX else None
+    record = src_type is SocketType.SEQPACKET
+    limit = size if record else STREAM_CHUNK
+    if dst_type is SocketType.SEQPACKET and not record:
+        # Each chunk of a byte stream becomes one record; keep it well below the
+        # record size limit (SO_SNDBUF) so send never fails with EMSGSIZE.
+        limit = min(limit, 64 * 1024)
+    return CopyPump(session, src, dst, direction, record=record, limit=limit)
+
+
+#: Bytes read per recv from a stream source (asyncio reads 256 KiB too).
+STREAM_CHUNK: Final = 256 * 1024
+
+OnClosed = Callable[[Session], None]
