@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -642,7 +642,7 @@ def _endpoint_text(endpoint: tuple[int, int]) -> str:
     return f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}:{port}"
 
 
-def decode_events(buf: bytes | memoryview) -> Iterator[Event]:
+def decode_events(buf: bytes | memoryview) -> Generator[Event, None, None]:
     """The events of a capture: ours exactly (from comments and flows), and plain TCP
     and UDP captures (tcpdump on lo, say) as well as their headers allow."""
     flows: dict[tuple[tuple[int, int], tuple[int, int], int], _Tracked] = {}

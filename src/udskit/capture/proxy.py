@@ -34,23 +34,31 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import socket
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 from udskit.address import AddressKind, UnixAddress, parse_address
-from udskit.endpoints import DEFAULT_BACKLOG
+from udskit.endpoints import DEFAULT_BACKLOG, Listener, open_listener
 from udskit.errors import SocketError, UsageError, socket_error
 from udskit.probe import bound_owners, bound_type, file_kind, os_errors
 from udskit.socktype import SocketType
+from udskit.tap import Tap
+
+if TYPE_CHECKING:
+    from udskit.relay.engine import Relay
 
 __all__ = [
     "HIDDEN_SUFFIX",
     "STAGING_SUFFIX",
     "Leftovers",
+    "ProxyDump",
     "Takeover",
     "find_leftovers",
     "hidden_path",
@@ -399,3 +407,187 @@ class Takeover:
     @property
     def upstream_address(self) -> UnixAddress:
         return UnixAddress.pathname(self.upstream)
+
+
+# -- the running dump ------------------------------------------------------------------------
+#: After the original is back, how long the proxy still accepts: a client whose
+#: connect() looked the path up just before the rename lands in the proxy's backlog
+#: microseconds later; a quarter second covers that with a wide margin.
+LINGER: Final = 0.25
+_TICK: Final = 0.02
+
+
+@final
+class ProxyDump:
+    """`udskit dump` as a library: take over (or listen beside) a socket and forward
+    every client through the relay engine with `tap` watching.
+
+    ``start()`` takes over; ``run()`` forwards until ``stop()`` (any thread), a signal
+    (SIGINT, SIGTERM, SIGHUP) or an error; ``close()`` puts the original back, lets
+    connections through the proxy finish for `grace` seconds, and closes everything.
+    A signal that stopped `run()` is raised again (KeyboardInterrupt or the CLI's
+    Terminated) once the original is back, so exit statuses stay truthful.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tap: Tap | None = None,
+        listen: str | None = None,
+        sock_type: SocketType | None = None,
+        grace: float = 2.0,
+    ) -> None:
+        self.target = parse_address(target)
+        self.listen = parse_address(listen) if listen is not None else None
+        self.tap = tap
+        self.grace = grace
+        self.sock_type = sock_type
+        self.takeover: Takeover | None = None
+        self._listener: Listener | None = None
+        self._relay: Relay | None = None
+        self._signal: int | None = None
+        self._saved: dict[int, object] = {}
+        self._closed = False
+        self._notes: list[str] = []
+        if self.listen is None:
+            self.takeover = Takeover(target, sock_type)
+
+    @property
+    def display_path(self) -> str:
+        """The address clients use: the taken-over path, or the --listen address."""
+        return str(self.listen if self.listen is not None else self.target)
+
+    @property
+    def connections(self) -> int:
+        return self._relay.stats.accepted if self._relay is not None else 0
+
+    def start(self) -> None:
+        from udskit.relay.engine import Relay
+
+        upstream: UnixAddress
+        front: Listener | socket.socket
+        if self.takeover is not None:
+            front = self.takeover.start()
+            upstream = self.takeover.upstream_address
+            sock_type = self.takeover.sock_type
+        else:
+            assert self.listen is not None
+            sock_type = self.sock_type or detect_type(self.target)
+            self._listener = open_listener(self.listen, sock_type)
+            front = self._listener
+            upstream = self.target
+        self.sock_type = sock_type
+        try:
+            self._relay = Relay(front, upstream, tap=self.tap, default_type=sock_type)
+            self._relay.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        kind = self.sock_type.value if self.sock_type is not None else "?"
+        if self.takeover is not None:
+            return (
+                f"capturing {self.target} ({kind}) in its place; the original is reached "
+                f"as {self.takeover.upstream}"
+            )
+        return f"capturing clients of {self.listen}, forwarded to {self.target} ({kind})"
+
+    def stop(self) -> None:
+        """Ask run() to return; safe from any thread and from the tap."""
+        if self._relay is not None:
+            self._relay.loop.stop()
+
+    def run(self) -> None:
+        assert self._relay is not None, "start() first"
+        with self._signals_stop():
+            self._relay.loop.run()
+        self._raise_signal()
+
+    def _raise_signal(self) -> None:
+        signum, self._signal = self._signal, None
+        if signum is None:
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        from udskit.cli.env import Terminated
+
+        raise Terminated(signum)
+
+    @contextmanager
+    def _signals_stop(self) -> Iterator[None]:
+        """While forwarding, a signal stops the loop between two events instead of
+        raising in the middle of one (a chunk read but not yet sent would be lost)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, _frame: object) -> None:
+            if self._signal is not None:  # the second signal: stop waiting for anyone
+                self.grace = 0.0
+            self._signal = signum
+            self.stop()
+
+        saved = {s: signal.signal(s, handler) for s in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, old in saved.items():
+                signal.signal(signum, old)
+
+    def restored_text(self) -> str:
+        if self.takeover is not None and self.takeover.restored:
+            return f"{self.target} is back in place"
+        return "nothing was moved"
+
+    def close(self) -> list[str]:
+        """Put the original back first, then drain, then close. Returns notes."""
+        if self._closed:
+            return self._notes
+        self._closed = True
+        notes = self._notes
+        relay = self._relay
+        try:
+            if self.takeover is not None:
+                notes += self.takeover.restore()
+            if relay is not None and not relay.loop.epoll.closed:
+                with self._signals_stop():
+                    self._drain(relay)
+        finally:
+            try:
+                if relay is not None:
+                    relay.close()
+            finally:
+                if self.takeover is not None:
+                    self.takeover.close()
+                if self._listener is not None:
+                    self._listener.close()
+        return notes
+
+    def _drain(self, relay: Relay) -> None:
+        """Keep forwarding until the open connections end, at most `grace` seconds;
+        accept for at least LINGER seconds (clients already on their way in)."""
+        start = time.monotonic()
+        loop = relay.loop
+
+        def done() -> bool:
+            elapsed = time.monotonic() - start
+            if elapsed >= self.grace or self.grace <= 0:
+                return True
+            return elapsed >= LINGER and not relay.sessions and not relay._connecting
+
+        def tick() -> None:
+            if done():
+                loop.stop()
+            else:
+                loop.call_later(_TICK, tick)
+
+        if done():
+            return
+        loop.stopping = False
+        loop.call_later(_TICK, tick)
+        loop.run()
+
+
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -1,18 +1,290 @@
-"""The `udskit dump` command (not built yet)."""
+"""The `udskit dump` command: a tcpdump for unix sockets (parse -> library -> render)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
 
+if TYPE_CHECKING:
+    from udskit.demo import Tour
+
+DESCRIPTION = """\
+Capture the traffic of a live unix socket, as tcpdump does for network interfaces.
+
+The proxy engine takes the socket file's place without a gap: the original file gets a
+hidden second name (.NAME.udskit-dump) and a proxy with the same mode, owner and group
+is renamed over PATH; each new client is forwarded to the original and every chunk is
+recorded with its time, direction and the client's pid, uid, gid and command.
+Connections that were open before the dump are not touched. On exit (Ctrl-C, SIGTERM,
+SIGHUP, -c reached, an error) the original file is put back. After a kill -9, run
+`udskit dump --restore PATH`.
+"""
+
+EPILOG = """\
+examples:
+  udskit dump /run/app.sock                      one line per event
+  udskit dump -A /tmp/http.sock                  with the payload as text (-X: hex)
+  udskit dump --json /var/run/redis.sock         JSON lines (data in base64)
+  udskit dump -w cap.pcapng /tmp/redis.sock      pcapng for Wireshark; add --print to
+                                                 see lines too
+  udskit dump -w cap.pcapng --decode-as postgres /run/postgresql/.s.PGSQL.5432
+  udskit dump -r cap.pcapng -X                   read a capture back
+  udskit dump --listen @dbg /run/app.sock        abstract or immovable: clients that
+                                                 connect to @dbg are recorded
+  udskit dump --restore /run/app.sock            after a kill -9 of a dump
+  tshark -r cap.pcapng -Y http.request -T fields -e http.request.uri
+  tshark -r cap.pcapng -T fields -e frame.comment    client pid and command
+
+pcapng: each connection is a synthetic TCP flow between 127.0.0.1 (the server, on
+port 80, 6379, 5432 or the --decode-as port) and 127.1.X.Y (the client) that exists
+only in the file, so Wireshark dissects HTTP, Redis and PostgreSQL and "Follow TCP
+stream" works; datagram and seqpacket messages are one UDP packet each. Each
+packet's comment holds pid, command, uid, gid, the socket path and the connection.
+
+exit statuses: 0 done, 1 a socket operation failed, 2 bad arguments,
+130 Ctrl-C and 143 SIGTERM (the original socket is back in both cases).
+"""
+
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    parser = subparsers.add_parser("dump", help="(not built yet)")
+    parser = subparsers.add_parser(
+        "dump",
+        help="capture a live unix socket's traffic (text, hex, JSON, pcapng)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("address", nargs="?", metavar="ADDR", help="the socket to capture")
+    source = parser.add_argument_group("source")
+    source.add_argument("-r", "--read", metavar="FILE", help="read a pcapng capture instead")
+    source.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="leave ADDR in place; listen here and forward to ADDR (abstract sockets, "
+        "or files that may not be moved)",
+    )
+    source.add_argument(
+        "--type",
+        choices=("stream", "dgram", "seqpacket"),
+        help="the socket's type (default: found from /proc/net/unix)",
+    )
+    source.add_argument(
+        "--restore",
+        action="store_true",
+        help="put the original socket file ADDR back after a dump was killed (kill -9)",
+    )
+    out = parser.add_argument_group("output")
+    shape = out.add_mutually_exclusive_group()
+    shape.add_argument("-X", dest="hex", action="store_true", help="payload in hex and ASCII")
+    shape.add_argument("-A", dest="ascii", action="store_true", help="payload as ASCII text")
+    shape.add_argument("--json", action="store_true", help="one JSON object per event")
+    out.add_argument("-w", "--write", metavar="FILE", help="write pcapng (for Wireshark)")
+    out.add_argument(
+        "--print", action="store_true", help="with -w, also print events (as tcpdump --print)"
+    )
+    out.add_argument(
+        "--decode-as",
+        metavar="PROTO",
+        help="pcapng server port: http, redis, postgres or a number (default: guessed "
+        "from each connection's first bytes)",
+    )
+    out.add_argument("--utc", action="store_true", help="times in UTC instead of local time")
+    limits = parser.add_argument_group("filters and limits")
+    limits.add_argument("-c", "--count", type=int, metavar="N", help="stop after N data events")
+    limits.add_argument("--pid", type=int, metavar="PID", help="only clients with this pid")
+    limits.add_argument(
+        "-s", "--snaplen", type=int, metavar="N", help="record at most N bytes of each chunk"
+    )
+    limits.add_argument(
+        "--grace",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="on exit, how long open connections through the proxy may finish (default 2)",
+    )
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
-    env.err("udskit dump: not built yet")
-    return ExitStatus.FAILED
+    from udskit.capture.events import Selection
+    from udskit.capture.printers import Format
+    from udskit.errors import UsageError
+
+    for name in ("count", "snaplen"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be at least 1")
+    selection = Selection(pid=args.pid, count=args.count, snaplen=args.snaplen)
+    fmt = (
+        Format.HEX
+        if args.hex
+        else Format.ASCII
+        if args.ascii
+        else Format.JSON
+        if args.json
+        else Format.LINE
+    )
+    printing = args.write is None or args.print or fmt is not Format.LINE
+    if args.restore:
+        return _restore(args, env)
+    if args.read is not None:
+        if args.address is not None or args.listen is not None:
+            raise UsageError("-r reads a file: give no ADDR or --listen with it")
+        return _read(args, env, selection, fmt)
+    if args.address is None:
+        raise UsageError("give the socket to capture (ADDR), or -r FILE")
+    return _capture(args, env, selection, fmt if printing else None)
+
+
+def _restore(args: argparse.Namespace, env: Env) -> int:
+    from udskit.capture.proxy import restore_leftovers
+    from udskit.errors import UsageError
+
+    if args.address is None:
+        raise UsageError("--restore needs the socket file path: udskit dump --restore PATH")
+    for note in restore_leftovers(args.address):
+        env.err(f"udskit dump: {note}")
+    return ExitStatus.OK
+
+
+def _read(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
+    from collections.abc import Callable
+
+    from udskit.capture.events import Event
+    from udskit.capture.reader import replay
+    from udskit.capture.sinks import LineSink, PcapngSink
+
+    sinks: list[Callable[[Event], None]] = [LineSink(env.stdout, fmt, args.utc)]
+    writer = None
+    if args.write is not None:
+        from udskit.capture.pcapng import parse_decode_as
+
+        port = parse_decode_as(args.decode_as) if args.decode_as else None
+        writer = PcapngSink(args.write, port)
+        sinks.append(writer.encoder.event)
+    try:
+        replay(args.read, sinks, selection)
+    finally:
+        if writer is not None:
+            writer.close()
+    return ExitStatus.OK
+
+
+def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
+    from udskit.capture.pcapng import parse_decode_as
+    from udskit.capture.proxy import ProxyDump
+    from udskit.capture.sinks import DumpTap, LineSink, PcapngSink
+    from udskit.socktype import SocketType
+
+    port = parse_decode_as(args.decode_as) if args.decode_as else None
+    sock_type = SocketType.parse(args.type) if args.type else None
+    dump = ProxyDump(args.address, listen=args.listen, sock_type=sock_type, grace=args.grace)
+    writer = PcapngSink(args.write, port) if args.write is not None else None
+    printer = LineSink(env.stdout, fmt, args.utc) if fmt is not None else None
+    tap = DumpTap(dump.display_path, selection, writer, printer, on_limit=dump.stop)
+    dump.tap = tap
+    started = False
+    try:
+        dump.start()
+        started = True
+        env.err(f"udskit dump: {dump.describe()}; Ctrl-C to stop")
+        dump.run()
+    finally:
+        notes = dump.close()
+        tap.finish()
+        for note in notes:
+            env.err(f"udskit dump: {note}")
+        if started:
+            env.err(
+                f"udskit dump: {tap.data_events} data events on {dump.connections} "
+                f"connections; {dump.restored_text()}"
+            )
+    if tap.error is not None:
+        raise tap.error
+    return ExitStatus.OK
+
+
+def demo(tour: Tour) -> None:
+    """Capture a real HTTP exchange (curl over a unix socket) into a pcapng file."""
+    import shutil
+    import subprocess
+    import sys
+
+    tour.section("dump: a tcpdump for unix sockets")
+    if shutil.which("curl") is None:
+        tour.say("curl is not installed: skipping the HTTP capture (apt-get install curl)")
+        return
+    sock = tour.path("http.sock")
+    pcap = str(tour.outdir / "http.pcapng")
+    tour.say("an HTTP server on a unix socket (Python's http.server, one file):")
+    server = subprocess.Popen(
+        [sys.executable, "-c", _HTTP_SERVER, sock],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        tour.wait_for(sock, listening=True)
+        dump = tour.spawn("dump", "-w", pcap, "--print", sock, wait_for=None)
+        _wait_for_takeover(tour, sock, dump)
+        for url in ("http://localhost/hello", "http://localhost/api/items?id=7"):
+            tour.out.write(f"   $ curl --unix-socket {sock} {url}\n")
+            result = subprocess.run(
+                ["curl", "-sS", "--unix-socket", sock, url],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            tour.out.write(f"     {result.stdout.decode(errors='replace').strip()}\n")
+        out, err = tour.stop(dump)
+        for line in (out + err).decode(errors="replace").splitlines():
+            tour.out.write(f"     {line}\n")
+        tour.say(f"the capture is in {pcap}; read it back:")
+        tour.show("dump", "-r", pcap, "-A")
+        if shutil.which("tshark"):
+            tour.say(f"open it in Wireshark, or: tshark -r {pcap} -Y http.request")
+    finally:
+        server.terminate()
+        try:
+            server.wait(5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _wait_for_takeover(tour: Tour, sock: str, proc: Any) -> None:
+    import os
+    import time
+
+    from udskit.capture.proxy import hidden_path
+
+    deadline = time.monotonic() + 10
+    while not os.path.lexists(hidden_path(sock)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("udskit dump did not take over the socket")
+        time.sleep(0.01)
+    time.sleep(0.05)
+
+
+_HTTP_SERVER = """\
+import http.server, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello from " + self.path + "\\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+    def address_string(self): return "unix"
+class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+s = S(sys.argv[1], H)
+try:
+    s.serve_forever()
+finally:
+    import os
+    os.unlink(sys.argv[1])
+"""
