@@ -137,22 +137,26 @@ def run_trial(
         _child(trial, seconds, theirs, err_w, pin)
     os.close(err_w)
     theirs.close()
-    reaped = False
+    # "done": the peer is leaving on its own; "failed": already reaped; anything else
+    # (Ctrl-C, SIGTERM): kill it by PID at once.
+    outcome = "interrupted"
     try:
         try:
-            return _measure(trial, seconds, ours)
+            result = _measure(trial, seconds, ours)
         except (OSError, BenchFailed) as exc:
             if isinstance(exc, UdskitError) and not isinstance(exc, BenchFailed):
                 raise
             # Our end closed, a healthy peer ends too; give it a moment to say what broke.
             ours.close()
             _reap(pid, grace=1.0)
-            reaped = True
+            outcome = "failed"
             raise BenchFailed(_failure(trial, exc, _read_all(err_r))) from None
+        outcome = "done"
+        return result
     finally:
         ours.close()
-        if not reaped:
-            _reap(pid, grace=5.0)
+        if outcome != "failed":
+            _reap(pid, grace=5.0 if outcome == "done" else 0.0)
         os.close(err_r)
 
 
