@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import pytest
 
@@ -27,6 +28,8 @@ from udskit.probe import is_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 UDSKIT = [sys.executable, "-m", "udskit"]
+
+
 def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
     assert callable(predicate)
     deadline = time.monotonic() + timeout
@@ -43,30 +46,39 @@ class Peer:
     def __init__(self, proc: subprocess.Popen[bytes], argv: Sequence[str]) -> None:
         self.proc = proc
         self.argv = list(argv)
+        self.stdout_data = b""
+        self.stderr_data = b""
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signum)
 
     def wait(self, timeout: float = 10.0) -> int:
         return self.proc.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, signum: int = signal.SIGKILL) -> tuple[bytes, bytes]:
+        """Stop it (SIGKILL to its process group unless told otherwise) and return what
+        it printed on stdout and stderr."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                if signum == signal.SIGKILL:
+                    os.killpg(self.proc.pid, signum)
+                else:
+                    os.kill(self.proc.pid, signum)
         try:
-            self.proc.wait(5)
+            out, err = self.proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate(timeout=10)
+        except ValueError:  # already collected
+            out, err = b"", b""
+        self.stdout_data += out or b""
+        self.stderr_data += err or b""
+        return self.stdout_data, self.stderr_data
 
     def __enter__(self) -> Peer:
         return self
@@ -95,9 +107,9 @@ class Peers:
         *argv: str | os.PathLike[str],
         wait_for: str | os.PathLike[str] | None = None,
         listening: bool | None = None,
-        stdin: int | None = subprocess.DEVNULL,
-        stdout: int | None = subprocess.PIPE,
-        stderr: int | None = subprocess.PIPE,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+        stdout: int | IO[bytes] | None = subprocess.PIPE,
+        stderr: int | IO[bytes] | None = subprocess.PIPE,
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
@@ -208,4 +220,5 @@ def sockdir() -> Iterator[Path]:
 @pytest.fixture
 def abstract_name(request: pytest.FixtureRequest) -> str:
     """A unique abstract name for this test (abstract names are machine-wide)."""
-    return f"@udskit-test-{os.getpid()}-{request.node.name[:40]}"
+    safe = "".join(c if c.isalnum() else "-" for c in request.node.name)[:48]
+    return f"@udskit-test-{os.getpid()}-{safe}"

@@ -55,7 +55,8 @@ class Tour:
         """Run `udskit ARGS`, print the command line and what it printed."""
         shown = " ".join(shlex.quote(a) for a in args)
         if input is not None:
-            shown = f"printf {shlex.quote(input.decode(errors='replace'))} | udskit {shown}"
+            text = input.decode(errors="replace").replace("\\", "\\\\").replace("\n", "\\n")
+            shown = f"printf {shlex.quote(text)} | udskit {shown}"
         else:
             shown = f"udskit {shown}"
         self.out.write(f"   $ {shown}\n")

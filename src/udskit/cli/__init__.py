@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"udskit {_version()}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser, required=True
     )
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"udskit.cli.{name}")
         module.register(subparsers)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs ~10 ms at start)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        parser.exit(ExitStatus.OK, f"udskit {_version()}\n")
 
 
 def _version() -> str:

@@ -1,0 +1,396 @@
+"""I/O: the nc-like servers and clients behind `udskit listen`, `connect` and `send`.
+
+Servers take a `Listener` and an `Action` (print, echo, upper, exec); clients take a
+connected socket. Output and log lines go through callables so the command line,
+tests and other programs can route them where they like.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Final, final
+
+from udskit.address import AddressKind, UnixAddress
+from udskit.endpoints import Listener, peer_credentials, recv_message, send_message
+from udskit.errors import PeerClosed, SocketError, socket_error
+from udskit.inspect.owners import process_command
+from udskit.probe import explain, os_errors
+from udskit.socktype import SocketType
+
+__all__ = [
+    "Action",
+    "PeerFilter",
+    "ServeOptions",
+    "pump_messages",
+    "pump_stream",
+    "send_messages",
+    "serve",
+]
+
+#: Bytes moved per read: large enough that a bulk copy costs few syscalls.
+CHUNK: Final = 256 * 1024
+#: Default receive buffer for one datagram or seqpacket record (the largest a unix
+#: datagram can be with default sysctls is about 212 KiB; 64 KiB covers most protocols).
+DEFAULT_MESSAGE_BUFFER: Final = 65536
+
+Out = Callable[[bytes], None]
+Log = Callable[[str], None]
+
+
+class Action(enum.Enum):
+    """What a server does with what it receives."""
+
+    PRINT = "print"  # write it to stdout
+    ECHO = "echo"  # send it back
+    UPPER = "upper"  # send it back in upper case (the classic datagram example)
+    EXEC = "exec"  # hand the connection to a command (its stdin/stdout)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PeerFilter:
+    """Accept only peers whose SO_PEERCRED uid or gid is listed (empty: everybody)."""
+
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+
+    def allows(self, uid: int, gid: int) -> bool:
+        if not self.uids and not self.gids:
+            return True
+        return uid in self.uids or gid in self.gids
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    action: Action = Action.PRINT
+    command: str | None = None  # for Action.EXEC, run by /bin/sh -c
+    count: int | None = None  # stop after this many connections or datagrams
+    concurrent: bool = False  # serve connections at once rather than one by one
+    buffer: int = DEFAULT_MESSAGE_BUFFER  # receive buffer for one message
+    peers: PeerFilter = field(default_factory=PeerFilter)
+    verbose: bool = False
+
+
+def serve(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
+    """Serve until `options.count` is reached (or forever). Returns how many were served."""
+    if listener.type is SocketType.DGRAM:
+        return _serve_datagrams(listener, options, out, log)
+    return _serve_connections(listener, options, out, log)
+
+
+# -- connection servers (stream, seqpacket) ------------------------------------------------
+def _serve_connections(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
+    served = 0
+    threads: list[threading.Thread] = []
+    lock = threading.Lock()  # keeps concurrent clients' printed chunks whole
+    try:
+        while options.count is None or served < options.count:
+            conn, _addr = listener.accept()
+            pid, uid, gid = peer_credentials(conn)
+            if not options.peers.allows(uid, gid):
+                log(f"refused a client: pid {pid} uid {uid} gid {gid} is not allowed")
+                conn.close()
+                continue
+            served += 1
+            if options.verbose:
+                log(f"connection {served} from pid {pid} ({process_command(pid)}) uid {uid}")
+            env = {
+                "UDSKIT_PEER_PID": str(pid),
+                "UDSKIT_PEER_UID": str(uid),
+                "UDSKIT_PEER_GID": str(gid),
+            }
+            args = (conn, listener, options, out, log, lock, env)
+            if options.concurrent:
+                thread = threading.Thread(target=_handle_connection, args=args, daemon=True)
+                thread.start()
+                threads.append(thread)
+                threads = [t for t in threads if t.is_alive()]
+            else:
+                _handle_connection(*args)
+    finally:
+        for thread in threads:
+            thread.join()
+    return served
+
+
+def _handle_connection(
+    conn: socket.socket,
+    listener: Listener,
+    options: ServeOptions,
+    out: Out,
+    log: Log,
+    lock: threading.Lock,
+    env: dict[str, str],
+) -> None:
+    try:
+        with conn:
+            if options.action is Action.EXEC:
+                _exec_on(conn, options.command or "cat", env)
+            elif listener.type is SocketType.SEQPACKET:
+                _serve_records(conn, listener, options, out, log, lock)
+            else:
+                _serve_stream(conn, options, out, lock)
+    except PeerClosed as err:
+        log(f"a client went away: {err}")
+    except OSError as err:  # a reset mid-stream ends that client, not the server
+        log(f"a client failed: {err}")
+
+
+def _serve_stream(
+    conn: socket.socket, options: ServeOptions, out: Out, lock: threading.Lock
+) -> None:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = conn.recv_into(buf)
+        if n == 0:
+            break
+        if options.action is Action.PRINT:
+            with lock:
+                out(bytes(view[:n]))
+        elif options.action is Action.UPPER:
+            conn.sendall(bytes(view[:n]).upper())
+        else:
+            conn.sendall(view[:n])
+    if options.action is not Action.PRINT:
+        conn.shutdown(socket.SHUT_WR)
+
+
+def _serve_records(
+    conn: socket.socket,
+    listener: Listener,
+    options: ServeOptions,
+    out: Out,
+    log: Log,
+    lock: threading.Lock,
+) -> None:
+    while True:
+        message = recv_message(conn, options.buffer, listener.address)
+        if message.length == 0 and not message.data:
+            break  # EOF: a seqpacket peer that shut down or closed
+        if message.truncated:
+            log(f"message truncated: {message.length} bytes, buffer {options.buffer}")
+        if options.action is Action.PRINT:
+            with lock:
+                out(_as_line(message.data))
+        else:
+            reply = message.data.upper() if options.action is Action.UPPER else message.data
+            send_message(conn, reply, listener.address)
+
+
+def _exec_on(conn: socket.socket, command: str, extra_env: dict[str, str]) -> None:
+    """Run `command` with the connection as its stdin and stdout, as inetd does."""
+    env = dict(os.environ, **extra_env)
+    with subprocess.Popen(
+        command, shell=True, stdin=conn.fileno(), stdout=conn.fileno(), env=env
+    ) as proc:
+        proc.wait()
+
+
+def _as_line(data: bytes) -> bytes:
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
+# -- datagram server ------------------------------------------------------------------------------
+def _serve_datagrams(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
+    served = 0
+    warned_unnamed = False
+    while options.count is None or served < options.count:
+        message = recv_message(listener.sock, options.buffer, listener.address)
+        served += 1
+        sender = message.sender
+        if options.verbose:
+            log(f"datagram {served} from {sender}: {message.length} bytes")
+        if message.truncated:
+            log(
+                f"datagram from {sender} truncated: {message.length} bytes, "
+                f"buffer {options.buffer} (raise --buffer)"
+            )
+        if options.action is Action.PRINT:
+            out(_as_line(message.data))
+            continue
+        if options.action is Action.EXEC:
+            reply = subprocess.run(
+                options.command or "cat",
+                shell=True,
+                input=message.data,
+                capture_output=True,
+                check=False,
+            ).stdout
+        elif options.action is Action.UPPER:
+            reply = message.data.upper()
+        else:
+            reply = message.data
+        if sender.kind is AddressKind.UNNAMED:
+            if not warned_unnamed:
+                log(
+                    "cannot reply to an unnamed sender: it must bind an address "
+                    "(udskit send autobinds; socat needs UNIX-SENDTO with bind=)"
+                )
+                warned_unnamed = True
+            continue
+        try:
+            send_message(listener.sock, reply, listener.address, to=sender)
+        except SocketError as err:  # one sender gone must not stop the server
+            log(f"reply to {sender} failed: {err}")
+    return served
+
+
+# -- clients --------------------------------------------------------------------------------------
+def _read_chunk(stream: BinaryIO) -> bytes:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        read1 = getattr(stream, "read1", None)
+        return bytes(read1(CHUNK) if read1 is not None else stream.read(CHUNK))
+    return os.read(fd, CHUNK)
+
+
+def pump_stream(sock: socket.socket, address: UnixAddress, stdin: BinaryIO, out: Out) -> None:
+    """Copy stdin to the socket and the socket to `out`, like nc.
+
+    EOF on stdin becomes shutdown(SHUT_WR), so the server sees the end of the request
+    and can still answer; we return when the server closes its side.
+    """
+    failure: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            while chunk := _read_chunk(stdin):
+                with os_errors("send", address):
+                    sock.sendall(chunk)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as err:  # SocketError and PeerClosed included
+            failure.append(err)
+
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while True:
+        with os_errors("recv", address):
+            n = sock.recv_into(buf)
+        if n == 0:
+            break
+        out(bytes(view[:n]))
+    if failure:
+        # The server closed before taking all of stdin: say so rather than drop data.
+        raise failure[0]
+
+
+def pump_messages(
+    sock: socket.socket,
+    address: UnixAddress,
+    sock_type: SocketType,
+    stdin: BinaryIO,
+    out: Out,
+    log: Log,
+    buffer: int = DEFAULT_MESSAGE_BUFFER,
+    linger: float = 0.5,
+) -> None:
+    """One message per line of stdin; every message received is printed on a line.
+
+    For seqpacket, stdin EOF becomes shutdown(SHUT_WR) and we wait for the server to
+    close. Datagrams have no end: we wait `linger` seconds for late replies.
+    """
+    done = threading.Event()
+
+    def receive() -> None:
+        try:
+            while True:
+                message = recv_message(sock, buffer, address)
+                if sock_type is SocketType.SEQPACKET and message.length == 0:
+                    break
+                if message.truncated:
+                    log(f"reply truncated: {message.length} bytes, buffer {buffer}")
+                out(_as_line(message.data))
+        except (OSError, SocketError):
+            pass
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    for line in _lines(stdin):
+        send_message(sock, line, address)
+    if sock_type is SocketType.SEQPACKET:
+        sock.shutdown(socket.SHUT_WR)
+        done.wait()
+    else:
+        done.wait(linger)
+
+
+def _lines(stream: BinaryIO) -> Iterable[bytes]:
+    pending = b""
+    while chunk := _read_chunk(stream):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from complete
+    if pending:
+        yield pending
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Reply:
+    data: bytes
+    length: int
+    truncated: bool
+
+
+def send_messages(
+    sock: socket.socket,
+    address: UnixAddress,
+    sock_type: SocketType,
+    messages: Iterable[bytes],
+    *,
+    reply_size: int = DEFAULT_MESSAGE_BUFFER,
+    wait_reply: bool = True,
+    timeout: float = 2.0,
+) -> Iterable[Reply | None]:
+    """Send each message and yield its reply (None when none came within `timeout`).
+
+    For a stream socket the messages are sent, the write side is shut, and everything
+    the server sends back until it closes is yielded as one reply.
+    """
+    if sock_type is SocketType.STREAM:
+        for message in messages:
+            with os_errors("send", address):
+                sock.sendall(message)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            with os_errors("recv", address):
+                chunk = sock.recv(CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        yield Reply(data, len(data), False)
+        return
+    sock.settimeout(timeout)
+    for message in messages:
+        try:
+            send_message(sock, message, address)
+        except TimeoutError:
+            # A full receiver queue blocks the sender; after `timeout` say so plainly.
+            detail = explain("send", address, errno.EAGAIN)
+            raise socket_error(
+                "send", str(address), errno.EAGAIN, f"{detail} (waited {timeout} s)"
+            ) from None
+        if not wait_reply:
+            continue
+        try:
+            got = recv_message(sock, reply_size, address)
+        except TimeoutError:
+            yield None
+            continue
+        yield Reply(got.data, got.length, got.truncated)

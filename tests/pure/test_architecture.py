@@ -1,0 +1,48 @@
+"""The architecture checks itself: pure modules do no I/O."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "udskit"
+IO_MODULES = {"socket", "select", "selectors", "subprocess", "asyncio"}
+
+
+def _pure_modules() -> list[Path]:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if doc.startswith("Pure:"):
+            found.append(path)
+    return found
+
+
+def test_there_are_pure_modules() -> None:
+    names = {p.name for p in _pure_modules()}
+    assert {"address.py", "errors.py", "socktype.py", "tap.py"} <= names
+
+
+@pytest.mark.parametrize("path", _pure_modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_pure_module_imports_no_io(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & IO_MODULES, f"{path.name} is pure but imports {imported & IO_MODULES}"
+
+
+def test_every_module_says_whether_it_is_pure_or_io() -> None:
+    unlabeled = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py") or "cli" in path.parts:
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if not doc.startswith(("Pure:", "I/O:")):
+            unlabeled.append(str(path.relative_to(SRC)))
+    assert not unlabeled, f"docstrings must start with 'Pure:' or 'I/O:': {unlabeled}"
