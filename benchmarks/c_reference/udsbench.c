@@ -18,11 +18,12 @@
  *   PARENT_CPU CHILD_CPU: pin the measuring and the peer process (like `udskit bench --pin`)
  * prints one JSON object on a line: the keys of udskit's results, for this one trial.
  *
- * Build: gcc -O2 -Wall -o build/udsbench udsbench.c   (bench_vs_c.py does it)
+ * Build: gcc -O2 -Wall -o build/udsbench udsbench.c -lm   (bench_vs_c.py does it)
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -238,9 +239,8 @@ static int cmp_i64(const void *a, const void *b)
 
 static double pct_us(const int64_t *sorted, size_t n, double q)
 {
-	size_t rank = (size_t)((q / 100.0) * (double)n);
-	if ((double)rank < (q / 100.0) * (double)n)
-		rank++;
+	/* nearest rank, as udskit: ceil(q% of n), tolerant of 99.9/100*1000 = 999.0000000000001 */
+	size_t rank = (size_t)ceil((q / 100.0) * (double)n - 1e-9);
 	if (rank < 1)
 		rank = 1;
 	return (double)sorted[rank - 1] / 1000.0;

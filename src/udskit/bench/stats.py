@@ -25,7 +25,8 @@ def percentile(sorted_values: Sequence[int], q: float) -> int:
         raise ValueError("percentile of no values")
     if not 0 < q <= 100:
         raise ValueError(f"percentile {q} is not in (0, 100]")
-    rank = math.ceil(q / 100 * len(sorted_values))
+    # round() first: 99.9 / 100 * 1000 is 999.0000000000001 in binary floating point.
+    rank = math.ceil(round(q / 100 * len(sorted_values), 9))
     return sorted_values[max(rank, 1) - 1]
 
 
