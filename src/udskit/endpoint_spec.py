@@ -207,8 +207,10 @@ def _host_port(rest: str, text: str, *, need_host: bool) -> tuple[str, int]:
         if need_host:
             raise AddressError(f"{text!r} needs HOST:PORT, e.g. tcp:127.0.0.1:8080")
         host = DEFAULT_TCP_HOST
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise AddressError(f"bad port {port_text!r} in {text!r}: give a number 1-65535")
+    # Port 0 lets the kernel choose (for listening; Relay.listen_endpoint shows it).
+    lowest = 1 if need_host else 0
+    if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+        raise AddressError(f"bad port {port_text!r} in {text!r}: give a number {lowest}-65535")
     return host, int(port_text)
 
 

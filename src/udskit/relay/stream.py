@@ -26,12 +26,11 @@ import fcntl
 import os
 import socket
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Final, final
 
 from udskit.errors import errno_name
-from udskit.relay.events import CopyMode, EventKind, RelayEvent
+from udskit.relay.events import CopyMode, EventKind
 from udskit.relay.loop import ERR, HUP, IN, OUT
 from udskit.tap import ConnectionInfo, Direction
 
@@ -45,6 +44,11 @@ SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: pipe did not move bulk data faster here (benchmarks/relay.py).
 PIPE_SIZE: Final = 1 << 20
 _GONE: Final = IN | HUP | ERR
+#: SO_SNDBUF for spliced connections; 1 MiB is a guess between the 208 KiB default and
+#: net.core.wmem_max (bulk runs of benchmarks/relay.py were faster, but noisy).
+SPLICE_SNDBUF: Final = 1 << 20
+#: struct linger {l_onoff=1, l_linger=0}: close() sends RST (socket(7), SO_LINGER).
+_LINGER_RESET: Final = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
 
 class _Pump:
@@ -280,6 +284,11 @@ class Session:
         self.closed = False
         self.first: Direction | None = None
         if mode is CopyMode.SPLICE:
+            for sock in (client, upstream):
+                # A unix stream socket queues at most SO_SNDBUF bytes (of the sender):
+                # more per wake-up, fewer of them. A limit, not an allocation.
+                with suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SPLICE_SNDBUF)
             self.c2s: _Pump = SplicePump(self, client, upstream, Direction.C2S)
             try:
                 self.s2c: _Pump = SplicePump(self, upstream, client, Direction.S2C)
@@ -355,6 +364,10 @@ class Session:
             detail += f" ({errno_name(err)})"
         else:
             detail = f"{side}: {detail}"
+        for sock in (self.client, self.upstream):
+            if sock.family != socket.AF_UNIX:  # pass the reset on: RST, not FIN
+                with suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         self._close(EventKind.RESET, None, detail)
 
     def stop(self) -> None:
@@ -377,17 +390,6 @@ class Session:
             core.tap.closed(self.conn, first, now)
         core.session_ended(self, kind, first, detail, now)
 
-    def event(self, kind: EventKind, time_ns: int, **fields: object) -> RelayEvent:
-        return RelayEvent(
-            kind,
-            time_ns,
-            self.conn,
-            self.mode,
-            self.c2s.count,
-            self.s2c.count,
-            **fields,  # type: ignore[arg-type]
-        )
-
 
 def _copy_pump(
     session: Session, src: socket.socket, dst: socket.socket, direction: Direction, size: int
@@ -407,5 +409,3 @@ def _copy_pump(
 
 #: Bytes read per recv from a stream source (asyncio reads 256 KiB too).
 STREAM_CHUNK: Final = 256 * 1024
-
-OnClosed = Callable[[Session], None]
