@@ -1,0 +1,525 @@
+"""I/O: every unix socket on the machine, with its peer, queues, owners and file.
+
+`list_sockets()` asks the kernel over netlink sock_diag (falling back on
+/proc/net/unix, and saying why, where netlink is not there), reads /proc/*/fd once
+for the owning processes, joins every socket to its peer so that "who talks to whom"
+is one look, and checks each socket file against the path it was bound at (a file
+renamed or deleted since bind leaves a socket nobody can reach by that name).
+
+`find_stale_files()` finds the opposite: socket files with no socket behind them, the
+debris that makes the next bind() fail with EADDRINUSE. `bound_socket()` answers
+"which socket is bound to this file, and who holds it" for error messages.
+
+Sockets of other network namespaces are invisible here (sock_diag and /proc/net/unix
+both show the caller's namespace only).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import fnmatch
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Final
+
+from udskit.address import AddressKind, UnixAddress, format_address, parse_address
+from udskit.inspect.listing import (
+    Connection,
+    FileState,
+    Listing,
+    SocketFile,
+    SocketFilter,
+    Source,
+    StaleFile,
+    UnixSocket,
+)
+from udskit.inspect.owners import SocketOwner, read_proc_net_unix, scan_socket_owners
+from udskit.inspect.procfs import info_from_proc_entry
+from udskit.inspect.sockdiag import (
+    NETLINK_SOCK_DIAG,
+    Show,
+    SockDiagError,
+    SocketState,
+    UnixSocketInfo,
+    VfsInode,
+    build_request,
+    decode_replies,
+)
+from udskit.socktype import SocketType
+
+__all__ = [
+    "Connection",
+    "FileState",
+    "Listing",
+    "SocketFile",
+    "SocketFilter",
+    "Source",
+    "StaleFile",
+    "UnixSocket",
+    "bound_socket",
+    "bound_socket_at",
+    "dump_unix_sockets",
+    "find_stale_files",
+    "list_sockets",
+    "query_unix_socket",
+]
+
+#: Where socket files usually live; `find_stale_files` also looks next to every bound one.
+STALE_ROOTS: Final = ("/run", "/var/run", "/tmp", "/var/tmp", "/dev/shm")
+#: Netlink caps a dump's datagrams at 32 KiB (netlink_recvmsg, max_recvmsg_len), so
+#: one 64 KiB buffer always holds a whole one.
+_RECV_SIZE: Final = 65536
+#: Generous: the kernel answers a dump of 20,000 sockets in about 10 ms.
+_NETLINK_TIMEOUT: Final = 10.0
+
+
+# -- the kernel's view -----------------------------------------------------------------
+def _netlink_exchange(request: bytes, *, exact: bool) -> list[UnixSocketInfo]:
+    import socket
+
+    found: list[UnixSocketInfo] = []
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
+    )
+    with sock:
+        sock.settimeout(_NETLINK_TIMEOUT)
+        sock.sendall(request)
+        while True:
+            data = sock.recv(_RECV_SIZE)
+            if not data:
+                break
+            batch, done = decode_replies(data)
+            found += batch
+            # An exact request is answered by one message, without NLMSG_DONE.
+            if done or exact:
+                break
+    return found
+
+
+def dump_unix_sockets(show: Show | None = None) -> list[UnixSocketInfo]:
+    """Every unix socket of this network namespace, from sock_diag.
+
+    Raises OSError or SockDiagError where netlink sock_diag is not available (no
+    unix_diag module, a sandbox that forbids AF_NETLINK).
+    """
+    return _netlink_exchange(build_request(show or Show.default()), exact=False)
+
+
+def query_unix_socket(inode: int, show: Show | None = None) -> UnixSocketInfo | None:
+    """One socket by inode (None if there is none), without dumping all of them."""
+    try:
+        found = _netlink_exchange(build_request(show or Show.default(), inode=inode), exact=True)
+    except SockDiagError as err:
+        if err.errno == errno_mod.ENOENT:
+            return None
+        raise
+    return found[0] if found else None
+
+
+def read_proc_sockets() -> list[UnixSocketInfo]:
+    """The fallback: /proc/net/unix, with the fields it lacks left None."""
+    infos = (info_from_proc_entry(entry) for entry in read_proc_net_unix())
+    return [info for info in infos if info is not None]
+
+
+def _kernel_view(
+    source: Source | None, show: Show
+) -> tuple[list[UnixSocketInfo], Source, str | None]:
+    if source is Source.PROC:
+        return read_proc_sockets(), Source.PROC, None
+    try:
+        return dump_unix_sockets(show), Source.NETLINK, None
+    except (OSError, SockDiagError) as err:
+        if source is Source.NETLINK:
+            raise
+        why = os.strerror(err.errno) if err.errno else str(err)
+        note = (
+            f"netlink sock_diag is not available ({why}); read /proc/net/unix instead: "
+            "no peers, queues, uids or file checks, and NUL bytes in abstract names "
+            "show as '@'"
+        )
+        return read_proc_sockets(), Source.PROC, note
+
+
+# -- filters ---------------------------------------------------------------------------
+class _Matcher:
+    """SocketFilter's address pattern, compiled once."""
+
+    def __init__(self, pattern: str) -> None:
+        self.regex: re.Pattern[str] | None = None
+        self.address: UnixAddress | None = None
+        self.file: tuple[int, int] | None = None
+        self.absolute: bytes | None = None
+        if any(c in pattern for c in "*?["):
+            self.regex = re.compile(fnmatch.translate(pattern))
+            return
+        self.address = parse_address(pattern)
+        if self.address.kind is AddressKind.PATHNAME:
+            path = self.address.path
+            self.absolute = os.fsencode(os.path.abspath(path))
+            try:
+                st = os.stat(path)
+            except OSError:
+                return
+            if stat.S_ISSOCK(st.st_mode):
+                self.file = (st.st_dev, st.st_ino)
+
+    def __call__(self, info: UnixSocketInfo) -> bool:
+        if self.regex is not None:
+            return self.regex.match(format_address(info.address)) is not None
+        address = info.address
+        if address == self.address:
+            return True
+        if address.kind is not AddressKind.PATHNAME:
+            return False
+        vfs = info.vfs
+        if self.file is not None and vfs is not None and (vfs.dev, vfs.ino) == self.file:
+            return True
+        return address.name == self.absolute
+
+
+def _prefilter(infos: list[UnixSocketInfo], where: SocketFilter) -> list[UnixSocketInfo]:
+    """The part of the filter that needs no process scan."""
+    match = _Matcher(where.pattern) if where.pattern is not None else None
+    kept: list[UnixSocketInfo] = []
+    for info in infos:
+        if where.listening and info.state is not SocketState.LISTEN:
+            continue
+        if where.types and info.type not in where.types:
+            continue
+        if where.abstract and info.address.kind is not AddressKind.ABSTRACT:
+            continue
+        if match is not None and not match(info):
+            continue
+        kept.append(info)
+    return kept
+
+
+def _held_by(sock: UnixSocket, where: SocketFilter) -> bool:
+    if where.pids and not any(p.pid in where.pids for p in sock.processes):
+        return False
+    if where.uids:
+        return sock.uid in where.uids or any(p.uid in where.uids for p in sock.processes)
+    return True
+
+
+# -- socket files ----------------------------------------------------------------------
+def _roots_of(owners: Sequence[SocketOwner]) -> list[str]:
+    """Our root, then the root of a process holding the socket (a chroot or container)."""
+    roots = [""]
+    if owners:
+        roots.append(f"/proc/{owners[0].pid}/root")
+    return roots
+
+
+def _same_file(path: str, vfs: VfsInode) -> bool | None:
+    """True if `path` is the socket's file, False if it is another, None if nothing is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (vfs.dev, vfs.ino)
+
+
+def _renamed_to(directory: str, vfs: VfsInode) -> str | None:
+    """The name the socket file has now in `directory`, if it is still there."""
+    try:
+        with os.scandir(directory or "/") as entries:
+            for entry in entries:
+                # d_ino from getdents: no stat() unless the inode number matches.
+                if entry.inode() == vfs.ino and _same_file(entry.path, vfs):
+                    return entry.path
+    except OSError:
+        return None
+    return None
+
+
+def check_socket_file(
+    address: UnixAddress, vfs: VfsInode | None, owners: Sequence[SocketOwner] = ()
+) -> SocketFile:
+    """Is the file a pathname socket was bound to still at its path?
+
+    Compares UNIX_DIAG_VFS with lstat() of the path, in our root and then in the root
+    of a process holding the socket; looks for a renamed file in the same directory.
+    """
+    path = address.path
+    if vfs is None or not path.startswith("/"):
+        # A relative name was resolved against the binder's cwd at bind time, which
+        # nobody remembers; guessing would mark live sockets deleted.
+        return _UNKNOWN_FILE
+    roots = _roots_of(owners)
+    occupied = False
+    for root in roots:
+        same = _same_file(root + path, vfs)
+        if same:
+            return _PRESENT_FILE
+        occupied = occupied or same is False
+    for root in roots:
+        moved = _renamed_to(root + os.path.dirname(path), vfs)
+        if moved is not None:
+            return SocketFile(FileState.RENAMED, moved[len(root) :])
+    return _REPLACED_FILE if occupied else _DELETED_FILE
+
+
+_PRESENT_FILE: Final = SocketFile(FileState.PRESENT)
+_UNKNOWN_FILE: Final = SocketFile(FileState.UNKNOWN)
+_DELETED_FILE: Final = SocketFile(FileState.DELETED)
+_REPLACED_FILE: Final = SocketFile(FileState.REPLACED)
+
+
+# -- the listing -----------------------------------------------------------------------
+def list_sockets(
+    where: SocketFilter | None = None,
+    *,
+    processes: bool = True,
+    meminfo: bool = False,
+    connections: bool = False,
+    source: Source | None = None,
+) -> Listing:
+    """Every unix socket (that `where` keeps), with peers, queues, owners and files.
+
+    `processes=False` skips the scan of /proc/*/fd (the slow part on busy hosts).
+    `source=Source.PROC` reads /proc/net/unix even where sock_diag works;
+    `source=Source.NETLINK` raises instead of falling back.
+    """
+    where = where or SocketFilter()
+    show = Show.default() | Show.MEMINFO if meminfo else Show.default()
+    infos, used, note = _kernel_view(source, show)
+    by_inode = {info.inode: info for info in infos}
+    owners = scan_socket_owners() if processes or where.needs_owners else {}
+    kept = _prefilter(infos, where)
+
+    files: dict[VfsInode, SocketFile] = {}
+    no_owners: tuple[SocketOwner, ...] = ()
+    new = tuple.__new__  # NamedTuple's own __new__ is Python code, this is not
+    sockets: list[UnixSocket] = []
+    for info in kept:
+        mine = owners.get(info.inode, no_owners)
+        peer_inode = info.peer_inode
+        if peer_inode is None:
+            peers, peer_address = no_owners, None
+        else:
+            peers = owners.get(peer_inode, no_owners)
+            peer = by_inode.get(peer_inode)
+            peer_address = peer.address if peer is not None else None
+        sock_file = None
+        if info.address.kind is AddressKind.PATHNAME:
+            vfs = info.vfs
+            sock_file = files.get(vfs) if vfs is not None else None
+            if sock_file is None:
+                sock_file = check_socket_file(info.address, vfs, mine)
+                if vfs is not None:
+                    files[vfs] = sock_file
+        sockets.append(new(UnixSocket, (*info, mine, peers, peer_address, sock_file)))
+
+    if where.needs_owners:
+        sockets = [s for s in sockets if _held_by(s, where)]
+    if not processes:
+        sockets = [s._replace(processes=(), peer_processes=()) for s in sockets]
+    found_connections = _connections(sockets, infos, owners) if connections else {}
+    return Listing(tuple(sockets), used, note, found_connections)
+
+
+def _connections(
+    sockets: Iterable[UnixSocket],
+    infos: Iterable[UnixSocketInfo],
+    owners: Mapping[int, tuple[SocketOwner, ...]],
+) -> dict[int, tuple[Connection, ...]]:
+    """For each listener and bound datagram socket in `sockets`, its clients."""
+    every = list(infos)
+    by_inode = {info.inode: info for info in every}
+    accepted: dict[tuple[SocketType, UnixAddress, VfsInode | None], list[UnixSocketInfo]] = {}
+    pointing_at: dict[int, list[UnixSocketInfo]] = {}
+    for info in every:
+        if info.address.kind is not AddressKind.UNNAMED and info.state is not SocketState.LISTEN:
+            # An accepted socket shares the listener's address and file
+            # (unix_stream_connect copies otheru->addr and otheru->path).
+            accepted.setdefault((info.type, info.address, info.vfs), []).append(info)
+        if info.peer_inode is not None and info.type is SocketType.DGRAM:
+            pointing_at.setdefault(info.peer_inode, []).append(info)
+
+    def full(info: UnixSocketInfo | None) -> UnixSocket | None:
+        if info is None:
+            return None
+        peer = by_inode.get(info.peer_inode) if info.peer_inode is not None else None
+        return UnixSocket._make(
+            (
+                *info,
+                owners.get(info.inode, ()),
+                owners.get(info.peer_inode, ()) if info.peer_inode is not None else (),
+                peer.address if peer is not None else None,
+                None,
+            )
+        )
+
+    found: dict[int, tuple[Connection, ...]] = {}
+    for sock in sockets:
+        clients: list[Connection] = []
+        if sock.state is SocketState.LISTEN:
+            for server in accepted.get((sock.type, sock.address, sock.vfs), ()):
+                client_inode = server.peer_inode
+                client = by_inode.get(client_inode) if client_inode is not None else None
+                clients.append(
+                    Connection(
+                        False,
+                        full(server),
+                        client_inode,
+                        full(client),
+                        owners.get(client_inode, ()) if client_inode is not None else (),
+                    )
+                )
+            for client_inode in sock.pending:
+                client = by_inode.get(client_inode)
+                clients.append(
+                    Connection(True, None, client_inode, full(client), owners.get(client_inode, ()))
+                )
+        elif sock.type is SocketType.DGRAM and sock.address.kind is not AddressKind.UNNAMED:
+            for client in pointing_at.get(sock.inode, ()):
+                clients.append(
+                    Connection(
+                        False, None, client.inode, full(client), owners.get(client.inode, ())
+                    )
+                )
+        else:
+            continue
+        found[sock.inode] = tuple(clients)
+    return found
+
+
+# -- the file -> socket direction -----------------------------------------------------
+def bound_socket(st_dev: int, st_ino: int) -> UnixSocket | None:
+    """The socket bound to the file with this (st_dev, st_ino), with its processes.
+
+    For messages like "address in use by pid 123 (nginx)". A stream listener shares its
+    file with every connection it accepted; the listener is the one returned.
+    """
+    wanted = VfsInode(st_dev, st_ino)
+    try:
+        infos = dump_unix_sockets(Show.NAME | Show.VFS | Show.RQLEN | Show.UID)
+    except (OSError, SockDiagError):
+        return None
+    candidates = [info for info in infos if info.vfs == wanted]
+    if not candidates:
+        return None
+    order = {SocketState.LISTEN: 0, SocketState.UNCONNECTED: 1}
+    best = min(candidates, key=lambda info: order.get(info.state, 2))
+    owners = scan_socket_owners([best.inode]).get(best.inode, ())
+    return UnixSocket._make((*best, owners, (), None, SocketFile(FileState.PRESENT)))
+
+
+def bound_socket_at(path: str | os.PathLike[str]) -> UnixSocket | None:
+    """`bound_socket` for the file at `path` (None: no file, not a socket, or nothing bound)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
+        return None
+    return bound_socket(st.st_dev, st.st_ino)
+
+
+# -- stale socket files ----------------------------------------------------------------
+def _probe_stale(path: str) -> bool | None:
+    """Does nothing listen behind this socket file? None if we may not tell.
+
+    A datagram connect() never creates a connection: the kernel answers ECONNREFUSED
+    when no socket is bound to the inode, EPROTOTYPE when one of another type is, and
+    succeeds on a datagram socket (unix_find_bsd, unix_dgram_connect). This also sees
+    sockets bound from another network namespace, which sock_diag cannot.
+    """
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno == errno_mod.ECONNREFUSED:
+            return True
+        if exc.errno in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.ENOENT):
+            return None
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def _walk_sockets(root: str, depth: int) -> Iterator[tuple[str, os.stat_result]]:
+    """Socket files under `root`, `depth` levels down, without following symlinks."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if depth > 0:
+                    yield from _walk_sockets(entry.path, depth - 1)
+                continue
+            if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISSOCK(st.st_mode):
+            yield entry.path, st
+
+
+def _candidates(paths: Sequence[str] | None, depth: int) -> Iterator[tuple[str, os.stat_result]]:
+    if paths is None:
+        roots = list(STALE_ROOTS)
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            roots.append(runtime)
+        paths = roots
+    seen: set[str] = set()
+    for given in paths:
+        real = os.path.realpath(given)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            st = os.lstat(given)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_sockets(given, depth)
+        elif stat.S_ISSOCK(st.st_mode):
+            yield given, st
+
+
+def find_stale_files(
+    paths: Sequence[str] | None = None, *, depth: int = 3, pattern: str | None = None
+) -> list[StaleFile]:
+    """Socket files with no socket bound to them, under `paths` (default: STALE_ROOTS).
+
+    A file is a candidate when no socket of ours has its (dev, ino) (UNIX_DIAG_VFS);
+    each candidate is then confirmed by a datagram connect() that can only be refused
+    (see _probe_stale), so a socket bound from another namespace is never called stale.
+    `pattern` is a glob over paths (`/tmp/*.sock`).
+    """
+    try:
+        bound: set[VfsInode] | None = {
+            info.vfs for info in dump_unix_sockets(Show.VFS) if info.vfs is not None
+        }
+    except (OSError, SockDiagError):
+        bound = None  # /proc/net/unix has no inodes: the probe decides alone
+    regex = re.compile(fnmatch.translate(pattern)) if pattern is not None else None
+    stale: list[StaleFile] = []
+    seen: set[tuple[int, int]] = set()
+    for path, st in _candidates(paths, depth):
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        if regex is not None and regex.match(path) is None:
+            continue
+        if bound is not None and VfsInode(*key) in bound:
+            continue
+        if _probe_stale(path):
+            stale.append(StaleFile(path, st.st_dev, st.st_ino, st.st_uid, st.st_mtime))
+    stale.sort(key=lambda f: f.path)
+    return stale
