@@ -1,51 +1,88 @@
 """I/O: where captured events go: a pcapng file, text lines on a stream, or both.
 
-`DumpTap` is the relay's `Tap` for `udskit dump`: it applies the user's selection
-(`--pid`, `-c`, `-s`), feeds the pcapng encoder straight from the engine's buffer
-(no `Event` is built on the `-w`-only path: the per-chunk path is the hot one) and
-builds events only when a printer wants them. The relay calls it from its loop thread;
-a lock keeps two writers from interleaving if an engine ever calls from several.
+`DumpTap` is the relay's `Tap` for `udskit dump`. It applies the user's selection
+(`--pid`, `-c`, `-s`), records chunks for the file and builds `Event`s only when a
+printer wants them. The relay engine calls a tap from its one loop thread, so there is
+no lock on the per-chunk path.
+
+Why the pcapng file is written by a second process (`PcapngWriter`): the proxy is a
+single Python thread, and every microsecond it spends per chunk is a microsecond every
+client waits. Encoding a chunk as an EPB with IPv4 and TCP headers costs about as much
+as forwarding it (benchmarks/dump.py), so the proxy only appends a 22-byte record
+header and the bytes to a buffer and writes the buffer to a pipe every 256 KiB; a
+writer process (`writer_main`) turns the records into pcapng, at a lower priority, so
+under load the CPU goes to the traffic first. The writer gets the output file as an
+open fd (a bad -w path fails before anything is moved), inherits no socket, lives in
+its own process group (Ctrl-C in the terminal is for the proxy, which then closes the
+pipe) and, when the pipe ends (a normal exit, or the proxy was killed with -9), writes
+everything it was sent and exits.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
-import threading
+import struct
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import BinaryIO, Final, final
 
 from udskit.capture.events import Event, Selection
 from udskit.capture.pcapng import PcapngEncoder
 from udskit.capture.printers import Format, render
-from udskit.errors import UsageError
+from udskit.errors import UdskitError, UsageError
+from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
 
-__all__ = ["DumpTap", "LineSink", "PcapngSink"]
+__all__ = ["DumpTap", "LineSink", "PcapngSink", "PcapngWriter", "writer_main"]
 
 #: Bytes gathered before one write(2): 256 KiB is a guess that keeps syscalls rare at
 #: redis-benchmark rates while a killed dump loses little; see benchmarks/dump.py.
 FLUSH_BYTES: Final = 256 * 1024
+#: The writer process's niceness (see writer_main) and how much it may hold unwritten.
+WRITER_NICE: Final = 10
+SPOOL_BYTES: Final = 256 * 1024 * 1024
+#: The pipe to the writer: 1 MiB (the default pipe-max-size) absorbs short stalls.
+PIPE_BYTES: Final = 1 << 20
+
+# Records on the pipe to the writer process: a kind byte, then
+#   DATA  : c2s (1 byte), conn id, real length, recorded length, time_ns; the bytes
+#   OPEN  : conn id, time_ns, JSON length; JSON {path, type, pid, uid, gid, command}
+#   CLOSE : first (0 unknown, 1 c2s, 2 s2c), conn id, time_ns
+_DATA: Final = struct.Struct("<BBIIIQ")
+_OPEN: Final = struct.Struct("<BIQI")
+_CLOSE: Final = struct.Struct("<BBIQ")
+_KIND_DATA: Final = 1
+_KIND_OPEN: Final = 2
+_KIND_CLOSE: Final = 3
+_FIRST_CODE: Final = {None: 0, Direction.C2S: 1, Direction.S2C: 2}
+_FIRST: Final = (None, Direction.C2S, Direction.S2C)
+
+
+def _open_for_writing(path: str) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {path}: {os.strerror(exc.errno or 0).lower()}; "
+            "pick a writable path for -w"
+        ) from None
 
 
 @final
 class PcapngSink:
-    """A pcapng file being written. `flush()` writes what is gathered; `close()` ends it.
-
-    A dump killed with -9 leaves a file cut at a block boundary of the last flush,
-    which Wireshark and `udskit dump -r` both read.
-    """
+    """A pcapng file written in this process (for `-r ... -w`, where nothing is
+    forwarded). `flush()` writes what is gathered; `close()` ends it."""
 
     def __init__(self, target: str | BinaryIO, server_port: int | None = None) -> None:
         self.encoder = PcapngEncoder(server_port)
         self._own = isinstance(target, str)
         if isinstance(target, str):
-            try:
-                self._file: BinaryIO = open(target, "wb")  # noqa: SIM115 - closed in close()
-            except OSError as exc:
-                raise UsageError(
-                    f"cannot write {target}: {os.strerror(exc.errno or 0).lower()}; "
-                    "pick a writable path for -w"
-                ) from None
+            self._file: BinaryIO = os.fdopen(_open_for_writing(target), "wb")
         else:
             self._file = target
         self.encoder.header()
@@ -62,6 +99,212 @@ class PcapngSink:
         self.flush()
         if self._own:
             self._file.close()
+
+
+@final
+class PcapngWriter:
+    """A pcapng file written by a writer process fed through a pipe (see the module
+    docstring). `out` is the record buffer the tap appends to; `flush()` sends it."""
+
+    def __init__(self, path: str, server_port: int | None = None) -> None:
+        self.path = path
+        fd = _open_for_writing(path)
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "from udskit.capture.sinks import writer_main; writer_main()",
+                    str(fd),
+                    str(server_port or 0),
+                ],
+                stdin=subprocess.PIPE,
+                pass_fds=(fd,),
+                process_group=0,  # not our terminal's: Ctrl-C is for the proxy
+            )
+        finally:
+            os.close(fd)
+        assert self.proc.stdin is not None
+        self._pipe = self.proc.stdin.fileno()
+        with suppress(OSError):
+            fcntl.fcntl(self._pipe, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self.out = bytearray()
+        self._closed = False
+
+    def opened(
+        self, conn: int, path: str, sock_type: SocketType, client: ClientInfo, time_ns: int
+    ) -> None:
+        meta = json.dumps(
+            {
+                "path": path,
+                "type": sock_type.value,
+                "pid": client.pid,
+                "uid": client.uid,
+                "gid": client.gid,
+                "command": client.command,
+            }
+        ).encode()
+        self.out += _OPEN.pack(_KIND_OPEN, conn, time_ns, len(meta))
+        self.out += meta
+
+    def data(
+        self, conn: int, direction: Direction, payload: bytes | memoryview, length: int, t: int
+    ) -> None:
+        out = self.out
+        out += _DATA.pack(_KIND_DATA, direction is Direction.C2S, conn, length, len(payload), t)
+        out += payload
+        if len(out) >= FLUSH_BYTES:
+            self.flush()
+
+    def closed(self, conn: int, first: Direction | None, time_ns: int) -> None:
+        self.out += _CLOSE.pack(_KIND_CLOSE, _FIRST_CODE[first], conn, time_ns)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered records; blocks while the writer is behind (back-pressure:
+        the relay slows down rather than losing records or growing without bound)."""
+        out = self.out
+        if not out:
+            return
+        view = memoryview(out)
+        try:
+            while view:
+                view = view[os.write(self._pipe, view) :]
+        except BrokenPipeError:
+            raise UdskitError(f"the pcapng writer for {self.path} exited early") from None
+        finally:
+            view.release()
+        out.clear()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Flush, end the pipe and wait for the writer to finish the file."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush()
+        finally:
+            assert self.proc.stdin is not None
+            with suppress(BrokenPipeError):
+                self.proc.stdin.close()
+            try:
+                status = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                status = self.proc.wait()
+        if status != 0:
+            raise UdskitError(
+                f"the pcapng writer for {self.path} failed (exit status {status}); "
+                "is the disk full?"
+            )
+
+
+def writer_main() -> None:
+    """The writer process: records on stdin -> pcapng on the fd in argv[1].
+
+    It runs at a lower priority (nice WRITER_NICE) so that while traffic is heavy the
+    CPU goes to the clients, the server and the proxy first; a reader thread keeps the
+    pipe drained into memory (up to SPOOL_BYTES, then the proxy waits), and the main
+    thread encodes when it gets the CPU. Nothing is dropped: at the end of the pipe
+    everything spooled is written before the process exits."""
+    import signal
+    import threading
+    from collections import deque
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with suppress(OSError):
+        os.nice(WRITER_NICE)
+    fd, port = int(sys.argv[1]), int(sys.argv[2])
+    encoder = PcapngEncoder(port or None)
+    encoder.header()
+    decoder = _RecordDecoder(encoder)
+    spool: deque[bytes] = deque()
+    state = {"bytes": 0, "eof": False}
+    cond = threading.Condition()
+
+    def read_pipe() -> None:
+        try:
+            while chunk := os.read(0, 1 << 20):
+                with cond:
+                    while state["bytes"] > SPOOL_BYTES:
+                        cond.wait()
+                    spool.append(chunk)
+                    state["bytes"] += len(chunk)
+                    cond.notify_all()
+        finally:
+            with cond:
+                state["eof"] = True
+                cond.notify_all()
+
+    threading.Thread(target=read_pipe, name="udskit-dump-spool", daemon=True).start()
+    with os.fdopen(fd, "wb", buffering=0) as f:
+        while True:
+            with cond:
+                while not spool and not state["eof"]:
+                    cond.wait()
+                if not spool:
+                    break
+                chunks = list(spool)
+                spool.clear()
+                state["bytes"] = 0
+                cond.notify_all()
+            for chunk in chunks:
+                decoder.feed(chunk)
+                if len(encoder.out) >= FLUSH_BYTES:
+                    f.write(encoder.out)
+                    encoder.out.clear()
+        f.write(encoder.out)
+
+
+@final
+class _RecordDecoder:
+    """Pure part of the writer: pipe records -> encoder calls (records may be split
+    across reads; an incomplete tail waits for the next read, or is dropped at EOF)."""
+
+    def __init__(self, encoder: PcapngEncoder) -> None:
+        self.encoder = encoder
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        buf = self.pending + chunk if self.pending else chunk
+        view = memoryview(buf)
+        pos, size = 0, len(buf)
+        encoder = self.encoder
+        data_size, open_size, close_size = _DATA.size, _OPEN.size, _CLOSE.size
+        while pos < size:
+            kind = buf[pos]
+            if kind == _KIND_DATA:
+                if pos + data_size > size:
+                    break
+                _k, c2s, conn, length, caplen, t = _DATA.unpack_from(buf, pos)
+                end = pos + data_size + caplen
+                if end > size:
+                    break
+                direction = Direction.C2S if c2s else Direction.S2C
+                encoder.data(conn, direction, view[pos + data_size : end], length, t)
+                pos = end
+            elif kind == _KIND_OPEN:
+                if pos + open_size > size:
+                    break
+                _k, conn, t, meta_len = _OPEN.unpack_from(buf, pos)
+                end = pos + open_size + meta_len
+                if end > size:
+                    break
+                meta = json.loads(bytes(view[pos + open_size : end]))
+                client = ClientInfo(meta["pid"], meta["uid"], meta["gid"], meta["command"])
+                encoder.opened(conn, meta["path"], SocketType(meta["type"]), client, t)
+                pos = end
+            elif kind == _KIND_CLOSE:
+                if pos + close_size > size:
+                    break
+                _k, first, conn, t = _CLOSE.unpack_from(buf, pos)
+                encoder.closed(conn, _FIRST[first], t)
+                pos += close_size
+            else:
+                raise ValueError(f"bad record kind {kind} at {pos}")
+        view.release()
+        self.pending = buf[pos:]
 
 
 @final
@@ -85,15 +328,15 @@ class DumpTap:
     """The relay's tap for `udskit dump`: select, record, print.
 
     `on_limit` is called once, from the engine's thread, when `-c` data events have
-    been recorded; the caller stops the engine from there. Errors writing the file are
-    kept in `error` (a tap must not raise) and reported by the caller.
+    been recorded or recording failed; the caller stops the engine from there. Errors
+    are kept in `error` (a tap must not raise) and reported by the caller.
     """
 
     def __init__(
         self,
         path: str,
         selection: Selection | None = None,
-        pcapng: PcapngSink | None = None,
+        pcapng: PcapngWriter | None = None,
         printer: Callable[[Event], None] | None = None,
         on_limit: Callable[[], None] | None = None,
     ) -> None:
@@ -105,25 +348,24 @@ class DumpTap:
         self.data_events = 0
         self.error: BaseException | None = None
         self._clients: dict[int, ClientInfo] = {}
-        self._lock = threading.Lock()
         self._done = False
         self._snaplen = selection.snaplen
-        self._encoder = pcapng.encoder if pcapng is not None else None
+        if pcapng is not None and printer is None and selection == Selection():
+            self.data = self._data_file_only  # type: ignore[method-assign]
 
     # -- Tap ----------------------------------------------------------------------------
     def opened(self, conn: ConnectionInfo, time_ns: int) -> None:
         client = conn.client
         if self._done or not self.selection.wants(client):
             return
-        with self._lock:
-            self._clients[conn.id] = client
-            try:
-                if self._encoder is not None:
-                    self._encoder.opened(conn.id, self.path, conn.sock_type, client, time_ns)
-                if self.printer is not None:
-                    self.printer(Event.open(time_ns, conn.id, self.path, conn.sock_type, client))
-            except Exception as exc:  # a tap must not raise: report it from the main thread
-                self._fail(exc)
+        self._clients[conn.id] = client
+        try:
+            if self.pcapng is not None:
+                self.pcapng.opened(conn.id, self.path, conn.sock_type, client, time_ns)
+            if self.printer is not None:
+                self.printer(Event.open(time_ns, conn.id, self.path, conn.sock_type, client))
+        except Exception as exc:  # a tap must not raise: report it from the main thread
+            self._fail(exc)
 
     def data(
         self, conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
@@ -135,53 +377,71 @@ class DumpTap:
         snaplen = self._snaplen
         if snaplen is not None and length > snaplen:
             data = data[:snaplen]
-        with self._lock:
-            try:
-                encoder = self._encoder
-                if encoder is not None:
-                    encoder.data(conn.id, direction, data, length, time_ns)
-                    if len(encoder.out) >= FLUSH_BYTES:
-                        self.pcapng.flush()  # type: ignore[union-attr]
-                if self.printer is not None:
-                    self.printer(
-                        Event.chunk(
-                            time_ns,
-                            conn.id,
-                            self.path,
-                            conn.sock_type,
-                            client,
-                            direction,
-                            bytes(data),
-                            length,
-                        )
+        try:
+            if self.pcapng is not None:
+                self.pcapng.data(conn.id, direction, data, length, time_ns)
+            if self.printer is not None:
+                self.printer(
+                    Event.chunk(
+                        time_ns,
+                        conn.id,
+                        self.path,
+                        conn.sock_type,
+                        client,
+                        direction,
+                        bytes(data),
+                        length,
                     )
+                )
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self.data_events += 1
+        limit = self.selection.count
+        if limit is not None and self.data_events >= limit:
+            self._done = True
+            if self.on_limit is not None:
+                self.on_limit()
+
+    def _data_file_only(
+        self, conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
+    ) -> None:
+        """`data` when only a file is written, with no filter: the lean path. The
+        writer ignores connections it was not told about."""
+        if self._done:
+            return
+        pcapng = self.pcapng
+        assert pcapng is not None
+        out = pcapng.out
+        n = len(data)
+        out += _DATA.pack(_KIND_DATA, direction is Direction.C2S, conn.id, n, n, time_ns)
+        out += data
+        self.data_events += 1
+        if len(out) >= FLUSH_BYTES:
+            try:
+                pcapng.flush()
             except Exception as exc:
                 self._fail(exc)
-                return
-            self.data_events += 1
-            limit = self.selection.count
-            if limit is not None and self.data_events >= limit:
-                self._done = True
-                if self.on_limit is not None:
-                    self.on_limit()
 
     def closed(self, conn: ConnectionInfo, first: Direction | None, time_ns: int) -> None:
         client = self._clients.pop(conn.id, None)
         if client is None:
             return
-        with self._lock:
-            try:
-                if self._encoder is not None:
-                    self._encoder.closed(conn.id, first, time_ns)
-                    self.pcapng.flush()  # type: ignore[union-attr]
-                if self.printer is not None:
-                    self.printer(
-                        Event.close(time_ns, conn.id, self.path, conn.sock_type, client, first)
-                    )
-            except Exception as exc:
-                self._fail(exc)
+        try:
+            if self.pcapng is not None and not self._failed:
+                self.pcapng.closed(conn.id, first, time_ns)
+            if self.printer is not None:
+                self.printer(
+                    Event.close(time_ns, conn.id, self.path, conn.sock_type, client, first)
+                )
+        except Exception as exc:
+            self._fail(exc)
 
     # -- the end -------------------------------------------------------------------------
+    @property
+    def _failed(self) -> bool:
+        return self.error is not None
+
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
@@ -190,14 +450,17 @@ class DumpTap:
             self.on_limit()
 
     def finish(self) -> None:
-        """Close what is still open in the file (so every flow ends) and flush it."""
-        with self._lock:
-            if self._encoder is not None:
-                import time
-
-                now = time.time_ns()
-                for conn_id in list(self._clients):
-                    self._encoder.closed(conn_id, None, now)
+        """End the flows still open in the file and finish it (waits for the writer)."""
+        if self.pcapng is not None:
+            try:
+                if not self._failed:
+                    now = time.time_ns()
+                    for conn_id in list(self._clients):
+                        self.pcapng.closed(conn_id, None, now)
+            finally:
                 self._clients.clear()
-            if self.pcapng is not None:
-                self.pcapng.close()
+                try:
+                    self.pcapng.close()
+                except (OSError, UdskitError) as exc:
+                    if self.error is None:
+                        self.error = exc

@@ -175,13 +175,14 @@ def _read(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
 def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
     from udskit.capture.pcapng import parse_decode_as
     from udskit.capture.proxy import ProxyDump
-    from udskit.capture.sinks import DumpTap, LineSink, PcapngSink
+    from udskit.capture.sinks import DumpTap, LineSink, PcapngWriter
+    from udskit.errors import UdskitError
     from udskit.socktype import SocketType
 
     port = parse_decode_as(args.decode_as) if args.decode_as else None
     sock_type = SocketType.parse(args.type) if args.type else None
     dump = ProxyDump(args.address, listen=args.listen, sock_type=sock_type, grace=args.grace)
-    writer = PcapngSink(args.write, port) if args.write is not None else None
+    writer = PcapngWriter(args.write, port) if args.write is not None else None
     printer = LineSink(env.stdout, fmt, args.utc) if fmt is not None else None
     tap = DumpTap(dump.display_path, selection, writer, printer, on_limit=dump.stop)
     dump.tap = tap
@@ -201,8 +202,10 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
                 f"udskit dump: {tap.data_events} data events on {dump.connections} "
                 f"connections; {dump.restored_text()}"
             )
-    if tap.error is not None:
+    if isinstance(tap.error, UdskitError):
         raise tap.error
+    if tap.error is not None:
+        raise UdskitError(f"recording failed: {tap.error}")
     return ExitStatus.OK
 
 
