@@ -45,6 +45,8 @@ class Format(enum.Enum):
 
 
 _PRINTABLE: Final = bytes(b if 0x20 <= b < 0x7F else ord(".") for b in range(256))
+#: -X shows only graphic characters; a space is a dot there, as in tcpdump.
+_GRAPHIC: Final = bytes(b if 0x20 < b < 0x7F else ord(".") for b in range(256))
 
 
 def clock(time_ns: int, utc: bool = False) -> str:
@@ -99,7 +101,7 @@ def hex_lines(data: bytes) -> list[str]:
         row = data[offset : offset + 16]
         words = [row[i : i + 2].hex() for i in range(0, len(row), 2)]
         hexpart = " ".join(words)
-        rows.append(f"\t0x{offset:04x}:  {hexpart:<39}  {row.translate(_PRINTABLE).decode()}")
+        rows.append(f"\t0x{offset:04x}:  {hexpart:<39}  {row.translate(_GRAPHIC).decode()}")
     return rows
 
 
