@@ -51,7 +51,7 @@ def test_hex_lines_like_tcpdump() -> None:
     rows = hex_lines(b"GET / HTTP/1.1\r\nHost: x\r\n")
     assert rows == [
         "\t0x0000:  4745 5420 2f20 4854 5450 2f31 2e31 0d0a  GET./.HTTP/1.1..",
-        "\t0x0010:  486f 7374 3a20 780d 0a                 Host:.x..",
+        "\t0x0010:  " + "486f 7374 3a20 780d 0a".ljust(39) + "  Host:.x..",
     ]
 
 
