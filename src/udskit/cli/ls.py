@@ -1,18 +1,284 @@
-"""The `udskit ls` command (not built yet)."""
+"""The `udskit ls` command: every unix socket with its peer, queues and processes."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
 
+if TYPE_CHECKING:
+    from udskit.demo import Tour
+    from udskit.inspect.listing import SocketFilter
+
+DESCRIPTION = """\
+List every unix socket on this machine (ss -xp and lsof -U in one): type, state,
+queues, address, inode, the peer's inode and processes, and the processes holding it.
+Addresses are exact: abstract names print as @name with \\xHH for odd bytes (ss turns
+NUL into '@'), unnamed sockets as *. A socket file renamed or deleted since bind is
+marked (its inode is compared with the path on disk)."""
+
+EPILOG = """\
+examples:
+  udskit ls                          every unix socket, with its processes and peer
+  udskit ls '/run/*'                 sockets whose address matches a glob
+  udskit ls /run/app.sock -c         a listener, then each client and its process
+  udskit ls '@app\\x00one'            an exact abstract name (NUL written \\x00)
+  udskit ls -l -t seqpacket          listening seqpacket sockets
+  udskit ls --pid 812 --pid 900      what these processes hold
+  udskit ls -u www-data              sockets owned by or held by a user
+  udskit ls --stale                  socket files nobody is bound to (bind fails there)
+  udskit ls --stale /run/myapp       ... only under this directory (or glob)
+  udskit ls --json | jq '.[] | select(.recv_q > 0)'
+
+columns:
+  RECV-Q   bytes waiting to be read; for a listener, connections waiting for accept()
+  SEND-Q   send buffer in use (bytes the peer has not read yet); for a listener, the backlog
+  PEER     the other end: its inode, its address when it differs, its processes
+  PROCESSES  command[pid]:fd for every descriptor that holds the socket
+
+Sockets come from netlink sock_diag; where that is missing (no unix_diag module, a
+sandbox), from /proc/net/unix, which lacks peers and queues: a line on stderr says so.
+Processes come from one pass over /proc/*/fd; without root, other users' processes
+are not shown. Exit status 0, or 2 for a bad pattern or option.
+"""
+
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    parser = subparsers.add_parser("ls", help="(not built yet)")
+    parser = subparsers.add_parser(
+        "ls",
+        help="list unix sockets with peers, queues and processes (ss -xp + lsof -U)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "pattern",
+        nargs="?",
+        metavar="PATTERN",
+        help="an address or a glob over addresses (/run/*.sock, @app*); "
+        "a path also matches the socket bound to that file under another name",
+    )
+    parser.add_argument(
+        "-p",
+        "--processes",
+        dest="processes",
+        action="store_true",
+        default=True,
+        help="show the processes holding each socket and its peer (the default; "
+        "-p is accepted as in ss)",
+    )
+    parser.add_argument(
+        "-P",
+        "--no-processes",
+        dest="processes",
+        action="store_false",
+        help="skip the scan of /proc/*/fd (faster on hosts with many processes)",
+    )
+    parser.add_argument("-l", "--listening", action="store_true", help="only listening sockets")
+    parser.add_argument(
+        "-t",
+        "--type",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="only this type: stream, dgram or seqpacket (repeatable)",
+    )
+    parser.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        type=int,
+        metavar="PID",
+        help="only sockets held by this process (repeatable)",
+    )
+    parser.add_argument(
+        "-u",
+        "--user",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="only sockets owned by USER or held by a process of USER (name or uid; repeatable)",
+    )
+    parser.add_argument("--abstract", action="store_true", help="only abstract names (@name)")
+    parser.add_argument(
+        "-c",
+        "--connections",
+        action="store_true",
+        help="only listeners (and bound datagram sockets), each followed by its clients: "
+        "accepted connections, those still waiting for accept(), and their processes",
+    )
+    parser.add_argument(
+        "-m",
+        "--memory",
+        action="store_true",
+        help="add the kernel's memory counters (UNIX_DIAG_MEMINFO: buffers, drops) to --json",
+    )
+    parser.add_argument(
+        "--stale",
+        action="store_true",
+        help="list socket files with no socket bound to them (the debris that makes bind "
+        "fail with 'address in use'), under PATTERN or /run, /tmp, /var/tmp, /dev/shm",
+    )
+    parser.add_argument(
+        "--proc",
+        action="store_true",
+        help="read /proc/net/unix instead of netlink sock_diag (what ls falls back to)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON array, one object a line")
     parser.set_defaults(handler=handle)
 
 
+def _uid_of(user: str) -> int:
+    from udskit.errors import UsageError
+
+    if user.isdigit():
+        return int(user)
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UsageError(f"no such user: {user!r}; give a login name or a uid") from None
+
+
+def build_filter(args: argparse.Namespace) -> SocketFilter:
+    """The command line's filter options as the library's SocketFilter."""
+    from udskit.address import parse_address
+    from udskit.errors import UsageError
+    from udskit.inspect.listing import SocketFilter
+    from udskit.socktype import SocketType
+
+    types = set()
+    for text in args.type:
+        try:
+            types.add(SocketType.parse(text))
+        except ValueError:
+            raise UsageError(f"unknown --type {text!r}: use stream, dgram or seqpacket") from None
+    pattern = args.pattern
+    if pattern is not None and not any(c in pattern for c in "*?["):
+        parse_address(pattern)  # a bad escape is an AddressError before any work
+    return SocketFilter(
+        pattern=pattern,
+        listening=args.listening,
+        types=frozenset(types),
+        pids=frozenset(args.pid),
+        uids=frozenset(_uid_of(u) for u in args.user),
+        abstract=args.abstract,
+    )
+
+
 def handle(args: argparse.Namespace, env: Env) -> int:
-    env.err("udskit ls: not built yet")
-    return ExitStatus.FAILED
+    if args.stale:
+        return _handle_stale(args, env)
+    from udskit.inspect.lister import list_sockets
+    from udskit.inspect.listing import Source
+    from udskit.inspect.sockdiag import SocketState
+    from udskit.socktype import SocketType
+
+    where = build_filter(args)
+    listing = list_sockets(
+        where,
+        processes=args.processes,
+        meminfo=args.memory,
+        connections=args.connections,
+        source=Source.PROC if args.proc else None,
+    )
+    if listing.note:
+        env.err(f"udskit ls: {listing.note}")
+    sockets = listing.sockets
+    if args.connections:
+        sockets = tuple(
+            s
+            for s in sockets
+            if s.state is SocketState.LISTEN
+            or (s.type is SocketType.DGRAM and s.inode in listing.connections)
+        )
+    if args.json:
+        from udskit.inspect.render import json_document
+
+        conns = listing.connections if args.connections else None
+        env.write(json_document(sockets, conns).encode("utf-8", errors="surrogateescape"))
+        return ExitStatus.OK
+    from udskit.inspect.render import format_table
+
+    lines = format_table(
+        sockets, listing.connections if args.connections else None, processes=args.processes
+    )
+    env.write(("\n".join(lines) + "\n").encode("utf-8", errors="surrogateescape"))
+    if not sockets and args.pattern is not None:
+        env.err(f"udskit ls: no socket matches {args.pattern}")
+    return ExitStatus.OK
+
+
+def _handle_stale(args: argparse.Namespace, env: Env) -> int:
+    import glob
+
+    from udskit.inspect.lister import find_stale_files
+    from udskit.inspect.owners import user_name
+
+    paths = None
+    if args.pattern is not None:
+        paths = sorted(glob.glob(args.pattern)) or [args.pattern]
+    stale = find_stale_files(paths)
+    if args.json:
+        import json
+
+        from udskit.inspect.render import stale_to_json
+
+        objects = [stale_to_json(s) for s in stale]
+        env.write((json.dumps(objects, indent=1) + "\n").encode("utf-8", "surrogateescape"))
+        return ExitStatus.OK
+    from udskit.inspect.render import format_stale_table
+
+    if not stale:
+        where = args.pattern or "the usual places (/run, /tmp, /var/tmp, /dev/shm)"
+        env.out(f"no stale socket files under {where}")
+        return ExitStatus.OK
+    users = {s.uid: user_name(s.uid) for s in stale}
+    env.write(
+        ("\n".join(format_stale_table(stale, users)) + "\n").encode("utf-8", "surrogateescape")
+    )
+    env.err("udskit ls: remove a stale file (rm PATH) before binding there again")
+    return ExitStatus.OK
+
+
+def demo(tour: Tour) -> None:
+    """Sockets this tour's own process holds, listed the way anybody would see them."""
+    import os
+    import socket
+
+    from udskit.endpoints import open_connection, open_listener, open_socketpair
+
+    tour.section("ls: every unix socket, its peer, its queues and who holds it")
+    path = tour.path("ls-app.sock")
+    held: list[socket.socket] = []
+    with open_listener(path) as listener:
+        try:
+            held.append(open_connection(path))
+            server, _ = listener.accept()
+            held.append(server)
+            held[0].sendall(b"x" * 100)  # unread: shows in the server end's RECV-Q
+            held.append(open_connection(path))  # never accepted: shows as pending
+            held.extend(open_socketpair())
+            stale = tour.path("ls-stale.sock")
+            leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            leftover.bind(stale)
+            leftover.close()  # closing does not remove the file: that is a stale file
+            tour.say(
+                f"this tour (pid {os.getpid()}) listens on {path}, has one accepted "
+                "connection with 100 unread bytes, one not yet accepted, and a socketpair:"
+            )
+            tour.show("ls", f"{tour.workdir}/*")
+            tour.say("the listener and each client, with the client's process:")
+            tour.show("ls", "--connections", path)
+            moved = path + ".moved"
+            os.rename(path, moved)
+            tour.say("rename the socket file, as a careless deploy script might:")
+            tour.show("ls", "-l", f"{tour.workdir}/*")
+            os.rename(moved, path)
+            tour.say("a socket file nobody is bound to (bind() there fails until removed):")
+            tour.show("ls", "--stale", str(tour.workdir))
+        finally:
+            for sock in held:
+                sock.close()

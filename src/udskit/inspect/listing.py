@@ -131,6 +131,11 @@ class SocketFilter:
     def needs_owners(self) -> bool:
         return bool(self.pids or self.uids)
 
+    @property
+    def needs_prefilter(self) -> bool:
+        """Anything to check before the process scan (the kernel's facts alone)?"""
+        return bool(self.pattern is not None or self.listening or self.types or self.abstract)
+
 
 @final
 @dataclass(frozen=True, slots=True)

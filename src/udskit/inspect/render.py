@@ -152,8 +152,6 @@ def json_document(
         return text
 
     def owners_json(owners: tuple[SocketOwner, ...]) -> str:
-        if not owners:
-            return ""
         text = owner_lists.get(id(owners))
         if text is None:
             text = owner_lists[id(owners)] = _owners_json(owners, per_process)
@@ -193,8 +191,8 @@ def json_document(
             f'"shutdown": {"null" if shutdown is None else shutdowns[shutdown]}, '
             f'"pending": [{", ".join(map(str, sock.pending)) if sock.pending else ""}], '
             f'"file": {file_json}, '
-            f'"processes": [{owners_json(sock.processes)}], '
-            f'"peer_processes": [{owners_json(sock.peer_processes)}], '
+            f'"processes": [{owners_json(procs) if (procs := sock.processes) else ""}], '
+            f'"peer_processes": [{owners_json(peers) if (peers := sock.peer_processes) else ""}], '
             f'"cookie": {"null" if cookie is None else cookie}'
         )
         if sock.meminfo is not None:
