@@ -559,8 +559,9 @@ def iter_packets(buf: bytes | memoryview) -> Iterator[Packet]:
     pos = 0
     endian = ">"
     interfaces: list[tuple[int, int, int]] = []  # (linktype, units per second base, exp)
-    if size >= 4 and bytes(view[:4]) != b"\x0a\x0d\x0d\x0a":
-        raise PcapngError("not a pcapng file (no section header block at the start)")
+    if bytes(view[:4]) != b"\x0a\x0d\x0d\x0a":
+        what = "it is empty" if size == 0 else "no section header block at the start"
+        raise PcapngError(f"not a pcapng file ({what}); udskit dump -w and tshark -w write one")
     while pos + 12 <= size:
         raw_type = bytes(view[pos : pos + 4])
         if raw_type == b"\x0a\x0d\x0d\x0a":

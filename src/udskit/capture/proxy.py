@@ -52,7 +52,7 @@ from udskit.socktype import SocketType
 from udskit.tap import Tap
 
 if TYPE_CHECKING:
-    from udskit.relay.engine import Relay
+    from udskit.relay import Relay
 
 __all__ = [
     "HIDDEN_SUFFIX",
@@ -354,6 +354,10 @@ class Takeover:
                 ) from None
             if self.sock_type.connection_oriented:
                 sock.listen(self.backlog)
+            else:
+                # Before the rename, so the very first datagram carries its sender's
+                # credentials (a datagram queued earlier has none: pid 0, uid 65534).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.setblocking(False)
         except BaseException:
             sock.close()
@@ -463,7 +467,7 @@ class ProxyDump:
         return self._relay.stats.accepted if self._relay is not None else 0
 
     def start(self) -> None:
-        from udskit.relay.engine import Relay
+        from udskit.relay import Relay
 
         upstream: UnixAddress
         front: Listener | socket.socket
@@ -475,6 +479,8 @@ class ProxyDump:
             assert self.listen is not None
             sock_type = self.sock_type or detect_type(self.target)
             self._listener = open_listener(self.listen, sock_type)
+            if sock_type is SocketType.DGRAM:
+                self._listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             front = self._listener
             upstream = self.target
         self.sock_type = sock_type

@@ -1,17 +1,14 @@
 """I/O: `udskit dump -r FILE`: a pcapng file back into events, through the same
 selection and printers as a live capture.
 
-The file is memory-mapped, so reading a capture of any size costs no more memory than
-the packets being printed; a file cut short by a killed capture is read up to its last
-whole block.
+The file is read whole (captures are written in memory-sized pieces anyway); a file
+cut short by a killed capture is read up to its last whole block.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from udskit.capture.events import Event, EventKind, Selection
 from udskit.capture.pcapng import decode_events
@@ -20,25 +17,18 @@ from udskit.errors import UsageError
 __all__ = ["read_events", "replay"]
 
 
-@contextmanager
-def _mapped(path: str) -> Iterator[memoryview | bytes]:
+def _load(path: str) -> bytes:
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise UsageError(
             f"cannot read {path}: {os.strerror(exc.errno or 0).lower()}; give a pcapng file "
             "written by `udskit dump -w` (or tcpdump/tshark)"
         ) from None
-    with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            yield b""
-            return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                yield view
-            finally:
-                view.release()
+    if not data:
+        raise UsageError(f"cannot read {path}: it is empty, not a pcapng file")
+    return data
 
 
 def read_events(path: str, selection: Selection | None = None) -> Iterator[Event]:
@@ -46,19 +36,14 @@ def read_events(path: str, selection: Selection | None = None) -> Iterator[Event
     `-c` counts data events, `-s` shortens the data)."""
     selection = selection or Selection()
     data_events = 0
-    with _mapped(path) as buf:
-        events = decode_events(buf)
-        try:
-            for event in events:
-                if not selection.wants(event.client):
-                    continue
-                if event.kind is EventKind.DATA:
-                    if selection.count is not None and data_events >= selection.count:
-                        return
-                    data_events += 1
-                yield selection.apply(event)
-        finally:
-            events.close()  # drop its views of the mapping before the mapping closes
+    for event in decode_events(_load(path)):
+        if not selection.wants(event.client):
+            continue
+        if event.kind is EventKind.DATA:
+            if selection.count is not None and data_events >= selection.count:
+                return
+            data_events += 1
+        yield selection.apply(event)
 
 
 def replay(path: str, sinks: list[Callable[[Event], None]], selection: Selection | None) -> int:

@@ -1,0 +1,453 @@
+"""`udskit dump` on real sockets with real clients: curl, redis-cli, redis-benchmark,
+and tshark reading what we wrote. Every process is started through `peers` (killed by
+PID at teardown)."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Peer, Peers
+from udskit.capture.events import EventKind
+from udskit.capture.pcapng import decode_events
+from udskit.capture.proxy import hidden_path, staging_path
+from udskit.cli.dump import _HTTP_SERVER
+from udskit.tap import Direction
+
+HASH_SERVER = """\
+import hashlib, socket, sys, threading
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(sys.argv[1])
+srv.listen(1024)
+def serve(c):
+    h = hashlib.sha256()
+    while data := c.recv(1 << 20):
+        h.update(data)
+    c.sendall(h.hexdigest().encode())
+    c.close()
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+ECHO_SERVER = """\
+import socket, sys, threading
+kind = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM,
+        "seqpacket": socket.SOCK_SEQPACKET}[sys.argv[2]]
+name = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, kind)
+srv.bind("\\0" + name[1:] if name.startswith("@") else name)
+if kind == socket.SOCK_DGRAM:
+    while True:
+        data, peer = srv.recvfrom(1 << 20)
+        if peer:
+            srv.sendto(data.upper(), peer)
+srv.listen(128)
+def serve(c):
+    while data := c.recv(1 << 20):
+        c.sendall(data.upper())
+    c.close()
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+def wait_for(predicate: object, timeout: float = 15.0, what: str = "condition") -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def start_dump(peers: Peers, path: Path, *args: str, stdout: int | None = None) -> Peer:
+    """Start `udskit dump ARGS PATH` and wait until the proxy is in the original's place."""
+    before = os.lstat(path).st_ino
+    dump = peers.udskit(
+        "dump", *args, path, stdout=stdout if stdout is not None else subprocess.PIPE
+    )
+
+    def taken_over() -> bool:
+        if dump.proc.poll() is not None:
+            err = dump.proc.stderr.read().decode() if dump.proc.stderr else ""
+            raise AssertionError(f"udskit dump exited {dump.proc.returncode}: {err}")
+        try:
+            return os.lstat(path).st_ino != before
+        except FileNotFoundError:
+            raise AssertionError(f"{path} vanished during the takeover") from None
+
+    wait_for(taken_over, what="udskit dump to take over")
+    return dump
+
+
+def stop_dump(dump: Peer, signum: int = signal.SIGINT) -> tuple[int, str, str]:
+    os.kill(dump.pid, signum)
+    out, err = dump.proc.communicate(timeout=60)
+    return dump.proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def assert_restored(path: Path, inode: int) -> None:
+    assert os.lstat(path).st_ino == inode, "the original socket file is not back"
+    assert not os.path.lexists(hidden_path(str(path)))
+    assert not os.path.lexists(staging_path(str(path)))
+
+
+def tshark(peers: Peers, pcap: Path, *args: str) -> list[str]:
+    result = peers.run("tshark", "-r", pcap, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode().splitlines()
+
+
+def redis(peers: Peers, sockdir: Path) -> Path:
+    path = sockdir / "redis.sock"
+    peers.start(
+        "redis-server",
+        "--port",
+        "0",
+        "--unixsocket",
+        path,
+        "--unixsocketperm",
+        "660",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        wait_for=path,
+        listening=True,
+    )
+    return path
+
+
+def ping(path: Path) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"PING\r\n")
+        return s.recv(100)
+
+
+# -- real clients, and tshark as the judge -----------------------------------------------------
+def test_curl_through_dump_and_tshark_reads_it(peers: Peers, sockdir: Path, tmp_path: Path) -> None:
+    sock = sockdir / "http.sock"
+    peers.start(sys.executable, "-c", _HTTP_SERVER, sock, wait_for=sock, listening=True)
+    original = os.lstat(sock).st_ino
+    pcap = tmp_path / "http.pcapng"
+    dump = start_dump(peers, sock, "-w", str(pcap), "--print")
+    for uri in ("/hello", "/api/items?id=7"):
+        got = peers.run("curl", "-sS", "--unix-socket", sock, f"http://localhost{uri}")
+        assert got.stdout == f"hello from {uri}\n".encode(), got.stderr
+    status, out, err = stop_dump(dump)
+    assert status == 130, err
+    assert_restored(sock, original)
+    assert "(curl) c2s" in out and "(curl) open" in out and "(server closed first)" in out
+    assert "2 connections" in err or "on 2 connections" in err
+    uris = tshark(peers, pcap, "-Y", "http.request", "-T", "fields", "-e", "http.request.uri")
+    assert uris == ["/hello", "/api/items?id=7"]
+    comments = set(tshark(peers, pcap, "-T", "fields", "-e", "frame.comment"))
+    assert all('command="curl"' in c and f'path="{sock}"' in c for c in comments)
+    # and back through our own printers
+    text = peers.udskit_run("dump", "-r", pcap, "-A")
+    assert text.returncode == 0
+    assert "GET /api/items?id=7 HTTP/1.1" in text.stdout.decode()
+    lines = peers.udskit_run("dump", "-r", pcap, "--json").stdout.decode().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert {r["event"] for r in records} == {"open", "data", "close"}
+    assert all(r["command"] == "curl" for r in records)
+
+
+def test_redis_cli_and_benchmark_through_dump(peers: Peers, sockdir: Path, tmp_path: Path) -> None:
+    sock = redis(peers, sockdir)
+    mode_before = os.lstat(sock)
+    pcap = tmp_path / "redis.pcapng"
+    dump = start_dump(peers, sock, "-w", str(pcap))
+    during = os.lstat(sock)
+    assert (during.st_mode, during.st_uid, during.st_gid) == (
+        mode_before.st_mode,
+        mode_before.st_uid,
+        mode_before.st_gid,
+    )
+    assert peers.run("redis-cli", "-s", sock, "SET", "greeting", "hello").stdout == b"OK\n"
+    assert peers.run("redis-cli", "-s", sock, "GET", "greeting").stdout == b"hello\n"
+    bench = peers.run(
+        "redis-benchmark", "-s", sock, "-t", "set,get", "-n", "2000", "-c", "10", "-q"
+    )
+    assert bench.returncode == 0 and b"requests per second" in bench.stdout
+    status, _out, err = stop_dump(dump, signal.SIGTERM)
+    assert status == 143, err
+    assert_restored(sock, mode_before.st_ino)
+    commands = tshark(peers, pcap, "-Y", "resp", "-T", "fields", "-e", "_ws.col.Info")
+    assert any("SET greeting hello" in c for c in commands)
+    assert any("GET greeting" in c for c in commands)
+    comments = "\n".join(tshark(peers, pcap, "-T", "fields", "-e", "frame.comment"))
+    assert 'command="redis-cli"' in comments and 'command="redis-benchmark"' in comments
+
+
+# -- nothing lost ---------------------------------------------------------------------------------
+def test_hundred_clients_a_mebibyte_each_every_byte_delivered_and_recorded(
+    peers: Peers, sockdir: Path, tmp_path: Path
+) -> None:
+    sock = sockdir / "hash.sock"
+    peers.start(sys.executable, "-c", HASH_SERVER, sock, wait_for=sock, listening=True)
+    original = os.lstat(sock).st_ino
+    pcap = tmp_path / "many.pcapng"
+    dump = start_dump(peers, sock, "-w", str(pcap))
+    sent: dict[int, str] = {}
+    replies: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        try:
+            data = random.Random(i).randbytes(1 << 20)
+            sent[i] = hashlib.sha256(data).hexdigest()
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(120)
+                s.connect(str(sock))
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+                reply = b""
+                while chunk := s.recv(4096):
+                    reply += chunk
+                replies[i] = reply.decode()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors[:3]
+    assert replies == sent, "the server did not receive exactly what each client sent"
+    status, _out, err = stop_dump(dump)
+    assert status == 130, err
+    assert_restored(sock, original)
+    c2s: dict[int, hashlib._Hash] = collections.defaultdict(hashlib.sha256)
+    s2c: dict[int, bytes] = collections.defaultdict(bytes)
+    recorded_bytes = 0
+    for ev in decode_events(pcap.read_bytes()):
+        if ev.kind is EventKind.DATA:
+            assert not ev.truncated
+            recorded_bytes += ev.length
+            if ev.direction is Direction.C2S:
+                c2s[ev.conn].update(ev.data)
+            else:
+                s2c[ev.conn] += ev.data
+    assert len(c2s) == 100
+    recorded = sorted(h.hexdigest() for h in c2s.values())
+    assert recorded == sorted(sent.values())
+    for conn, digest in c2s.items():
+        assert s2c[conn].decode() == digest.hexdigest()
+    assert recorded_bytes == 100 * (1 << 20) + 100 * 64
+
+
+# -- putting the original back -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+def test_original_is_back_after_a_signal(
+    peers: Peers, sockdir: Path, signum: int, status: int
+) -> None:
+    sock = redis(peers, sockdir)
+    original = os.lstat(sock).st_ino
+    dump = start_dump(peers, sock)
+    assert os.path.lexists(hidden_path(str(sock)))
+    assert ping(sock) == b"+PONG\r\n"
+    got, out, err = stop_dump(dump, signum)
+    assert got == status, err
+    assert_restored(sock, original)
+    assert ping(sock) == b"+PONG\r\n"
+    assert "(redis-server)" not in out and "c2s" in out
+
+
+def test_kill_9_then_restore(peers: Peers, sockdir: Path) -> None:
+    sock = redis(peers, sockdir)
+    original = os.lstat(sock).st_ino
+    dump = start_dump(peers, sock)
+    os.kill(dump.pid, signal.SIGKILL)
+    dump.wait()
+    assert os.lstat(sock).st_ino != original  # the dead proxy's file is in the way
+    again = peers.udskit_run("dump", sock)
+    assert again.returncode == 1
+    message = again.stderr.decode().strip()
+    assert len(message.splitlines()) == 1 and f"udskit dump --restore {sock}" in message
+    restore = peers.udskit_run("dump", "--restore", sock)
+    assert restore.returncode == 0, restore.stderr
+    assert "restored the original socket file" in restore.stderr.decode()
+    assert_restored(sock, original)
+    assert ping(sock) == b"+PONG\r\n"
+    nothing = peers.udskit_run("dump", "--restore", sock)
+    assert nothing.returncode == 0 and "nothing to restore" in nothing.stderr.decode()
+
+
+def test_a_thousand_connects_while_dump_starts_and_stops(peers: Peers, sockdir: Path) -> None:
+    sock = redis(peers, sockdir)
+    original = os.lstat(sock).st_ino
+    results: list[bytes | BaseException] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def connector() -> None:
+        while not done.is_set():
+            try:
+                answer = ping(sock)
+            except BaseException as exc:
+                answer = exc  # type: ignore[assignment]
+            with lock:
+                results.append(answer)
+                if len(results) >= 1000:
+                    done.set()
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=connector) for _ in range(2)]
+    for t in threads:
+        t.start()
+    cycles = 0
+    captured = 0
+    try:
+        while not done.is_set():
+            dump = start_dump(peers, sock)
+            time.sleep(0.05)
+            _status, out, _err = stop_dump(dump, signal.SIGINT if cycles % 2 else signal.SIGTERM)
+            captured += out.count(" open ")
+            cycles += 1
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    failures = [r for r in results if r != b"+PONG\r\n"]
+    assert not failures, f"{len(failures)} of {len(results)} connects failed: {failures[:3]}"
+    assert len(results) >= 1000 and cycles >= 2 and captured > 0
+    assert_restored(sock, original)
+
+
+# -- other kinds of socket ----------------------------------------------------------------------
+def test_listen_beside_an_abstract_socket(peers: Peers, abstract_name: str) -> None:
+    original = abstract_name + "-orig"
+    front = abstract_name + "-front"
+    peers.start(sys.executable, "-c", ECHO_SERVER, original, "stream", wait_for=original)
+    dump = peers.udskit("dump", "--json", "--listen", front, original, wait_for=front)
+    got = peers.run("socat", "-", f"ABSTRACT-CONNECT:{front[1:]}", input=b"hello\n")
+    assert got.stdout == b"HELLO\n"
+    _status, out, _err = stop_dump(dump)
+    records = [json.loads(line) for line in out.splitlines()]
+    data = [r for r in records if r["event"] == "data"]
+    assert [(r["direction"], r["length"]) for r in data] == [("c2s", 6), ("s2c", 6)]
+    assert all(r["command"] == "socat" and r["path"] == front for r in records)
+
+
+@pytest.mark.parametrize("kind", ["dgram", "seqpacket"])
+def test_messages_keep_boundaries(peers: Peers, sockdir: Path, tmp_path: Path, kind: str) -> None:
+    sock = sockdir / f"{kind}.sock"
+    peers.start(sys.executable, "-c", ECHO_SERVER, sock, kind, wait_for=sock)
+    original = os.lstat(sock).st_ino
+    pcap = tmp_path / "m.pcapng"
+    dump = start_dump(peers, sock, "-w", str(pcap), "--print")
+    sock_type = socket.SOCK_DGRAM if kind == "dgram" else socket.SOCK_SEQPACKET
+    messages = [b"a", b"bb", b"c" * 1000]
+    with socket.socket(socket.AF_UNIX, sock_type) as s:
+        s.settimeout(10)
+        if kind == "dgram":
+            s.bind("")  # autobind, so replies can come back
+        s.connect(str(sock))
+        for m in messages:
+            s.send(m)
+            assert s.recv(4096) == m.upper()
+    status, out, err = stop_dump(dump)
+    assert status == 130, err
+    assert_restored(sock, original)
+    assert "length 1000" in out
+    data = [e for e in decode_events(pcap.read_bytes()) if e.kind is EventKind.DATA]
+    assert [(e.direction, e.data) for e in data] == [
+        x for m in messages for x in ((Direction.C2S, m), (Direction.S2C, m.upper()))
+    ]
+    assert [(e.sock_type.value, e.client.pid) for e in data] == [(kind, os.getpid())] * 6, out
+    udp = tshark(peers, pcap, "-Y", "udp", "-T", "fields", "-e", "udp.length")
+    assert udp == [str(8 + len(m)) for m in messages for _ in (0, 1)]
+
+
+# -- filters and limits --------------------------------------------------------------------------
+def test_count_pid_and_snaplen(peers: Peers, sockdir: Path) -> None:
+    sock = sockdir / "echo.sock"
+    peers.start(sys.executable, "-c", ECHO_SERVER, sock, "stream", wait_for=sock)
+    original = os.lstat(sock).st_ino
+    dump = start_dump(peers, sock, "-c", "4", "-s", "3", "--pid", str(os.getpid()))
+    # socat's traffic is not ours: filtered out, and it does not count.
+    assert peers.run("socat", "-", f"UNIX-CONNECT:{sock}", input=b"other\n").stdout == b"OTHER\n"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock))
+        for word in (b"hello", b"world"):
+            s.sendall(word)
+            assert s.recv(100) == word.upper()
+    out, err = dump.proc.communicate(timeout=30)  # -c 4: it stops by itself
+    assert dump.proc.returncode == 0, err
+    assert_restored(sock, original)
+    lines = out.decode().splitlines()
+    data = [x for x in lines if " c2s " in x or " s2c " in x]
+    assert len(data) == 4 and all(x.endswith("length 5 [captured 3]") for x in data)
+    assert "socat" not in out.decode()
+
+
+def test_snaplen_in_json_and_hex(peers: Peers, sockdir: Path) -> None:
+    sock = sockdir / "echo.sock"
+    peers.start(sys.executable, "-c", ECHO_SERVER, sock, "stream", wait_for=sock)
+    dump = start_dump(peers, sock, "-X")
+    assert peers.run("socat", "-", f"UNIX-CONNECT:{sock}", input=b"GET / x\n").returncode == 0
+    _status, out, _err = stop_dump(dump)
+    assert "0x0000:  4745 5420 2f20 780a" in out and "GET./.x." in out
+
+
+# -- errors a user can make ---------------------------------------------------------------------
+def test_errors_are_one_line(peers: Peers, sockdir: Path, tmp_path: Path) -> None:
+    missing = peers.udskit_run("dump", sockdir / "nothing.sock")
+    assert missing.returncode == 1
+    assert len(missing.stderr.decode().strip().splitlines()) == 1
+    assert b"Traceback" not in missing.stderr
+    plain = tmp_path / "file.txt"
+    plain.write_text("x")
+    not_socket = peers.udskit_run("dump", plain)
+    assert not_socket.returncode == 2 and b"not a socket" in not_socket.stderr
+    bad_file = peers.udskit_run("dump", "-r", plain)
+    assert bad_file.returncode == 2 and b"not a pcapng" in bad_file.stderr
+    stale = sockdir / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    refused = peers.udskit_run("dump", stale)
+    assert refused.returncode == 1 and b"stale" in refused.stderr
+    assert sorted(os.listdir(sockdir)) == ["stale.sock"]
+    unwritable = peers.udskit_run("dump", "-w", "/proc/nope.pcapng", stale)
+    assert unwritable.returncode == 2 and b"-w" in unwritable.stderr
+
+
+def test_owner_group_and_mode_are_kept(peers: Peers, sockdir: Path) -> None:
+    sock = sockdir / "private.sock"
+    peers.start(sys.executable, "-c", ECHO_SERVER, sock, "stream", wait_for=sock)
+    os.chown(sock, 65534, 65534)
+    os.chmod(sock, 0o640)
+    original = os.lstat(sock)
+    dump = start_dump(peers, sock)
+    proxy = os.lstat(sock)
+    assert stat.S_IMODE(proxy.st_mode) == 0o640
+    assert (proxy.st_uid, proxy.st_gid) == (65534, 65534)
+    # user nobody may write the file (owner rw): connects, through the proxy.
+    got = peers.run(*peers.as_nobody("socat", "-", f"UNIX-CONNECT:{sock}"), input=b"hi\n")
+    assert got.stdout == b"HI\n"
+    _status, out, _err = stop_dump(dump)
+    assert "uid 65534" in out
+    assert_restored(sock, original.st_ino)
