@@ -269,7 +269,7 @@ def demo(tour: Tour) -> None:
                 f"this tour (pid {os.getpid()}) listens on {path}, has one accepted "
                 "connection with 100 unread bytes, one not yet accepted, and a socketpair:"
             )
-            tour.show("ls", f"{tour.workdir}/*")
+            tour.show("ls", "--pid", str(os.getpid()))
             tour.say("the listener and each client, with the client's process:")
             tour.show("ls", "--connections", path)
             moved = path + ".moved"
