@@ -37,17 +37,25 @@ def listen(path: str | bytes, kind: int = socket.SOCK_STREAM) -> socket.socket:
 
 def test_bound_socket_names_the_listener_and_its_process(peers: Peers, sockdir: Path) -> None:
     path = sockdir / "app.sock"
-    server = peers.start("socat", f"UNIX-LISTEN:{path},fork", "OPEN:/dev/null", wait_for=path)
-    # A connection shares the listener's file; the listener is the answer.
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.connect(str(path))
-        found = bound_socket_at(path)
-        assert found is not None
-        assert found.state is SocketState.LISTEN
-        assert [p.pid for p in found.processes] == [server.pid]
-        assert str(found.processes[0]) == f"pid {server.pid} (socat)"
-        st = os.stat(path)
-        assert bound_socket(st.st_dev, st.st_ino) == found
+    server = peers.start("socat", f"UNIX-LISTEN:{path}", "OPEN:/dev/null", wait_for=path)
+    found = bound_socket_at(path)
+    assert found is not None and found.state is SocketState.LISTEN
+    assert [p.pid for p in found.processes] == [server.pid]
+    assert str(found.processes[0]) == f"pid {server.pid} (socat)"
+    st = os.stat(path)
+    assert bound_socket(st.st_dev, st.st_ino) == found
+
+
+def test_bound_socket_prefers_the_listener_to_its_connections(sockdir: Path) -> None:
+    # An accepted socket shares the listener's file (same UNIX_DIAG_VFS).
+    path = str(sockdir / "shared.sock")
+    with listen(path) as listener, socket.socket(socket.AF_UNIX) as client:
+        client.connect(path)
+        accepted, _ = listener.accept()
+        with accepted:
+            found = bound_socket_at(path)
+            assert found is not None and found.inode == inode_of(listener)
+            assert [(p.pid, p.fd) for p in found.processes] == [(os.getpid(), listener.fileno())]
 
 
 def test_bound_socket_is_none_for_stale_and_plain_files(sockdir: Path) -> None:
