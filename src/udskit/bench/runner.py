@@ -44,7 +44,7 @@ from udskit.errors import UdskitError, UsageError
 STALL_SECONDS: Final = 10.0
 _PR_SET_PDEATHSIG: Final = 1
 
-#: Called after each trial with (trial, how many are done, how many in all).
+#: Called before each trial with (trial, how many are done, how many in all).
 OnTrial = Callable[[Trial, int, int], None]
 
 
@@ -64,11 +64,11 @@ def run_bench(
     total = count_trials(plan, caps)
     cells: dict[tuple[Pattern, int, Transport], list[TrialResult]] = {}
     with _socket_dir(sockdir) as directory, _pinned(plan.pin):
-        for done, trial in enumerate(trial_order(plan, caps), start=1):
-            result = run_trial(trial, plan.trial_seconds, directory, plan.pin)
-            cells.setdefault((trial.pattern, trial.size, trial.transport), []).append(result)
+        for done, trial in enumerate(trial_order(plan, caps)):
             if on_trial is not None:
                 on_trial(trial, done, total)
+            result = run_trial(trial, plan.trial_seconds, directory, plan.pin)
+            cells.setdefault((trial.pattern, trial.size, trial.transport), []).append(result)
     rows = [
         summarise(cells[key])
         for pattern in plan.patterns

@@ -241,7 +241,13 @@ def _run_with_progress(plan: BenchPlan, sockdir: Path | None, env: Env) -> Bench
     the child stuck on it.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from udskit.bench.plan import Trial, format_size
     from udskit.bench.runner import run_bench
@@ -250,14 +256,15 @@ def _run_with_progress(plan: BenchPlan, sockdir: Path | None, env: Env) -> Bench
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
         auto_refresh=False,
         transient=True,
         disable=not env.stderr_isatty,
     ) as progress:
-        task = progress.add_task("bench", total=None)
+        task = progress.add_task("measuring the datagram limit", total=None)
+        progress.refresh()
 
         def advance(trial: Trial, done: int, total: int) -> None:
             what = f"{trial.pattern.value} {format_size(trial.size)} {trial.transport.value}"
