@@ -22,6 +22,17 @@ __all__ = ["Env", "ExitStatus", "build_parser", "main", "run"]
 
 #: Command modules in the order `udskit --help` lists them.
 COMMAND_MODULES = ("talk", "relay", "dump", "ls", "bench", "demo")
+#: Which module registers each command, so a run of one command imports only its module.
+COMMANDS = {
+    "listen": "talk",
+    "connect": "talk",
+    "send": "talk",
+    "relay": "relay",
+    "dump": "dump",
+    "ls": "ls",
+    "bench": "bench",
+    "demo": "demo",
+}
 
 Handler = Callable[[argparse.Namespace, Env], int]
 
@@ -50,7 +61,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitStatus.USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or, given `command`, for that one alone (which
+    spares `udskit ls` the import of every other command module)."""
     parser = _Parser(
         prog="udskit",
         description="A toolkit for UNIX domain sockets: talk, relay, dump, ls, bench.",
@@ -61,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser, required=True
     )
-    for name in COMMAND_MODULES:
+    names = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
+    for name in names:
         module = importlib.import_module(f"udskit.cli.{name}")
         module.register(subparsers)
     return parser
@@ -89,7 +103,9 @@ def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
     env = env or Env.from_process()
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = argv[0] if argv else None
+    args = build_parser(first).parse_args(argv)
     handler: Handler = args.handler
     from udskit.errors import UdskitError, UsageError
 
