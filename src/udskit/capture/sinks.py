@@ -215,6 +215,9 @@ def writer_main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with suppress(OSError):
         os.nice(WRITER_NICE)
+    with suppress(OSError, AttributeError):
+        # SCHED_IDLE (sched(7)): run when a CPU would otherwise idle.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     fd, port = int(sys.argv[1]), int(sys.argv[2])
     encoder = PcapngEncoder(port or None)
     encoder.header()
@@ -345,13 +348,15 @@ class DumpTap:
         self.pcapng = pcapng
         self.printer = printer
         self.on_limit = on_limit
-        self.data_events = 0
+        self._events = 0
         self.error: BaseException | None = None
         self._clients: dict[int, ClientInfo] = {}
         self._done = False
         self._snaplen = selection.snaplen
+        self._lean_count: Callable[[], int] = lambda: 0
+        self._lean_stop: Callable[[], None] = lambda: None
         if pcapng is not None and printer is None and selection == Selection():
-            self.data = self._data_file_only  # type: ignore[method-assign]
+            self.data = self._lean_data(pcapng)  # type: ignore[method-assign]
 
     # -- Tap ----------------------------------------------------------------------------
     def opened(self, conn: ConnectionInfo, time_ns: int) -> None:
@@ -396,32 +401,42 @@ class DumpTap:
         except Exception as exc:
             self._fail(exc)
             return
-        self.data_events += 1
+        self._events += 1
         limit = self.selection.count
-        if limit is not None and self.data_events >= limit:
+        if limit is not None and self._events >= limit:
             self._done = True
             if self.on_limit is not None:
                 self.on_limit()
 
-    def _data_file_only(
-        self, conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
-    ) -> None:
-        """`data` when only a file is written, with no filter: the lean path. The
-        writer ignores connections it was not told about."""
-        if self._done:
-            return
-        pcapng = self.pcapng
-        assert pcapng is not None
-        out = pcapng.out
-        n = len(data)
-        out += _DATA.pack(_KIND_DATA, direction is Direction.C2S, conn.id, n, n, time_ns)
-        out += data
-        self.data_events += 1
-        if len(out) >= FLUSH_BYTES:
-            try:
-                pcapng.flush()
-            except Exception as exc:
-                self._fail(exc)
+    def _lean_data(self, pcapng: PcapngWriter) -> Callable[..., None]:
+        """`data` when only a file is written, with no filter: the per-chunk hot path,
+        as a closure over everything it touches (no attribute lookups). The writer
+        ignores connections it was not told about."""
+        out = pcapng.out  # flush() empties it in place: the same object throughout
+        pack = _DATA.pack
+        c2s = Direction.C2S
+        count = 0
+
+        def data(
+            conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
+        ) -> None:
+            nonlocal out, count
+            n = len(data)
+            out += pack(_KIND_DATA, direction is c2s, conn.id, n, n, time_ns)
+            out += data
+            count += 1
+            if len(out) >= FLUSH_BYTES:
+                try:
+                    pcapng.flush()
+                except Exception as exc:
+                    self._fail(exc)
+
+        def stop() -> None:
+            self.data = lambda *_args: None  # type: ignore[method-assign]
+
+        self._lean_count = lambda: count
+        self._lean_stop = stop
+        return data
 
     def closed(self, conn: ConnectionInfo, first: Direction | None, time_ns: int) -> None:
         client = self._clients.pop(conn.id, None)
@@ -437,6 +452,11 @@ class DumpTap:
         except Exception as exc:
             self._fail(exc)
 
+    @property
+    def data_events(self) -> int:
+        """Data events recorded so far."""
+        return self._events + self._lean_count()
+
     # -- the end -------------------------------------------------------------------------
     @property
     def _failed(self) -> bool:
@@ -446,6 +466,7 @@ class DumpTap:
         if self.error is None:
             self.error = exc
         self._done = True
+        self._lean_stop()
         if self.on_limit is not None:
             self.on_limit()
 
