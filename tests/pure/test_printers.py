@@ -56,14 +56,16 @@ def test_hex_lines_like_tcpdump() -> None:
 
 
 def test_ascii_lines() -> None:
-    assert ascii_lines(b"+OK\r\n$3\r\nab\x00\r\n") == ["+OK", "$3", "ab.", ""]
+    assert ascii_lines(b"+OK\r\n$3\r\nab\x00\r\n") == ["+OK", "$3", "ab."]
+    assert ascii_lines(b"GET / HTTP/1.1\r\n\r\n") == ["GET / HTTP/1.1", ""]
+    assert ascii_lines(b"no newline") == ["no newline"]
     assert ascii_lines(b"") == []
 
 
 def test_render_formats() -> None:
     ev = Event.chunk(T, 1, "/s", STREAM, CURL, Direction.C2S, b"PING\r\n")
     assert render(ev, Format.LINE) == [line(ev)]
-    assert render(ev, Format.ASCII) == [line(ev), "PING", ""]
+    assert render(ev, Format.ASCII) == [line(ev), "PING"]
     assert render(ev, Format.HEX)[1].startswith("\t0x0000:  5049 4e47 0d0a")
     opened = Event.open(T, 1, "/s", STREAM, CURL)
     assert render(opened, Format.HEX) == [line(opened)]

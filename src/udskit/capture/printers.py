@@ -109,7 +109,9 @@ def ascii_lines(data: bytes) -> list[str]:
     """`tcpdump -A` text: printable bytes as they are, CR LF and LF end a line, other
     bytes as dots. A chunk that does not end with a newline still ends its last line."""
     text = data.replace(b"\r\n", b"\n")
-    return [part.translate(_PRINTABLE).decode() for part in text.split(b"\n")] if text else []
+    if text.endswith(b"\n"):
+        text = text[:-1]
+    return [part.translate(_PRINTABLE).decode() for part in text.split(b"\n")] if data else []
 
 
 def json_line(event: Event) -> str:

@@ -246,7 +246,14 @@ def demo(tour: Tour) -> None:
         tour.say(f"the capture is in {pcap}; read it back:")
         tour.show("dump", "-r", pcap, "-A")
         if shutil.which("tshark"):
-            tour.say(f"open it in Wireshark, or: tshark -r {pcap} -Y http.request")
+            tour.say("stock tshark dissects it (no plug-in): URIs and the client in comments")
+            argv = ["tshark", "-r", pcap, "-Y", "http.request", "-T", "fields"]
+            argv += ["-e", "http.request.uri", "-e", "frame.comment"]
+            tour.out.write(f"   $ {' '.join(argv)}\n")
+            got = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+            for line in got.stdout.decode(errors="replace").splitlines():
+                tour.out.write(f"     {line}\n")
+        tour.say(f"open {pcap} in Wireshark: Follow > TCP Stream shows each exchange")
     finally:
         server.terminate()
         try:
@@ -284,10 +291,5 @@ class H(http.server.BaseHTTPRequestHandler):
     def address_string(self): return "unix"
 class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
-s = S(sys.argv[1], H)
-try:
-    s.serve_forever()
-finally:
-    import os
-    os.unlink(sys.argv[1])
+S(sys.argv[1], H).serve_forever()
 """
