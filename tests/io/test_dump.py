@@ -451,3 +451,35 @@ def test_owner_group_and_mode_are_kept(peers: Peers, sockdir: Path) -> None:
     _status, out, _err = stop_dump(dump)
     assert "uid 65534" in out
     assert_restored(sock, original.st_ino)
+
+
+def test_decode_as_sets_the_server_port(peers: Peers, sockdir: Path, tmp_path: Path) -> None:
+    sock = sockdir / "echo.sock"
+    peers.start(sys.executable, "-c", ECHO_SERVER, sock, "stream", wait_for=sock)
+    pcap = tmp_path / "p.pcapng"
+    dump = start_dump(peers, sock, "-w", str(pcap), "--decode-as", "5555")
+    assert peers.run("socat", "-", f"UNIX-CONNECT:{sock}", input=b"x\n").stdout == b"X\n"
+    stop_dump(dump)
+    ports = tshark(
+        peers,
+        pcap,
+        "-Y",
+        "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+        "-T",
+        "fields",
+        "-e",
+        "tcp.dstport",
+    )
+    assert ports == ["5555"]
+
+
+def test_a_second_dump_on_the_same_socket_is_refused(peers: Peers, sockdir: Path) -> None:
+    sock = redis(peers, sockdir)
+    original = os.lstat(sock).st_ino
+    first = start_dump(peers, sock)
+    second = peers.udskit_run("dump", sock)
+    assert second.returncode == 1
+    assert b"another udskit dump already runs" in second.stderr
+    assert ping(sock) == b"+PONG\r\n"
+    stop_dump(first)
+    assert_restored(sock, original)

@@ -45,7 +45,7 @@ __all__ = ["DumpTap", "LineSink", "PcapngSink", "PcapngWriter", "writer_main"]
 FLUSH_BYTES: Final = 256 * 1024
 #: The writer process's niceness (see writer_main) and how much it may hold unwritten.
 WRITER_NICE: Final = 10
-SPOOL_BYTES: Final = 256 * 1024 * 1024
+SPOOL_BYTES: Final = 64 * 1024 * 1024
 #: The pipe to the writer: 1 MiB (the default pipe-max-size) absorbs short stalls.
 PIPE_BYTES: Final = 1 << 20
 
