@@ -125,6 +125,7 @@ class Relay:
         self._datagram: object | None = None
         self._want_client_info = tap is not None or on_event is not None
         self.error: BaseException | None = None
+        self._stdout_writer: threading.Thread | None = None
 
     # -- checks --------------------------------------------------------------------------
     def _check(self) -> None:
@@ -258,6 +259,9 @@ class Relay:
             self._listen.close()
         self._stop_children()
         self.loop.close()
+        if self._stdout_writer is not None:
+            # Our end is closed, so the writer sees EOF once it has written everything.
+            self._stdout_writer.join(10)
 
     def __enter__(self) -> Relay:
         return self
@@ -475,7 +479,9 @@ class Relay:
             import sys
 
             stdin, stdout = self.stdio or (sys.stdin.buffer, sys.stdout.buffer)
-            return stdio_bridge(stdin, stdout), None
+            sock, writer = stdio_bridge(stdin, stdout)
+            self._stdout_writer = writer
+            return sock, None
         if spec.kind is EndpointKind.EXEC:
             assert spec.command is not None
             return spawn_exec(spec.command)

@@ -26,6 +26,7 @@ OUT: Final = select.EPOLLOUT
 #: Reported whether asked for or not (epoll_ctl(2)).
 HUP: Final = select.EPOLLHUP
 ERR: Final = select.EPOLLERR
+_PARKED: Final = -1
 
 
 @final
@@ -63,13 +64,29 @@ class Loop:
         self._masks[fd] = mask
 
     def modify(self, fd: int, mask: int) -> None:
-        if self._masks.get(fd) != mask:
+        current = self._masks.get(fd)
+        if current == mask:
+            return
+        if current == _PARKED:
+            if not mask:
+                return
+            self.epoll.register(fd, mask)
+        else:
             self.epoll.modify(fd, mask)
-            self._masks[fd] = mask
+        self._masks[fd] = mask
+
+    def park(self, fd: int) -> None:
+        """Take `fd` out of epoll, keeping its handler, until modify() asks for events.
+
+        EPOLLHUP is reported whatever the mask (epoll_ctl(2)); a socket whose peer has
+        gone while we do not want to read it yet would wake the loop for ever.
+        """
+        if fd in self._masks and self._masks[fd] != _PARKED:
+            self.epoll.unregister(fd)
+            self._masks[fd] = _PARKED
 
     def unregister(self, fd: int) -> None:
-        if self.handlers.pop(fd, None) is not None:
-            del self._masks[fd]
+        if self.handlers.pop(fd, None) is not None and self._masks.pop(fd) != _PARKED:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(fd)
 

@@ -215,8 +215,9 @@ def spawn_exec(command: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
     return ours, proc
 
 
-def stdio_bridge(stdin: BinaryIO, stdout: BinaryIO) -> socket.socket:
-    """A socket whose peer is our stdin/stdout, moved by two daemon threads.
+def stdio_bridge(stdin: BinaryIO, stdout: BinaryIO) -> tuple[socket.socket, threading.Thread]:
+    """A socket whose peer is our stdin/stdout, moved by two daemon threads; the second
+    value is the stdout thread, to join before exiting so no output is lost.
 
     stdin's EOF arrives as EOF on the socket; EOF on the socket (the other side shut
     down) flushes stdout. Plain fds are read with os.read, so a thread still blocked on
@@ -254,10 +255,14 @@ def stdio_bridge(stdin: BinaryIO, stdout: BinaryIO) -> socket.socket:
             theirs.shutdown(socket.SHUT_RD)
         done()
 
-    for target in (pump_in, pump_out):
-        threading.Thread(target=target, name=f"udskit-relay-{target.__name__}", daemon=True).start()
+    threads = [
+        threading.Thread(target=target, name=f"udskit-relay-{target.__name__}", daemon=True)
+        for target in (pump_in, pump_out)
+    ]
+    for thread in threads:
+        thread.start()
     ours.setblocking(False)
-    return ours
+    return ours, threads[1]
 
 
 def _reader(stream: BinaryIO) -> Callable[[int], bytes]:

@@ -314,7 +314,10 @@ class Session:
             if events & _GONE:
                 self.c2s.on_readable()
         elif events & (HUP | ERR) and not self.s2c.blocked:
-            self._peer_gone(Direction.C2S)
+            if self.c2s.done:
+                self._peer_gone(Direction.C2S)
+            else:  # its bytes wait for upstream to drain; hear from it again then
+                self.core.loop.park(self.client_fd)
 
     def _on_upstream(self, events: int) -> None:
         if events & OUT and self.c2s.blocked:
@@ -325,7 +328,10 @@ class Session:
             if events & _GONE:
                 self.s2c.on_readable()
         elif events & (HUP | ERR) and not self.c2s.blocked:
-            self._peer_gone(Direction.S2C)
+            if self.s2c.done:
+                self._peer_gone(Direction.S2C)
+            else:
+                self.core.loop.park(self.upstream_fd)
 
     def update(self) -> None:
         """Ask epoll for what the pumps now want (only changes cost a syscall)."""
