@@ -274,12 +274,20 @@ def test_original_is_back_after_a_signal(
     assert "(redis-server)" not in out and "c2s" in out
 
 
-def test_kill_9_then_restore(peers: Peers, sockdir: Path) -> None:
+def test_kill_9_then_restore(peers: Peers, sockdir: Path, tmp_path: Path) -> None:
     sock = redis(peers, sockdir)
     original = os.lstat(sock).st_ino
-    dump = start_dump(peers, sock)
+    pcap = tmp_path / "killed.pcapng"
+    dump = start_dump(peers, sock, "-w", str(pcap))
+    assert peers.run("redis-cli", "-s", sock, "SET", "k", "v").stdout == b"OK\n"
+
+    def written() -> bool:
+        return any("SET k v" in x for x in tshark(peers, pcap, "-Y", "resp"))
+
+    wait_for(written, what="the capture to reach the file while dumping")
     os.kill(dump.pid, signal.SIGKILL)
     dump.wait()
+    assert written()  # what reached the file stays readable
     assert os.lstat(sock).st_ino != original  # the dead proxy's file is in the way
     again = peers.udskit_run("dump", sock)
     assert again.returncode == 1

@@ -419,6 +419,8 @@ class Takeover:
 #: microseconds later; a quarter second covers that with a wide margin.
 LINGER: Final = 0.25
 _TICK: Final = 0.02
+#: How often a tap with a `flush()` is asked to pass on what it buffered.
+FLUSH_INTERVAL: Final = 0.2
 
 
 @final
@@ -490,6 +492,15 @@ class ProxyDump:
         except BaseException:
             self.close()
             raise
+        flush = getattr(self.tap, "flush", None)
+        if callable(flush):
+            loop = self._relay.loop
+
+            def tick() -> None:
+                flush()
+                loop.call_later(FLUSH_INTERVAL, tick)
+
+            loop.call_later(FLUSH_INTERVAL, tick)
 
     def describe(self) -> str:
         kind = self.sock_type.value if self.sock_type is not None else "?"

@@ -257,6 +257,11 @@ def writer_main() -> None:
                 if len(encoder.out) >= FLUSH_BYTES:
                     f.write(encoder.out)
                     encoder.out.clear()
+            with cond:
+                idle = not spool
+            if idle and encoder.out:  # caught up: let readers of the file see it all
+                f.write(encoder.out)
+                encoder.out.clear()
         f.write(encoder.out)
 
 
@@ -451,6 +456,16 @@ class DumpTap:
                 )
         except Exception as exc:
             self._fail(exc)
+
+    def flush(self) -> None:
+        """Send what is buffered to the writer (the proxy calls this every
+        FLUSH_INTERVAL, so a file being written, or left by a kill -9, is never far
+        behind)."""
+        if self.pcapng is not None and self.pcapng.out and not self._failed:
+            try:
+                self.pcapng.flush()
+            except Exception as exc:
+                self._fail(exc)
 
     @property
     def data_events(self) -> int:
