@@ -7,6 +7,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
+from udskit.cli.options import add_listener_options, positive_int
 
 if TYPE_CHECKING:
     from udskit.demo import Tour
@@ -56,26 +57,6 @@ Exit: 0 when stopped (Ctrl-C: 130, SIGTERM: 143, socket file removed either way)
 """
 
 
-def _octal(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r} (e.g. 0660)") from None
-    if not 0 <= value <= 0o7777:
-        raise argparse.ArgumentTypeError(f"mode out of range: {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "relay",
@@ -93,25 +74,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default="stream",
         help="socket type of unix endpoints without a type word (default: stream)",
     )
-    p.add_argument("--max-clients", type=_positive, metavar="N", help="at most N at once")
-    p.add_argument("--backlog", type=_positive, metavar="N", help="listen backlog (default: 4096)")
-    p.add_argument("--mode", type=_octal, help="socket file mode for unix-listen:, e.g. 0660")
-    p.add_argument("--owner", help="socket file owner (name or uid)")
-    p.add_argument("--group", help="socket file group (name or gid)")
-    p.add_argument(
-        "--allow-uid",
-        action="append",
-        default=[],
-        metavar="USER",
-        help="admit only unix clients of this user (SO_PEERCRED); repeatable",
-    )
-    p.add_argument(
-        "--allow-gid",
-        action="append",
-        default=[],
-        metavar="GROUP",
-        help="admit only unix clients of this group; repeatable",
-    )
+    p.add_argument("--max-clients", type=positive_int, metavar="N", help="at most N at once")
+    add_listener_options(p)
     p.add_argument(
         "--connect-timeout",
         type=float,
@@ -135,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def handle(args: argparse.Namespace, env: Env) -> int:
     from udskit.endpoint_spec import EndpointKind, parse_endpoint
-    from udskit.endpoints import DEFAULT_BACKLOG, resolve_group, resolve_user
+    from udskit.endpoints import resolve_group, resolve_user
     from udskit.relay import Relay
     from udskit.socktype import SocketType
 
@@ -153,7 +117,7 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         max_clients=args.max_clients,
         allow_uids=[resolve_user(u) for u in args.allow_uid],
         allow_gids=[resolve_group(g) for g in args.allow_gid],
-        backlog=args.backlog or DEFAULT_BACKLOG,
+        backlog=args.backlog,
         mode=args.mode,
         owner=args.owner,
         group=args.group,

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from udskit.cli.env import Env, ExitStatus
+from udskit.cli.options import add_listener_options, positive_int
 
 TYPES = ("stream", "dgram", "seqpacket")
 
@@ -54,26 +55,6 @@ def _add_type(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _octal(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r} (e.g. 0660)") from None
-    if not 0 <= value <= 0o7777:
-        raise argparse.ArgumentTypeError(f"mode out of range: {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
@@ -96,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "-c",
         "--count",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="stop after N connections (stream, seqpacket) or datagrams",
     )
@@ -107,35 +88,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--buffer",
-        type=_positive,
+        type=positive_int,
         default=65536,
         metavar="BYTES",
         help="receive buffer per message (dgram, seqpacket); longer ones are "
         "cut and reported (default: 65536)",
     )
-    p.add_argument("--mode", type=_octal, help="socket file mode, e.g. 0660")
-    p.add_argument("--owner", help="socket file owner (name or uid)")
-    p.add_argument("--group", help="socket file group (name or gid)")
-    p.add_argument(
-        "--backlog",
-        type=_positive,
-        default=4096,
-        help="listen backlog (default: 4096, capped by net.core.somaxconn)",
-    )
-    p.add_argument(
-        "--allow-uid",
-        action="append",
-        default=[],
-        metavar="UID",
-        help="accept only clients with this uid (SO_PEERCRED); repeatable",
-    )
-    p.add_argument(
-        "--allow-gid",
-        action="append",
-        default=[],
-        metavar="GID",
-        help="accept only clients with this gid; repeatable",
-    )
+    add_listener_options(p)
     p.add_argument(
         "--no-replace", action="store_true", help="fail rather than replace a stale socket file"
     )
@@ -156,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--buffer",
-        type=_positive,
+        type=positive_int,
         default=65536,
         metavar="BYTES",
         help="receive buffer per message (dgram, seqpacket)",
@@ -187,7 +146,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--reply-size",
-        type=_positive,
+        type=positive_int,
         default=65536,
         metavar="BYTES",
         help="receive buffer for each reply (default: 65536)",
