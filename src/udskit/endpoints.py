@@ -34,6 +34,7 @@ __all__ = [
     "SocketType",
     "UnixServer",
     "as_address",
+    "directory_lock",
     "open_connection",
     "open_connection_async",
     "open_listener",
@@ -183,7 +184,7 @@ def open_listener(
         created: tuple[int, int] | None = None
         replaced = False
         if addr.kind is AddressKind.PATHNAME:
-            with _directory_lock(os.path.dirname(os.path.abspath(addr.path)) or "/"):
+            with directory_lock(addr.path):
                 replaced = _bind_path(sock, addr, sock_type, mode, uid, gid, replace_stale)
                 st = os.lstat(addr.path)
                 created = (st.st_dev, st.st_ino)
@@ -208,11 +209,14 @@ def _listen(sock: socket.socket, addr: UnixAddress, sock_type: SocketType, backl
 
 
 @contextmanager
-def _directory_lock(directory: str) -> Iterator[None]:
-    """flock() the directory while binding, so that two udskit servers starting at once
-    cannot both take a stale file for dead and one unlink the other's fresh socket.
-    Without read permission on the directory we bind unlocked: there is no other lock
-    that every binder would honour."""
+def directory_lock(path: str) -> Iterator[None]:
+    """flock() the directory that holds `path` while its socket file changes hands.
+
+    Two udskit servers starting at once must not both take a stale file for dead and
+    have one unlink the other's fresh socket; a dump starting or stopping must not
+    interleave its links and renames with a bind. Without read permission on the
+    directory this locks nothing: there is no other lock every binder would honour."""
+    directory = os.path.dirname(os.path.abspath(path)) or "/"
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

@@ -302,6 +302,19 @@ def test_kill_9_then_restore(peers: Peers, sockdir: Path, tmp_path: Path) -> Non
     assert nothing.returncode == 0 and "nothing to restore" in nothing.stderr.decode()
 
 
+def test_restore_after_a_kill_while_putting_the_original_back(peers: Peers, sockdir: Path) -> None:
+    """Killed between the last rename and the removal of the extra names: PATH is the
+    original already, and the hidden and staging names are second names of it."""
+    sock = redis(peers, sockdir)
+    original = os.lstat(sock).st_ino
+    os.link(sock, hidden_path(str(sock)))
+    os.link(sock, staging_path(str(sock)))
+    restore = peers.udskit_run("dump", "--restore", sock)
+    assert restore.returncode == 0, restore.stderr
+    assert_restored(sock, original)
+    assert ping(sock) == b"+PONG\r\n"
+
+
 def test_a_thousand_connects_while_dump_starts_and_stops(peers: Peers, sockdir: Path) -> None:
     sock = redis(peers, sockdir)
     original = os.lstat(sock).st_ino

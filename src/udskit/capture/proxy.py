@@ -32,20 +32,18 @@ bind to a path that exists. `udskit ls` therefore shows the proxy as
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import signal
 import socket
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
 from udskit.address import AddressKind, UnixAddress, parse_address
-from udskit.endpoints import DEFAULT_BACKLOG, Listener, open_listener
+from udskit.endpoints import DEFAULT_BACKLOG, Listener, directory_lock, open_listener
 from udskit.errors import SocketError, UsageError, socket_error
 from udskit.probe import bound_owners, bound_type, file_kind, os_errors
 from udskit.socktype import SocketType
@@ -79,24 +77,6 @@ def hidden_path(path: str) -> str:
 def staging_path(path: str) -> str:
     directory, name = os.path.split(path)
     return os.path.join(directory, f".{name}{STAGING_SUFFIX}")
-
-
-@contextmanager
-def _directory_lock(path: str) -> Iterator[None]:
-    """flock() the socket's directory: two dumps starting (or one stopping and one
-    starting) on the same path must not interleave their links and renames. The same
-    lock as `udskit listen` takes for its safe bind."""
-    directory = os.path.dirname(os.path.abspath(path)) or "/"
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _inode(path: str) -> tuple[int, int] | None:
@@ -183,7 +163,7 @@ def restore_leftovers(path: str) -> list[str]:
     if address.kind is not AddressKind.PATHNAME:
         raise UsageError(f"--restore takes a socket file path, not {address}")
     done: list[str] = []
-    with _directory_lock(path):
+    with directory_lock(path):
         left = find_leftovers(path)
         if left is None:
             return [f"nothing to restore: no {hidden_path(path)} next to {path}"]
@@ -212,7 +192,11 @@ def restore_leftovers(path: str) -> list[str]:
                 # a dead socket's; keeping it would only make a stale file.
                 os.unlink(left.hidden)
                 done.append(f"removed {left.hidden}: the original server is no longer there")
-        if left.staging is not None and _is_dead_socket_file(left.staging):
+        if left.staging is not None and (
+            _is_dead_socket_file(left.staging) or _inode(left.staging) == _inode(path)
+        ):
+            # A dead proxy's file, or (killed while putting the original back) a second
+            # name of the original that is already at PATH.
             os.unlink(left.staging)
             done.append(f"removed the staging file {left.staging}")
     return done
@@ -258,6 +242,7 @@ class Takeover:
         self._proxy_inode: tuple[int, int] | None = None
         self._original_inode: tuple[int, int] | None = None
         self.restored = False
+        self._hidden_kept = False  # the hidden name outlives restore() until close()
 
     # -- start -----------------------------------------------------------------------------
     def start(self) -> socket.socket:
@@ -268,7 +253,7 @@ class Takeover:
                     f"{path} is too long to keep a hidden name next to it ({name} would "
                     "exceed 107 bytes); use --listen ADDR with a shorter path"
                 )
-        with _directory_lock(path):
+        with directory_lock(path):
             left = find_leftovers(path)
             if left is not None:
                 raise self._leftovers_error(left)
@@ -377,7 +362,7 @@ class Takeover:
             return []
         self.restored = True
         notes: list[str] = []
-        with _directory_lock(self.path):
+        with directory_lock(self.path):
             current = _inode(self.path)
             hidden = _inode(self.upstream)
             if hidden is None:
@@ -392,7 +377,12 @@ class Takeover:
                         f"{self.path} was removed meanwhile and its server is gone; left it removed"
                     )
                     return notes
-                os.rename(self.upstream, self.path)
+                # A new name over PATH, keeping the hidden one: clients the proxy still
+                # accepts while it drains are forwarded by the hidden name, which must
+                # not vanish under them (close() removes it once the relay is done).
+                os.link(self.upstream, self.staging)
+                os.rename(self.staging, self.path)
+                self._hidden_kept = True
             else:
                 notes.append(
                     f"{self.path} was replaced meanwhile by another file; "
@@ -401,12 +391,18 @@ class Takeover:
         return notes
 
     def close(self) -> None:
-        """Restore (if not yet) and close the proxy's socket."""
+        """Restore (if not yet), close the proxy's socket, drop the hidden second name."""
         try:
             self.restore()
         finally:
             if self.sock is not None:
                 self.sock.close()
+            if self._hidden_kept:
+                self._hidden_kept = False
+                with directory_lock(self.path):
+                    hidden = _inode(self.upstream)
+                    if hidden is not None and hidden == _inode(self.path):
+                        os.unlink(self.upstream)
 
     @property
     def upstream_address(self) -> UnixAddress:
@@ -418,7 +414,6 @@ class Takeover:
 #: connect() looked the path up just before the rename lands in the proxy's backlog
 #: microseconds later; a quarter second covers that with a wide margin.
 LINGER: Final = 0.25
-_TICK: Final = 0.02
 #: How often a tap with a `flush()` is asked to pass on what it buffered.
 FLUSH_INTERVAL: Final = 0.2
 
@@ -570,7 +565,7 @@ class ProxyDump:
                 notes += self.takeover.restore()
             if relay is not None and not relay.loop.epoll.closed:
                 with self._signals_stop():
-                    self._drain(relay)
+                    relay.drain(linger=LINGER, grace=self.grace)
         finally:
             try:
                 if relay is not None:
@@ -581,30 +576,6 @@ class ProxyDump:
                 if self._listener is not None:
                     self._listener.close()
         return notes
-
-    def _drain(self, relay: Relay) -> None:
-        """Keep forwarding until the open connections end, at most `grace` seconds;
-        accept for at least LINGER seconds (clients already on their way in)."""
-        start = time.monotonic()
-        loop = relay.loop
-
-        def done() -> bool:
-            elapsed = time.monotonic() - start
-            if elapsed >= self.grace or self.grace <= 0:
-                return True
-            return elapsed >= LINGER and not relay.sessions and not relay._connecting
-
-        def tick() -> None:
-            if done():
-                loop.stop()
-            else:
-                loop.call_later(_TICK, tick)
-
-        if done():
-            return
-        loop.stopping = False
-        loop.call_later(_TICK, tick)
-        loop.run()
 
 
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -122,8 +122,11 @@ class DatagramRelay:
             from udskit.inspect.owners import process_command
 
             pid, uid, gid = cred
-            command = process_command(pid) if relay._want_client_info and pid > 0 else None
-            client = ClientInfo(pid if pid > 0 else None, uid, gid, command)
+            # pid 0: the datagram was queued before SO_PASSCRED was on, and the kernel
+            # filled in the overflow uid/gid (65534); those are not the sender's.
+            if pid > 0:
+                command = process_command(pid) if relay._want_client_info else None
+                client = ClientInfo(pid, uid, gid, command)
         sender = decode_sockaddr(raw) if key is not None else UnixAddress.unnamed()  # type: ignore[arg-type]
         conn = ConnectionInfo(
             relay.new_id(),

@@ -46,6 +46,8 @@ BUFFER_SIZE: Final = 4 << 20
 #: Connect retries while the upstream's backlog is full (EAGAIN on unix sockets).
 _RETRY_FIRST: Final = 0.002
 _RETRY_MAX: Final = 0.1
+#: How often drain() looks whether the last connection has ended.
+_DRAIN_TICK: Final = 0.02
 
 
 def as_endpoint(value: EndpointLike, default_type: SocketType = SocketType.STREAM) -> EndpointSpec:
@@ -239,6 +241,36 @@ class Relay:
             self._thread.join(timeout)
         elif self._opened and threading.current_thread() is not threading.main_thread():
             self._finished.wait(timeout)
+
+    @property
+    def pending_connects(self) -> int:
+        """Clients accepted whose upstream connection is still being made."""
+        return len(self._connecting)
+
+    def drain(self, *, linger: float, grace: float) -> None:
+        """After stop(): keep forwarding until the open connections end, at most `grace`
+        seconds, and keep accepting for at least `linger` seconds (clients already on
+        their way in, e.g. while a socket file is being put back). Runs in this thread."""
+        start = time.monotonic()
+        loop = self.loop
+
+        def done() -> bool:
+            elapsed = time.monotonic() - start
+            if grace <= 0 or elapsed >= grace:
+                return True
+            return elapsed >= linger and not self.sessions and not self._connecting
+
+        def tick() -> None:
+            if done():
+                loop.stop()
+            else:
+                loop.call_later(_DRAIN_TICK, tick)
+
+        if done():
+            return
+        loop.stopping = False
+        loop.call_later(_DRAIN_TICK, tick)
+        loop.run()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a started relay to finish (a one-connection relay ends by itself)."""
