@@ -171,19 +171,30 @@ def build_filter(args: argparse.Namespace) -> SocketFilter:
 def handle(args: argparse.Namespace, env: Env) -> int:
     if args.stale:
         return _handle_stale(args, env)
+    scan = None
+    if args.processes and not args.proc:
+        # First thing: the /proc/*/fd scan runs in a child on the other CPU while this
+        # process imports the lister and reads netlink (the CLI has no threads yet).
+        from udskit.inspect.owners import BackgroundOwnerScan
+
+        scan = BackgroundOwnerScan()
     from udskit.inspect.lister import list_sockets
     from udskit.inspect.listing import Source
     from udskit.inspect.sockdiag import SocketState
     from udskit.socktype import SocketType
 
-    where = build_filter(args)
-    listing = list_sockets(
-        where,
-        processes=args.processes,
-        meminfo=args.memory,
-        connections=args.connections,
-        source=Source.PROC if args.proc else None,
-    )
+    try:
+        listing = list_sockets(
+            build_filter(args),
+            processes=args.processes,
+            meminfo=args.memory,
+            connections=args.connections,
+            source=Source.PROC if args.proc else None,
+            owners=scan.result if scan is not None else None,
+        )
+    finally:
+        if scan is not None:
+            scan.close()
     if listing.note:
         env.err(f"udskit ls: {listing.note}")
     sockets = listing.sockets

@@ -22,7 +22,7 @@ import gc
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Final
 
@@ -294,15 +294,27 @@ def list_sockets(
     meminfo: bool = False,
     connections: bool = False,
     source: Source | None = None,
+    owners: Callable[[], Mapping[int, tuple[SocketOwner, ...]]] | None = None,
 ) -> Listing:
     """Every unix socket (that `where` keeps), with peers, queues, owners and files.
+
+    `owners` provides the socket owners when they are needed (after the kernel's view
+    is read); by default `scan_socket_owners`. `udskit ls` passes a scan it started
+    earlier in a child process (`BackgroundOwnerScan.result`).
 
     `processes=False` skips the scan of /proc/*/fd (the slow part on busy hosts).
     `source=Source.PROC` reads /proc/net/unix even where sock_diag works;
     `source=Source.NETLINK` raises instead of falling back.
     """
     with _no_cycle_collection():
-        return _list_sockets(where or SocketFilter(), processes, meminfo, connections, source)
+        return _list_sockets(
+            where or SocketFilter(),
+            processes,
+            meminfo,
+            connections,
+            source,
+            owners or scan_socket_owners,
+        )
 
 
 def _list_sockets(
@@ -311,11 +323,12 @@ def _list_sockets(
     meminfo: bool,
     connections: bool,
     source: Source | None,
+    scan_owners: Callable[[], Mapping[int, tuple[SocketOwner, ...]]],
 ) -> Listing:
     show = Show.default() | Show.MEMINFO if meminfo else Show.default()
     infos, used, note = _kernel_view(source, show)
     by_inode = {info.inode: info for info in infos}
-    owners = scan_socket_owners() if processes or where.needs_owners else {}
+    owners = scan_owners() if processes or where.needs_owners else {}
     kept = _prefilter(infos, where) if where.needs_prefilter else infos
 
     # One pass; every name below is local because this runs once per socket.

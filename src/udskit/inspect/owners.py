@@ -7,13 +7,19 @@ socket, which is what makes naive tools slow on hosts with thousands of sockets.
 
 from __future__ import annotations
 
+import gc
+import marshal
 import os
+import signal
+from array import array
 from collections.abc import Collection
+from contextlib import suppress
 from typing import Final
 
 from udskit.inspect.procfs import ProcNetUnixEntry, SocketOwner, decode_proc_net_unix
 
 __all__ = [
+    "BackgroundOwnerScan",
     "SocketOwner",
     "find_socket_owners",
     "process_command",
@@ -56,21 +62,25 @@ def user_name(uid: int) -> str:
     return name
 
 
-def scan_socket_owners(
-    wanted: Collection[int] | None = None,
-) -> dict[int, tuple[SocketOwner, ...]]:
-    """Socket inode -> the (pid, command, fd, uid, user) that hold it: one pass over /proc.
+#: Per process holding sockets: (command, uid, user name).
+ProcessFacts = dict[int, tuple[str, int | None, str | None]]
 
-    With `wanted`, only those inodes are kept. Processes we may not look into (another
-    user's, without root) and processes that exit meanwhile are skipped, as ss does.
-    """
-    keep = None if wanted is None else set(wanted)
-    found: dict[int, tuple[SocketOwner, ...]] = {}
+
+def _walk_socket_fds(
+    keep: set[int] | None, skip_pid: int | None = None
+) -> tuple[array[int], ProcessFacts]:
+    """One pass over /proc/*/fd: flat (inode, pid, fd) triples for every socket
+    descriptor, and the facts of each process that holds one. Processes we may not look
+    into (another user's, without root) and processes that exit meanwhile are skipped,
+    as ss does. `skip_pid` is left out (a forked scanner holds copies of its parent's
+    descriptors and would otherwise list itself as their owner)."""
+    skip = str(skip_pid)
+    triples = array("q")
+    push = triples.extend
+    facts: ProcessFacts = {}
     readlink = os.readlink
-    # tuple.__new__ skips NamedTuple's Python-level __new__: one owner per socket fd.
-    new = tuple.__new__
     for name in os.listdir("/proc"):
-        if not name.isdigit():
+        if not name.isdigit() or name == skip:
             continue
         try:
             fd_dir = os.open(f"/proc/{name}/fd", _DIR_FLAGS)
@@ -82,9 +92,7 @@ def scan_socket_owners(
             except OSError:
                 continue
             pid = int(name)
-            command: str | None = None
-            uid: int | None = None
-            user: str | None = None
+            known = False
             for fd in fds:
                 # readlinkat() on the directory fd: no path walk per descriptor.
                 try:
@@ -96,19 +104,42 @@ def scan_socket_owners(
                 inode = int(target[8:-1])
                 if keep is not None and inode not in keep:
                     continue
-                if command is None:
-                    command = process_command(pid)
+                push((inode, pid, int(fd)))
+                if not known:
+                    known = True
                     try:
-                        uid = os.fstat(fd_dir).st_uid
-                        user = user_name(uid)
+                        uid: int | None = os.fstat(fd_dir).st_uid
                     except OSError:
-                        uid = user = None
-                owner = new(SocketOwner, (pid, command, int(fd), uid, user))
-                before = found.get(inode)
-                found[inode] = (owner,) if before is None else (*before, owner)
+                        uid = None
+                    user = user_name(uid) if uid is not None else None
+                    facts[pid] = (process_command(pid), uid, user)
         finally:
             os.close(fd_dir)
+    return triples, facts
+
+
+def _owners_from(triples: array[int], facts: ProcessFacts) -> dict[int, tuple[SocketOwner, ...]]:
+    found: dict[int, tuple[SocketOwner, ...]] = {}
+    get = found.get
+    # tuple.__new__ skips NamedTuple's Python-level __new__: one owner per socket fd.
+    new = tuple.__new__
+    it = iter(triples)
+    for inode, pid, fd in zip(it, it, it, strict=True):
+        command, uid, user = facts[pid]
+        owner = new(SocketOwner, (pid, command, fd, uid, user))
+        before = get(inode)
+        found[inode] = (owner,) if before is None else (*before, owner)
     return found
+
+
+def scan_socket_owners(
+    wanted: Collection[int] | None = None,
+) -> dict[int, tuple[SocketOwner, ...]]:
+    """Socket inode -> the (pid, command, fd, uid, user) that hold it: one pass over /proc.
+
+    With `wanted`, only those inodes are kept.
+    """
+    return _owners_from(*_walk_socket_fds(None if wanted is None else set(wanted)))
 
 
 def find_socket_owners(inodes: Collection[int]) -> dict[int, list[SocketOwner]]:
@@ -116,3 +147,71 @@ def find_socket_owners(inodes: Collection[int]) -> dict[int, list[SocketOwner]]:
     if not inodes:
         return {}
     return {inode: list(owners) for inode, owners in scan_socket_owners(inodes).items()}
+
+
+class BackgroundOwnerScan:
+    """`scan_socket_owners()` run in a forked child while the caller does other work.
+
+    `udskit ls` starts it first thing, so the scan of /proc/*/fd (the largest part of a
+    listing) runs on the second CPU while the parent imports, dumps netlink and decodes.
+    For single-threaded callers only: a child forked while another thread holds a lock
+    can deadlock, which is why the library's list_sockets() scans in-line by default.
+    The result crosses the pipe as marshal data (the raw triples and the per-process facts).
+    If the child fails for any reason, result() scans in-line instead.
+    """
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._fd = -1
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_end)
+            os.close(write_end)
+            return
+        if pid == 0:  # the child: scan, send, and leave without running any cleanup
+            status = 1
+            try:
+                os.close(read_end)
+                gc.disable()
+                triples, facts = _walk_socket_fds(None, skip_pid=os.getpid())
+                data = memoryview(marshal.dumps((triples.tobytes(), facts)))
+                while data:
+                    data = data[os.write(write_end, data) :]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self._pid, self._fd = pid, read_end
+
+    def close(self) -> None:
+        """Stop and reap the child if result() was never asked for (an error on the way)."""
+        if self._pid < 0:
+            return
+        os.close(self._fd)
+        with suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGKILL)
+        os.waitpid(self._pid, 0)
+        self._pid = -1
+
+    def result(self) -> dict[int, tuple[SocketOwner, ...]]:
+        if self._pid < 0:
+            return scan_socket_owners()
+        chunks = []
+        try:
+            while chunk := os.read(self._fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(self._fd)
+            _pid, status = os.waitpid(self._pid, 0)
+            self._pid = -1
+        if status != 0:
+            return scan_socket_owners()
+        raw, facts = marshal.loads(b"".join(chunks))
+        triples = array("q")
+        triples.frombytes(raw)
+        return _owners_from(triples, facts)
