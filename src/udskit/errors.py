@@ -84,10 +84,10 @@ _WHAT: Final[Mapping[int, str]] = {
 HINTS: Final[Mapping[tuple[str, int], str]] = {
     ("connect", errno_mod.ECONNREFUSED): (
         "nothing listens there (a stale file left by a dead server?); start the server, "
-        "or try `udskit doctor`"
+        "or look with `udskit ls --stale`"
     ),
     ("send", errno_mod.ECONNREFUSED): (
-        "nothing is bound there any more (the receiver exited?); try `udskit doctor`"
+        "nothing is bound there any more (the receiver exited?); see `udskit ls`"
     ),
     (
         "connect",

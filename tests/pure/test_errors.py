@@ -10,7 +10,7 @@ from udskit.errors import PeerClosed, SocketError, UdskitError, describe, socket
 def test_message_names_operation_address_errno_and_hint() -> None:
     text = describe("connect", "/run/a.sock", errno.ECONNREFUSED)
     assert text.startswith("connect /run/a.sock: connection refused (ECONNREFUSED): ")
-    assert "stale" in text and "udskit doctor" in text
+    assert "stale" in text and "udskit ls --stale" in text
     assert "\n" not in text
 
 
