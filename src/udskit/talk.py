@@ -14,8 +14,9 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final, final
+from typing import Any, BinaryIO, Final, final
 
 from udskit.address import AddressKind, UnixAddress
 from udskit.endpoints import Listener, peer_credentials, recv_message, send_message
@@ -26,6 +27,7 @@ from udskit.socktype import SocketType
 
 __all__ = [
     "Action",
+    "OutputClosed",
     "PeerFilter",
     "ServeOptions",
     "pump_messages",
@@ -79,21 +81,48 @@ class ServeOptions:
     verbose: bool = False
 
 
+class OutputClosed(Exception):
+    """Our own output went away (`udskit listen | head`): nobody is left to print to.
+
+    Not a client's failure, and not an error to report: the server just stops."""
+
+
 def serve(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
-    """Serve until `options.count` is reached (or forever). Returns how many were served."""
+    """Serve until `options.count` is reached (or forever). Returns how many were served.
+
+    Raises OutputClosed when writing to `out` fails."""
+    closed = threading.Event()
+
+    def guarded(data: bytes) -> None:
+        try:
+            out(data)
+        except OSError as exc:
+            closed.set()
+            # Wake the accept() of the main thread when a connection thread hit it.
+            with suppress(OSError):
+                listener.sock.shutdown(socket.SHUT_RDWR)
+            raise OutputClosed from exc
+
     if listener.type is SocketType.DGRAM:
-        return _serve_datagrams(listener, options, out, log)
-    return _serve_connections(listener, options, out, log)
+        return _serve_datagrams(listener, options, guarded, log)
+    return _serve_connections(listener, options, guarded, log, closed)
 
 
 # -- connection servers (stream, seqpacket) ------------------------------------------------
-def _serve_connections(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
+def _serve_connections(
+    listener: Listener, options: ServeOptions, out: Out, log: Log, closed: threading.Event
+) -> int:
     served = 0
     threads: list[threading.Thread] = []
     lock = threading.Lock()  # keeps concurrent clients' printed chunks whole
     try:
         while options.count is None or served < options.count:
-            conn, _addr = listener.accept()
+            try:
+                conn, _addr = listener.accept()
+            except SocketError:
+                if closed.is_set():
+                    raise OutputClosed from None
+                raise
             pid, uid, gid = peer_credentials(conn)
             if not options.peers.allows(uid, gid):
                 log(f"refused a client: pid {pid} uid {uid} gid {gid} is not allowed")
@@ -109,7 +138,7 @@ def _serve_connections(listener: Listener, options: ServeOptions, out: Out, log:
             }
             args = (conn, listener, options, out, log, lock, env)
             if options.concurrent:
-                thread = threading.Thread(target=_handle_connection, args=args, daemon=True)
+                thread = threading.Thread(target=_handle_in_thread, args=args, daemon=True)
                 thread.start()
                 threads.append(thread)
                 threads = [t for t in threads if t.is_alive()]
@@ -119,6 +148,11 @@ def _serve_connections(listener: Listener, options: ServeOptions, out: Out, log:
         for thread in threads:
             thread.join()
     return served
+
+
+def _handle_in_thread(*args: Any) -> None:
+    with suppress(OutputClosed):  # the main thread learns of it from its accept()
+        _handle_connection(*args)
 
 
 def _handle_connection(

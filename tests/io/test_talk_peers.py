@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Peers
+from tests.conftest import UDSKIT, Peers
 
 SOCAT_TYPE = {"stream": "", "seqpacket": ",socktype=5"}
 
@@ -164,3 +164,18 @@ def test_japanese_abstract_name(peers: Peers) -> None:
     assert out.stdout.decode() == "こんにちは"
     with open("/proc/net/unix", "rb") as f:
         assert name.encode() in f.read().split()
+
+
+@pytest.mark.parametrize("mode", [[], ["--concurrent"]])
+def test_listen_ends_quietly_when_its_stdout_closes(
+    peers: Peers, sockdir: Path, mode: list[str]
+) -> None:
+    """`udskit listen | head -c 3`: not a client's failure, just the end."""
+    path = sockdir / "head.sock"
+    shell = f"{' '.join(UDSKIT)} listen {path} {' '.join(mode)} | head -c 3 >/dev/null"
+    pipeline = peers.start("bash", "-o", "pipefail", "-c", shell, wait_for=path, listening=True)
+    peers.run("socat", "-u", "-", f"UNIX-CONNECT:{path}", input=os.urandom(1 << 20))
+    assert pipeline.wait() == 0
+    _out, err = pipeline.stop()
+    assert err == b""
+    assert not path.exists()

@@ -163,9 +163,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def handle_listen(args: argparse.Namespace, env: Env) -> int:
+    from contextlib import suppress
+
     from udskit.endpoints import open_listener, resolve_group, resolve_user
     from udskit.socktype import SocketType
-    from udskit.talk import Action, PeerFilter, ServeOptions, serve
+    from udskit.talk import Action, OutputClosed, PeerFilter, ServeOptions, serve
 
     sock_type = SocketType(args.type)
     action = (
@@ -202,7 +204,9 @@ def handle_listen(args: argparse.Namespace, env: Env) -> int:
             env.err(f"udskit listen: replaced a stale socket file at {listener.address}")
         if args.address == "@" or args.verbose:
             env.err(f"udskit listen: listening on {listener.address} ({sock_type.value})")
-        serve(listener, options, env.write, lambda line: env.err(f"udskit listen: {line}"))
+        # stdout closed (`| head`): done, as any filter would be.
+        with suppress(OutputClosed):
+            serve(listener, options, env.write, lambda line: env.err(f"udskit listen: {line}"))
     return ExitStatus.OK
 
 
