@@ -154,7 +154,8 @@ def missing_component(path: str) -> str:
     return f"no socket file {absolute}; is the server running?"
 
 
-def _who() -> str:
+def current_user() -> str:
+    """'uid 1000 (alice)', for messages."""
     uid = os.geteuid()
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
@@ -162,7 +163,8 @@ def _who() -> str:
         return f"uid {uid}"
 
 
-def _describe_file(path: str, st: os.stat_result) -> str:
+def describe_file(path: str, st: os.stat_result) -> str:
+    """'/run/x.sock (mode 0660, owner root:adm)', for messages."""
     try:
         owner = pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
@@ -187,14 +189,14 @@ def permission_problem(path: str, *, binding: bool) -> str | None:
         if not os.access(current, os.X_OK, effective_ids=True):
             st = os.stat(current)
             return (
-                f"{_who()} lacks search (x) permission on directory "
-                f"{_describe_file(current, st)}; grant it or use another directory"
+                f"{current_user()} lacks search (x) permission on directory "
+                f"{describe_file(current, st)}; grant it or use another directory"
             )
     if binding:
         if not os.access(parent, os.W_OK, effective_ids=True):
-            st = os.stat(parent)
+            where = describe_file(parent, os.stat(parent))
             return (
-                f"{_who()} lacks write permission on directory {_describe_file(parent, st)}, "
+                f"{current_user()} lacks write permission on directory {where}, "
                 "which bind needs to create the socket file; bind elsewhere (e.g. under "
                 "$XDG_RUNTIME_DIR) or use an abstract name"
             )
@@ -204,8 +206,9 @@ def permission_problem(path: str, *, binding: bool) -> str | None:
     except OSError:
         return None
     if not os.access(absolute, os.W_OK, effective_ids=True):
+        where = describe_file(absolute, st)
         return (
-            f"{_who()} lacks write permission on socket file {_describe_file(absolute, st)}, "
+            f"{current_user()} lacks write permission on socket file {where}, "
             "which connect needs; have the server grant it (`udskit listen --mode 0660 "
             "--group GROUP`) or run as an allowed user"
         )

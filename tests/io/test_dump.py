@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Peer, Peers
+from tests.conftest import UDSKIT, Peer, Peers
 from udskit.capture.events import EventKind
 from udskit.capture.pcapng import decode_events
 from udskit.capture.proxy import hidden_path, staging_path
@@ -454,6 +454,18 @@ def test_errors_are_one_line(peers: Peers, sockdir: Path, tmp_path: Path) -> Non
     assert sorted(os.listdir(sockdir)) == ["stale.sock"]
     unwritable = peers.udskit_run("dump", "-w", "/proc/nope.pcapng", stale)
     assert unwritable.returncode == 2 and b"-w" in unwritable.stderr
+
+
+def test_no_right_to_take_the_place_says_what_to_do(peers: Peers, sockdir: Path) -> None:
+    sock = sockdir / "root.sock"
+    peers.start(sys.executable, "-c", ECHO_SERVER, sock, "stream", wait_for=sock)
+    out = peers.run(*peers.as_nobody(*UDSKIT, "dump", sock))
+    assert out.returncode == 1
+    line = out.stderr.decode()
+    assert line.count("\n") == 1 and "Traceback" not in line
+    assert f"uid 65534 (nobody) may not create files in {sockdir} (mode 0755" in line
+    assert "run as root or as the directory's owner" in line and "--listen ADDR" in line
+    assert sorted(os.listdir(sockdir)) == ["root.sock"]
 
 
 def test_owner_group_and_mode_are_kept(peers: Peers, sockdir: Path) -> None:

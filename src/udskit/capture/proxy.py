@@ -45,7 +45,14 @@ from typing import TYPE_CHECKING, Final, final
 from udskit.address import AddressKind, UnixAddress, parse_address
 from udskit.endpoints import DEFAULT_BACKLOG, Listener, directory_lock, open_listener
 from udskit.errors import SocketError, UsageError, socket_error
-from udskit.probe import bound_owners, bound_type, file_kind, os_errors
+from udskit.probe import (
+    bound_owners,
+    bound_type,
+    current_user,
+    describe_file,
+    file_kind,
+    os_errors,
+)
 from udskit.socktype import SocketType
 from udskit.tap import Tap
 
@@ -274,6 +281,7 @@ class Takeover:
                 )
             if self.requested_type is None:
                 self.sock_type = detect_type(address)
+            self._check_directory()
             sock = self._bind_staging(st)
             try:
                 with os_errors("dump", address):
@@ -293,6 +301,21 @@ class Takeover:
         self._proxy_inode = _inode(path)
         self.sock = sock
         return sock
+
+    def _check_directory(self) -> None:
+        """Taking the socket's place means creating and renaming files next to it."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+            return
+        where = describe_file(directory, os.stat(directory))
+        raise socket_error(
+            "dump",
+            self.path,
+            errno.EACCES,
+            f"{current_user()} may not create files in {where}, "
+            "which taking the socket's place needs; run as root or as the directory's "
+            "owner, or capture clients pointed at a new address with --listen ADDR",
+        )
 
     def _leftovers_error(self, left: Leftovers) -> SocketError:
         if left.path_live and left.hidden is not None and is_live(left.hidden):
