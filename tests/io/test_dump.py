@@ -5,10 +5,13 @@ PID at teardown)."""
 from __future__ import annotations
 
 import collections
+import glob
 import hashlib
 import json
 import os
+import pwd
 import random
+import shutil
 import signal
 import socket
 import stat
@@ -454,6 +457,55 @@ def test_errors_are_one_line(peers: Peers, sockdir: Path, tmp_path: Path) -> Non
     assert sorted(os.listdir(sockdir)) == ["stale.sock"]
     unwritable = peers.udskit_run("dump", "-w", "/proc/nope.pcapng", stale)
     assert unwritable.returncode == 2 and b"-w" in unwritable.stderr
+
+
+def _postgres_program(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
+    if not found[-1]:
+        pytest.fail(f"PostgreSQL's {name} is missing (run `make peers` as root)")
+    return found[-1]
+
+
+def test_psql_through_dump_is_dissected_as_postgresql(
+    peers: Peers, sockdir: Path, tmp_path: Path
+) -> None:
+    """A real PostgreSQL server (run as nobody, as it refuses root) and psql: the port
+    is guessed from the startup message, and tshark dissects the query."""
+    nobody = pwd.getpwnam("nobody")
+    data, run = sockdir / "pgdata", sockdir / "pgrun"
+    for directory in (data, run):
+        directory.mkdir(mode=0o700)
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    env = dict(os.environ, LANG="C", LC_ALL="C")
+    init = peers.run(
+        *peers.as_nobody(
+            _postgres_program("initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-N"
+        ),
+        env=env,
+    )
+    assert init.returncode == 0, init.stderr
+    sock = run / ".s.PGSQL.5432"
+    peers.start(
+        *peers.as_nobody(
+            _postgres_program("postgres"), "-D", data, "-k", run, "-c", "listen_addresses="
+        ),
+        env=env,
+        wait_for=sock,
+        listening=True,
+    )
+    pcap = tmp_path / "pg.pcapng"
+    dump = start_dump(peers, sock, "-w", str(pcap))
+    query = peers.run(
+        "psql", "-h", run, "-U", "postgres", "-d", "postgres", "-At", "-c", "SELECT 6 * 7"
+    )
+    assert query.returncode == 0, query.stderr
+    assert query.stdout == b"42\n"
+    status, _out, err = stop_dump(dump)
+    assert status == 130, err
+    rows = tshark(
+        peers, pcap, "-Y", "pgsql.query", "-T", "fields", "-e", "pgsql.query", "-e", "frame.comment"
+    )
+    assert any(r.startswith("SELECT 6 * 7\t") and 'command="psql"' in r for r in rows), rows
 
 
 def test_no_right_to_take_the_place_says_what_to_do(peers: Peers, sockdir: Path) -> None:
