@@ -77,7 +77,10 @@ class UnixAddress:
 
     def __post_init__(self) -> None:
         if self.kind is AddressKind.PATHNAME:
-            _check_path(self.name)
+            # The kernel itself may report 108 bytes: a path bound without room for its
+            # NUL (unix_mkname_bsd accepts it). Only addresses a user writes are held
+            # to 107, in pathname() and parse_address().
+            _check_path(self.name, SUN_PATH_SIZE)
         elif self.kind is AddressKind.ABSTRACT:
             if len(self.name) > MAX_ABSTRACT_BYTES:
                 raise AddressError(
@@ -91,6 +94,7 @@ class UnixAddress:
     @classmethod
     def pathname(cls, path: str | bytes | os.PathLike[str]) -> UnixAddress:
         raw = os.fsencode(path) if not isinstance(path, bytes) else path
+        _check_path(raw, MAX_PATH_BYTES)
         return cls(AddressKind.PATHNAME, raw)
 
     @classmethod
@@ -130,6 +134,11 @@ class UnixAddress:
         (unix_mkname_bsd). An empty address makes bind() autobind.
         """
         if self.kind is AddressKind.PATHNAME:
+            if len(self.name) > MAX_PATH_BYTES:
+                raise AddressError(
+                    f"{self} fills all {SUN_PATH_SIZE} bytes of sun_path with no NUL: the "
+                    "kernel let it be bound, but Python's socket module cannot address it"
+                )
             return self.name
         if self.kind is AddressKind.ABSTRACT:
             return b"\0" + self.name
@@ -140,7 +149,7 @@ class UnixAddress:
     def sun_path(self) -> bytes:
         """The bytes of sun_path that the kernel reports (UNIX_DIAG_NAME, /proc/net/unix)."""
         if self.kind is AddressKind.PATHNAME:
-            return self.name + b"\0"
+            return self.name + b"\0" if len(self.name) < SUN_PATH_SIZE else self.name
         if self.kind is AddressKind.ABSTRACT:
             return b"\0" + self.name
         return b""
@@ -158,12 +167,12 @@ _AUTOBIND: Final = UnixAddress(AddressKind.AUTOBIND)
 _PREFIXES: Final = ("unix:", "abstract:", "@", "*")
 
 
-def _check_path(raw: bytes) -> None:
+def _check_path(raw: bytes, limit: int) -> None:
     if not raw:
         raise AddressError("empty path: give a socket file path, @name or *")
     if b"\0" in raw:
         raise AddressError("a pathname cannot contain a NUL byte; for an abstract name write @name")
-    if len(raw) > MAX_PATH_BYTES:
+    if len(raw) > limit:
         raise AddressError(
             f"path too long for sun_path: {len(raw)} bytes, the limit is {MAX_PATH_BYTES} "
             f"({SUN_PATH_SIZE} with the NUL); use a shorter path, or chdir to its directory "
@@ -263,8 +272,8 @@ def decode_sockaddr(raw: str | bytes | None) -> UnixAddress:
     if isinstance(raw, bytes):
         if raw[:1] == b"\0":
             return UnixAddress(AddressKind.ABSTRACT, raw[1:])
-        return UnixAddress.pathname(raw.split(b"\0", 1)[0])
-    return UnixAddress.pathname(raw)
+        return UnixAddress(AddressKind.PATHNAME, raw.split(b"\0", 1)[0])
+    return UnixAddress(AddressKind.PATHNAME, os.fsencode(raw))
 
 
 def from_sun_path(raw: bytes) -> UnixAddress:

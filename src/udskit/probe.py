@@ -42,7 +42,7 @@ def os_errors(
             raise
         try:
             detail = explain(op, address, exc.errno, sock_type, sock=sock, size=size)
-        except OSError:
+        except Exception:  # advice is best effort: never let it replace the real error
             detail = None
         raise socket_error(op, str(address), exc.errno, detail) from exc
 
@@ -225,9 +225,34 @@ def _wanted_names(address: UnixAddress) -> set[bytes]:
 
 
 def _entries_for(address: UnixAddress) -> list[tuple[int, int]]:
-    """(inode, type) of the sockets bound at `address`, from /proc/net/unix."""
-    wanted = _wanted_names(address)
-    return [(e.inode, e.type) for e in read_proc_net_unix() if e.name in wanted] if wanted else []
+    """(inode, kernel type) of the sockets bound at `address`, listeners first.
+
+    Exact through sock_diag: a pathname by its file's (dev, ino), which also finds a
+    server that bound a relative name or was reached through a symlink; an abstract
+    name by its exact bytes. /proc/net/unix only where netlink is missing: it matches
+    names as text and shows NULs as '@'.
+    """
+    if address.kind not in (AddressKind.PATHNAME, AddressKind.ABSTRACT):
+        return []
+    from udskit.inspect.lister import dump_unix_sockets
+    from udskit.inspect.sockdiag import Show, SockDiagError, SocketState, VfsInode
+
+    try:
+        infos = dump_unix_sockets(Show.NAME | Show.VFS)
+    except (OSError, SockDiagError):
+        wanted = _wanted_names(address)
+        return [(e.inode, e.type) for e in read_proc_net_unix() if e.name in wanted]
+    if address.kind is AddressKind.PATHNAME:
+        try:
+            st = os.stat(address.path)  # connect() follows symlinks too
+        except OSError:
+            return []
+        vfs = VfsInode(st.st_dev, st.st_ino)
+        found = [info for info in infos if info.vfs == vfs]
+    else:
+        found = [info for info in infos if info.address == address]
+    found.sort(key=lambda info: info.state is not SocketState.LISTEN)
+    return [(info.inode, info.type.kernel) for info in found]
 
 
 def bound_type(address: UnixAddress, exclude: SocketType | None = None) -> SocketType | None:

@@ -118,3 +118,16 @@ def test_sun_path_bytes_as_the_kernel_reports_them() -> None:
     address = UnixAddress.abstract(b"k")
     assert from_sun_path(address.sun_path()) == address
     assert address.to_sockaddr_bytes() == b"\x01\x00\x00k"
+
+
+def test_a_108_byte_path_the_kernel_reports_is_decoded() -> None:
+    """bind() takes a path that fills sun_path with no NUL; listing it must not fail."""
+    raw = b"/" + b"p" * 107
+    address = from_sun_path(raw)
+    assert address.kind is AddressKind.PATHNAME and address.name == raw
+    assert address.sun_path() == raw
+    assert decode_sockaddr(raw.decode()) == address
+    with pytest.raises(AddressError, match="no NUL"):
+        address.to_sockaddr()
+    with pytest.raises(AddressError, match="path too long"):
+        parse_address(raw.decode())

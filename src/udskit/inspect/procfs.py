@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, NamedTuple, final
 
-from udskit.address import UnixAddress
+from udskit.address import AddressKind, UnixAddress
 from udskit.inspect.sockdiag import SocketState, UnixSocketInfo
 from udskit.socktype import SocketType
 
@@ -75,15 +75,20 @@ class SocketOwner(NamedTuple):
 
 
 def decode_proc_net_unix(text: bytes) -> list[ProcNetUnixEntry]:
-    """Decode the whole of /proc/net/unix (header line included)."""
+    """Decode the whole of /proc/net/unix (header line included).
+
+    The kernel prints paths raw (unix_seq_show), so a path holding a newline continues
+    on a line of its own, which may even look like an entry: lines that do not parse
+    are skipped, and a name there can be cut short. sock_diag has neither problem.
+    """
     entries: list[ProcNetUnixEntry] = []
     for line in text.split(b"\n")[1:]:
         # Num RefCount Protocol Flags Type St Inode Path; the path may hold spaces.
         parts = line.split(None, 7)
-        if len(parts) < 7:
+        if len(parts) < 7 or not parts[0].endswith(b":"):
             continue
-        entries.append(
-            ProcNetUnixEntry(
+        try:
+            entry = ProcNetUnixEntry(
                 inode=int(parts[6]),
                 type=int(parts[4], 16),
                 state=int(parts[5], 16),
@@ -91,7 +96,9 @@ def decode_proc_net_unix(text: bytes) -> list[ProcNetUnixEntry]:
                 refcount=int(parts[1], 16),
                 name=parts[7] if len(parts) == 8 else None,
             )
-        )
+        except ValueError:
+            continue
+        entries.append(entry)
     return entries
 
 
@@ -119,7 +126,7 @@ def info_from_proc_entry(entry: ProcNetUnixEntry) -> UnixSocketInfo | None:
     elif name.startswith(b"@"):
         address = UnixAddress.abstract(name[1:])
     else:
-        address = UnixAddress.pathname(name)
+        address = UnixAddress(AddressKind.PATHNAME, name)  # as reported: up to 108 bytes
     if entry.listening:
         state = SocketState.LISTEN
     else:
