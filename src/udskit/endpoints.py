@@ -256,11 +256,29 @@ def _bind_path(
     else:
         raise _in_use(addr, "the file keeps coming back; another program races us for it")
     if restricted:
-        with os_errors("listen", addr, sock_type):
+        ours = os.lstat(path)
+        try:
             if uid != -1 or gid != -1:
-                os.chown(path, uid, gid)
+                try:
+                    os.chown(path, uid, gid)
+                except PermissionError:
+                    raise socket_error(
+                        "listen",
+                        str(addr),
+                        errno.EPERM,
+                        "giving the socket file another owner needs root (CAP_CHOWN), and "
+                        "--group needs you to be a member of that group",
+                    ) from None
             final_mode = mode if mode is not None else 0o777 & ~_current_umask()
-            os.chmod(path, final_mode)
+            with os_errors("listen", addr, sock_type):
+                os.chmod(path, final_mode)
+        except BaseException:
+            # Our own file, born with mode 0000: left behind it would block every retry.
+            with suppress(OSError):
+                now = os.lstat(path)
+                if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+                    os.unlink(path)
+            raise
     return replaced
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -115,6 +116,7 @@ def _serve_connections(
     served = 0
     threads: list[threading.Thread] = []
     lock = threading.Lock()  # keeps concurrent clients' printed chunks whole
+    live = _Live()
     try:
         while options.count is None or served < options.count:
             try:
@@ -136,7 +138,7 @@ def _serve_connections(
                 "UDSKIT_PEER_UID": str(uid),
                 "UDSKIT_PEER_GID": str(gid),
             }
-            args = (conn, listener, options, out, log, lock, env)
+            args = (conn, listener, options, out, log, lock, env, live)
             if options.concurrent:
                 thread = threading.Thread(target=_handle_in_thread, args=args, daemon=True)
                 thread.start()
@@ -144,10 +146,49 @@ def _serve_connections(
                 threads = [t for t in threads if t.is_alive()]
             else:
                 _handle_connection(*args)
-    finally:
+    except BaseException:
+        # A signal or a failure: idle clients and exec children would keep the joins
+        # below waiting for ever, so end them first.
+        live.end_all()
         for thread in threads:
-            thread.join()
+            thread.join(2.0)
+        raise
+    for thread in threads:
+        thread.join()
     return served
+
+
+@final
+class _Live:
+    """The client connections and exec children in flight, so that a stop ends them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.conns: set[socket.socket] = set()
+        self.procs: set[subprocess.Popen[bytes]] = set()
+
+    def add(self, item: socket.socket | subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            if isinstance(item, socket.socket):
+                self.conns.add(item)
+            else:
+                self.procs.add(item)
+
+    def discard(self, item: socket.socket | subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            if isinstance(item, socket.socket):
+                self.conns.discard(item)
+            else:
+                self.procs.discard(item)
+
+    def end_all(self) -> None:
+        with self._lock:
+            conns, procs = list(self.conns), list(self.procs)
+        for conn in conns:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for proc in procs:
+            _end_group(proc)
 
 
 def _handle_in_thread(*args: Any) -> None:
@@ -163,11 +204,13 @@ def _handle_connection(
     log: Log,
     lock: threading.Lock,
     env: dict[str, str],
+    live: _Live,
 ) -> None:
+    live.add(conn)
     try:
         with conn:
             if options.action is Action.EXEC:
-                _exec_on(conn, options.command or "cat", env)
+                _exec_on(conn, options.command or "cat", env, live)
             elif listener.type is SocketType.SEQPACKET:
                 _serve_records(conn, listener, options, out, log, lock)
             else:
@@ -176,6 +219,8 @@ def _handle_connection(
         log(f"a client went away: {err}")
     except OSError as err:  # a reset mid-stream ends that client, not the server
         log(f"a client failed: {err}")
+    finally:
+        live.discard(conn)
 
 
 def _serve_stream(
@@ -220,12 +265,36 @@ def _serve_records(
             send_message(conn, reply, listener.address)
 
 
-def _exec_on(conn: socket.socket, command: str, extra_env: dict[str, str]) -> None:
-    """Run `command` with the connection as its stdin and stdout, as inetd does."""
+def _exec_on(conn: socket.socket, command: str, extra_env: dict[str, str], live: _Live) -> None:
+    """Run `command` with the connection as its stdin and stdout, as inetd does.
+
+    In a process group of its own, so that stopping the server reaches the command and
+    not just the /bin/sh that started it."""
     env = dict(os.environ, **extra_env)
-    with subprocess.Popen(
-        command, shell=True, stdin=conn.fileno(), stdout=conn.fileno(), env=env
-    ) as proc:
+    proc = subprocess.Popen(
+        command, shell=True, stdin=conn.fileno(), stdout=conn.fileno(), env=env, process_group=0
+    )
+    live.add(proc)
+    try:
+        proc.wait()
+    except BaseException:
+        _end_group(proc)
+        raise
+    finally:
+        live.discard(proc)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the command's process group; SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(2.0)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
@@ -393,24 +462,30 @@ def send_messages(
     """Send each message and yield its reply (None when none came within `timeout`).
 
     For a stream socket the messages are sent, the write side is shut, and everything
-    the server sends back until it closes is yielded as one reply.
+    the server sends back until it closes is yielded as one reply (None when it has not
+    closed within `timeout`).
     """
+    sock.settimeout(timeout)
     if sock_type is SocketType.STREAM:
         for message in messages:
             with os_errors("send", address):
                 sock.sendall(message)
         sock.shutdown(socket.SHUT_WR)
         chunks = []
-        while True:
-            with os_errors("recv", address):
-                chunk = sock.recv(CHUNK)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        try:
+            while True:
+                with os_errors("recv", address):
+                    chunk = sock.recv(CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            # The server did not close within `timeout`: what came is not all there is.
+            yield None
+            return
         data = b"".join(chunks)
         yield Reply(data, len(data), False)
         return
-    sock.settimeout(timeout)
     for message in messages:
         try:
             send_message(sock, message, address)

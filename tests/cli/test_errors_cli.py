@@ -176,3 +176,24 @@ def test_bad_input_is_usage_status_2(peers: Peers, argv: list[str], expected: st
     out = peers.udskit_run(*argv)
     assert out.returncode == 2
     assert expected in one_line(out)
+
+
+def test_owner_change_refused_leaves_no_file(peers: Peers, sockdir: Path) -> None:
+    open_dir = sockdir / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    path = open_dir / "x.sock"
+    for _attempt in range(2):  # the second must not trip over a leftover of the first
+        line = one_line(peers.run(*peers.as_nobody(*UDSKIT, "listen", path, "--owner", "root")))
+        assert "operation not permitted (EPERM)" in line
+        assert "needs root (CAP_CHOWN)" in line
+        assert not path.exists()
+
+
+def test_stream_send_gives_up_after_timeout(peers: Peers, sockdir: Path) -> None:
+    path = sockdir / "mute.sock"
+    # A real server that reads and never answers nor closes.
+    peers.start("socat", f"UNIX-LISTEN:{path},fork", "EXEC:sleep 30", wait_for=path, listening=True)
+    out = peers.udskit_run("send", path, "--timeout", "0.5", "hello")
+    assert out.returncode == 1
+    assert "did not close the connection within 0.5 s" in one_line(out)

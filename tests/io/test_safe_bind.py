@@ -172,3 +172,54 @@ def test_library_error_for_live_listener(sockdir: Path) -> None:
     with open_listener(path), pytest.raises(SocketError) as info:
         open_listener(path)
     assert f"a live server listens there (pid {os.getpid()} (" in str(info.value)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_concurrent_server_stops_with_idle_clients(
+    peers: Peers, sockdir: Path, signum: int
+) -> None:
+    """An idle client must not keep a stopping server (and its socket file) alive."""
+    path = sockdir / "idle.sock"
+    server = peers.udskit("listen", path, "--echo", "--concurrent", wait_for=path, listening=True)
+    idle = socket.socket(socket.AF_UNIX)
+    idle.connect(str(path))
+    with idle:
+        idle.sendall(b"x")
+        assert idle.recv(1) == b"x"  # served, and now idle
+        server.send_signal(signum)
+        assert server.wait(10) == (130 if signum == signal.SIGINT else 143)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("mode", [[], ["--concurrent"]])
+def test_exec_command_is_stopped_with_the_server(
+    peers: Peers, sockdir: Path, mode: list[str]
+) -> None:
+    path = sockdir / "exec.sock"
+    marker = f"600.{os.getpid()}"  # a sleep length no other process has
+    server = peers.udskit(
+        "listen", path, *mode, "--exec", f"sleep {marker}", wait_for=path, listening=True
+    )
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(path))
+    with client:
+        wait_until(lambda: _pids_named(marker) != [], what="the exec command to start")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 143
+    wait_until(lambda: _pids_named(marker) == [], what="the exec command to be gone")
+    assert not path.exists()
+
+
+def _pids_named(marker: str) -> list[int]:
+    """Pids of `sleep MARKER` processes (not of the shells that started them)."""
+    want = b"sleep\0" + marker.encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read() == want:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found

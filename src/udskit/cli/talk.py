@@ -260,10 +260,16 @@ def handle_send(args: argparse.Namespace, env: Env) -> int:
         for number, reply in enumerate(replies, 1):
             if reply is None:
                 missing += 1
-                env.err(
-                    f"udskit send: no reply to message {number} within {args.timeout} s "
-                    "(does the server answer? use --no-reply if it does not)"
-                )
+                if sock_type is SocketType.STREAM:
+                    env.err(
+                        f"udskit send: {address} did not close the connection within "
+                        f"{args.timeout} s after the request (raise --timeout if it is slow)"
+                    )
+                else:
+                    env.err(
+                        f"udskit send: no reply to message {number} within {args.timeout} s "
+                        "(does the server answer? use --no-reply if it does not)"
+                    )
                 continue
             data = reply.data
             env.write(
