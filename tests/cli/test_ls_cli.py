@@ -244,3 +244,30 @@ def test_help_teaches_with_examples() -> None:
         [sys.executable, "-m", "udskit", "ls", "--help"], capture_output=True, check=True
     ).stdout.decode()
     assert "examples:" in out and "--stale" in out and "--json" in out and "RECV-Q" in out
+
+
+def test_several_patterns_as_a_shell_expands_a_glob(sockdir: Path) -> None:
+    """`udskit ls /run/app/*` reaches us as several arguments: any may match."""
+    with socket.socket(socket.AF_UNIX) as a, socket.socket(socket.AF_UNIX) as b:
+        a.bind(str(sockdir / "a.sock"))
+        b.bind(str(sockdir / "b.sock"))
+        a.listen(1)
+        b.listen(1)
+        status, out, err = run_in_process(
+            "ls", "--json", str(sockdir / "a.sock"), str(sockdir / "b.sock")
+        )
+        assert status == 0, err
+        assert sorted(s["address"] for s in json.loads(out)) == [
+            f"{sockdir}/a.sock",
+            f"{sockdir}/b.sock",
+        ]
+
+
+def test_a_path_with_a_newline_stays_on_one_table_row(sockdir: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(os.fsencode(sockdir / "nl\nx.sock"))
+        s.listen(1)
+        status, out, err = run_in_process("ls", f"{sockdir}/*")
+    assert status == 0, err
+    header, row = out.decode().splitlines()
+    assert header.startswith("TYPE") and f"{sockdir}/nl\\x0ax.sock" in row

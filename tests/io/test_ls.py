@@ -91,7 +91,7 @@ def test_file_states(sockdir: Path) -> None:
         os.unlink(gone)
         os.unlink(reused)
         with listen(reused) as s_new:
-            listing = list_sockets(SocketFilter(pattern=f"{sockdir}/*"))
+            listing = list_sockets(SocketFilter(patterns=(f"{sockdir}/*",)))
             states = {s.inode: s.file for s in listing}
             assert states[inode_of(s_present)].state is FileState.PRESENT  # type: ignore[union-attr]
             renamed = states[inode_of(s_moved)]
@@ -112,7 +112,7 @@ def test_a_path_pattern_finds_a_socket_bound_by_a_relative_name(
     )
     helper = peers.start(sys.executable, "-c", code, cwd=sockdir)
     assert helper.proc.stdout is not None and helper.proc.stdout.readline()
-    (found,) = list_sockets(SocketFilter(pattern=str(sockdir / "rel.sock")))
+    (found,) = list_sockets(SocketFilter(patterns=(str(sockdir / "rel.sock"),)))
     assert format_address(found.address) == "rel.sock"  # as bound, relative
     assert found.file is not None and found.file.state is FileState.UNKNOWN
     assert [p.pid for p in found.processes] == [helper.pid]
@@ -134,8 +134,8 @@ def test_filters(sockdir: Path, abstract_name: str) -> None:
         assert inodes(SocketFilter(types=frozenset({SocketType.DGRAM}))) == {inode_of(dgram)}
         assert inodes(SocketFilter(listening=True)) == {inode_of(stream), inode_of(abstract)}
         assert inodes(SocketFilter(abstract=True)) == {inode_of(abstract)}
-        assert inodes(SocketFilter(pattern=f"{sockdir}/?.sock")) == mine - {inode_of(abstract)}
-        assert inodes(SocketFilter(pattern=abstract_name)) == {inode_of(abstract)}
+        assert inodes(SocketFilter(patterns=(f"{sockdir}/?.sock",))) == mine - {inode_of(abstract)}
+        assert inodes(SocketFilter(patterns=(abstract_name,))) == {inode_of(abstract)}
         assert inodes(SocketFilter(uids=frozenset({os.geteuid()}))) == mine
         assert inodes(SocketFilter(pids=frozenset({1 << 22}))) == set()
 
@@ -145,7 +145,7 @@ def test_proc_fallback_agrees_with_sock_diag(sockdir: Path) -> None:
         listen(str(sockdir / "a.sock")) as a,
         listen(str(sockdir / "b.sock"), socket.SOCK_SEQPACKET),
     ):
-        where = SocketFilter(pattern=f"{sockdir}/*")
+        where = SocketFilter(patterns=(f"{sockdir}/*",))
         netlink = {s.inode: s for s in list_sockets(where)}
         proc_listing = list_sockets(where, source=Source.PROC)
         assert proc_listing.source is Source.PROC and proc_listing.note is None
@@ -167,7 +167,7 @@ def test_connections_of_a_datagram_receiver(sockdir: Path) -> None:
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender,
     ):
         sender.connect(path)
-        listing = list_sockets(SocketFilter(pattern=path), connections=True)
+        listing = list_sockets(SocketFilter(patterns=(path,)), connections=True)
         (conn,) = listing.connections[inode_of(receiver)]
         assert conn.client_inode == inode_of(sender)
         assert [p.pid for p in conn.client_processes] == [os.getpid()]

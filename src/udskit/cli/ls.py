@@ -53,11 +53,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "pattern",
-        nargs="?",
+        "patterns",
+        nargs="*",
         metavar="PATTERN",
-        help="an address or a glob over addresses (/run/*.sock, @app*); "
-        "a path also matches the socket bound to that file under another name",
+        help="addresses or globs over addresses (/run/*.sock, @app*), any of which may "
+        "match; a path also matches the socket bound to that file under another name",
     )
     parser.add_argument(
         "-p",
@@ -155,11 +155,11 @@ def build_filter(args: argparse.Namespace) -> SocketFilter:
             types.add(SocketType.parse(text))
         except ValueError:
             raise UsageError(f"unknown --type {text!r}: use stream, dgram or seqpacket") from None
-    pattern = args.pattern
-    if pattern is not None and not any(c in pattern for c in "*?["):
-        parse_address(pattern)  # a bad escape is an AddressError before any work
+    for pattern in args.patterns:
+        if not any(c in pattern for c in "*?["):
+            parse_address(pattern)  # a bad escape is an AddressError before any work
     return SocketFilter(
-        pattern=pattern,
+        patterns=tuple(args.patterns),
         listening=args.listening,
         types=frozenset(types),
         pids=frozenset(args.pid),
@@ -217,8 +217,8 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         sockets, listing.connections if args.connections else None, processes=args.processes
     )
     env.write(("\n".join(lines) + "\n").encode("utf-8", errors="surrogateescape"))
-    if not sockets and args.pattern is not None:
-        env.err(f"udskit ls: no socket matches {args.pattern}")
+    if not sockets and args.patterns:
+        env.err(f"udskit ls: no socket matches {' '.join(args.patterns)}")
     return ExitStatus.OK
 
 
@@ -229,8 +229,8 @@ def _handle_stale(args: argparse.Namespace, env: Env) -> int:
     from udskit.inspect.owners import user_name
 
     paths = None
-    if args.pattern is not None:
-        paths = sorted(glob.glob(args.pattern)) or [args.pattern]
+    if args.patterns:
+        paths = sorted({p for pattern in args.patterns for p in glob.glob(pattern) or [pattern]})
     stale = find_stale_files(paths)
     if args.json:
         import json
@@ -243,7 +243,7 @@ def _handle_stale(args: argparse.Namespace, env: Env) -> int:
     from udskit.inspect.render import format_stale_table
 
     if not stale:
-        where = args.pattern or "the usual places (/run, /tmp, /var/tmp, /dev/shm)"
+        where = " ".join(args.patterns) or "the usual places (/run, /tmp, /var/tmp, /dev/shm)"
         env.out(f"no stale socket files under {where}")
         return ExitStatus.OK
     users = {s.uid: user_name(s.uid) for s in stale}

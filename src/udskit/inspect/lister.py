@@ -184,7 +184,7 @@ class _Matcher:
 
 def _prefilter(infos: list[UnixSocketInfo], where: SocketFilter) -> list[UnixSocketInfo]:
     """The part of the filter that needs no process scan."""
-    match = _Matcher(where.pattern) if where.pattern is not None else None
+    matchers = [_Matcher(pattern) for pattern in where.patterns]
     kept: list[UnixSocketInfo] = []
     for info in infos:
         if where.listening and info.state is not SocketState.LISTEN:
@@ -193,7 +193,7 @@ def _prefilter(infos: list[UnixSocketInfo], where: SocketFilter) -> list[UnixSoc
             continue
         if where.abstract and info.address.kind is not AddressKind.ABSTRACT:
             continue
-        if match is not None and not match(info):
+        if matchers and not any(match(info) for match in matchers):
             continue
         kept.append(info)
     return kept

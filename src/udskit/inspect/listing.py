@@ -116,9 +116,10 @@ class Connection:
 class SocketFilter:
     """Which sockets `list_sockets` keeps. Empty fields keep everything."""
 
-    #: A glob over the address notation (`/run/*.sock`, `@app*`); without glob
-    #: characters, one address (a path matches its file even if bound by another name).
-    pattern: str | None = None
+    #: Globs over the address notation (`/run/*.sock`, `@app*`); a socket matching any
+    #: is kept. Without glob characters, one address (a path matches its file even if
+    #: bound by another name). Empty: every address.
+    patterns: tuple[str, ...] = ()
     listening: bool = False
     types: frozenset[SocketType] = frozenset()
     #: Keep sockets held by any of these processes.
@@ -134,7 +135,7 @@ class SocketFilter:
     @property
     def needs_prefilter(self) -> bool:
         """Anything to check before the process scan (the kernel's facts alone)?"""
-        return bool(self.pattern is not None or self.listening or self.types or self.abstract)
+        return bool(self.patterns or self.listening or self.types or self.abstract)
 
 
 @final

@@ -276,7 +276,16 @@ def table_order(sock: UnixSocket) -> tuple[bool, str, bool, int]:
     )
 
 
+def _printable(cell: str) -> str:
+    """A table cell on one line: a path may hold a newline or other control characters
+    (the kernel allows any byte but NUL), which would break the row. JSON is exact."""
+    if cell.isprintable():
+        return cell
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cell)
+
+
 def _align(rows: Sequence[Sequence[str]]) -> list[str]:
+    rows = [[_printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     numeric = {2, 3, 5}
     lines = []
@@ -357,6 +366,6 @@ def format_stale_table(stale: Iterable[StaleFile], users: Mapping[int, str]) -> 
     rows: list[tuple[str, ...]] = [("STATE", "OWNER", "MODIFIED", "PATH")]
     for item in stale:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.mtime))
-        rows.append(("stale", users.get(item.uid, str(item.uid)), when, item.path))
+        rows.append(("stale", users.get(item.uid, str(item.uid)), when, _printable(item.path)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return ["  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
