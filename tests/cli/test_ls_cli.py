@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -195,10 +196,9 @@ def test_stale_lists_dead_socket_files_only(peers: Peers, sockdir: Path) -> None
 
 
 def run_in_process(*argv: str) -> tuple[int, str, str]:
-    env = Env.in_memory()
-    status = main(list(argv), env)
-    assert isinstance(env.stdout, __import__("io").BytesIO)
-    return status, env.stdout.getvalue().decode(), env.stderr.getvalue()  # type: ignore[attr-defined]
+    out, err = io.BytesIO(), io.StringIO()
+    status = main(list(argv), Env(stdin=io.BytesIO(), stdout=out, stderr=err))
+    return status, out.getvalue().decode(), err.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -269,5 +269,5 @@ def test_a_path_with_a_newline_stays_on_one_table_row(sockdir: Path) -> None:
         s.listen(1)
         status, out, err = run_in_process("ls", f"{sockdir}/*")
     assert status == 0, err
-    header, row = out.decode().splitlines()
+    header, row = out.splitlines()
     assert header.startswith("TYPE") and f"{sockdir}/nl\\x0ax.sock" in row
