@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -247,12 +248,19 @@ def test_help_documents_the_json_shape(peers: Peers) -> None:
 
 
 # -- nothing left behind -----------------------------------------------------------------------
-def test_sigterm_mid_run_leaves_no_process_or_socket_file(sockdir: Path, peers: Peers) -> None:
+def test_sigterm_mid_run_leaves_no_process_or_socket_file(peers: Peers) -> None:
+    """Without --dir: the bench's own temporary directory must go too."""
+
+    def bench_dirs() -> set[str]:
+        return {p for p in os.listdir("/tmp") if p.startswith("udskit-bench-")}
+
+    before = bench_dirs()
     bench = peers.udskit(
         "bench",
         *("-t", "unix-stream", "-t", "unix-dgram", "-p", "pingpong", "--sizes", "64"),
-        *("--duration", "600", "--rounds", "1", "--dir", sockdir),
+        *("--duration", "600", "--rounds", "1"),
     )
+    wait_until(lambda: bench_dirs() - before, what="the bench's socket directory")
     me = psutil.Process(bench.pid)
     wait_until(me.children, what="the bench's peer process")
     children = [c.pid for c in me.children(recursive=True)]
@@ -260,7 +268,7 @@ def test_sigterm_mid_run_leaves_no_process_or_socket_file(sockdir: Path, peers: 
     assert bench.proc.returncode == 143, err
     assert b"Traceback" not in err
     wait_until(lambda: not any(psutil.pid_exists(pid) for pid in children), what="peers gone")
-    assert list(sockdir.iterdir()) == []
+    assert bench_dirs() - before == set()
 
 
 # -- pure parts --------------------------------------------------------------------------------
