@@ -4,6 +4,7 @@ PID at teardown)."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import glob
 import hashlib
@@ -305,13 +306,42 @@ def test_kill_9_then_restore(peers: Peers, sockdir: Path, tmp_path: Path) -> Non
     assert nothing.returncode == 0 and "nothing to restore" in nothing.stderr.decode()
 
 
+def dead_socket_file(path: str) -> None:
+    """A socket file with no socket behind it (what a killed proxy leaves)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(path)
+
+
 def test_restore_after_a_kill_while_putting_the_original_back(peers: Peers, sockdir: Path) -> None:
-    """Killed between the last rename and the removal of the extra names: PATH is the
-    original already, and the hidden and staging names are second names of it."""
+    """Killed inside restore() between link(hidden, staging) and rename(staging, PATH):
+    PATH is still the dead proxy's file; the hidden and staging names are both the
+    original."""
     sock = redis(peers, sockdir)
     original = os.lstat(sock).st_ino
     os.link(sock, hidden_path(str(sock)))
     os.link(sock, staging_path(str(sock)))
+    dead = str(sockdir / "dead.sock")
+    dead_socket_file(dead)
+    os.rename(dead, sock)  # the dead proxy in PATH's place
+    with pytest.raises(ConnectionRefusedError):
+        ping(sock)
+    restore = peers.udskit_run("dump", "--restore", sock)
+    assert restore.returncode == 0, restore.stderr
+    assert "restored the original socket file" in restore.stderr.decode()
+    assert_restored(sock, original)
+    assert ping(sock) == b"+PONG\r\n"
+
+
+def test_restore_after_a_kill_while_taking_over(peers: Peers, sockdir: Path) -> None:
+    """Killed inside start() between link(PATH, hidden) and rename(staging, PATH): PATH
+    is the original, the hidden name a second name of it, the staging name the dead
+    proxy's file."""
+    sock = redis(peers, sockdir)
+    original = os.lstat(sock).st_ino
+    os.link(sock, hidden_path(str(sock)))
+    dead_socket_file(staging_path(str(sock)))
+    refused = peers.udskit_run("dump", sock)
+    assert refused.returncode == 1 and b"--restore" in refused.stderr
     restore = peers.udskit_run("dump", "--restore", sock)
     assert restore.returncode == 0, restore.stderr
     assert_restored(sock, original)
@@ -401,7 +431,11 @@ def test_messages_keep_boundaries(peers: Peers, sockdir: Path, tmp_path: Path, k
     ]
     assert [(e.sock_type.value, e.client.pid) for e in data] == [(kind, os.getpid())] * 6, out
     udp = tshark(peers, pcap, "-Y", "udp", "-T", "fields", "-e", "udp.length")
-    assert udp == [str(8 + len(m)) for m in messages for _ in (0, 1)]
+    # ... and the end of the connection, an empty packet that says so in its comment
+    assert udp == [str(8 + len(m)) for m in messages for _ in (0, 1)] + ["8"]
+    closes = [e for e in decode_events(pcap.read_bytes()) if e.kind is EventKind.CLOSE]
+    assert [(e.conn, e.sock_type.value) for e in closes] == [(data[0].conn, kind)]
+    assert "event=close" in tshark(peers, pcap, "-T", "fields", "-e", "frame.comment")[-1]
 
 
 # -- filters and limits --------------------------------------------------------------------------
@@ -430,10 +464,20 @@ def test_count_pid_and_snaplen(peers: Peers, sockdir: Path) -> None:
 def test_snaplen_in_json_and_hex(peers: Peers, sockdir: Path) -> None:
     sock = sockdir / "echo.sock"
     peers.start(sys.executable, "-c", ECHO_SERVER, sock, "stream", wait_for=sock)
-    dump = start_dump(peers, sock, "-X")
+    dump = start_dump(peers, sock, "-s", "3", "--json")
     assert peers.run("socat", "-", f"UNIX-CONNECT:{sock}", input=b"GET / x\n").returncode == 0
     _status, out, _err = stop_dump(dump)
-    assert "0x0000:  4745 5420 2f20 780a" in out and "GET./.x." in out
+    data = [r for r in map(json.loads, out.splitlines()) if r["event"] == "data"]
+    assert [(r["direction"], r["length"], r["truncated"]) for r in data] == [
+        ("c2s", 8, True),
+        ("s2c", 8, True),
+    ]
+    assert [base64.b64decode(r["data"]) for r in data] == [b"GET", b"GET"]
+    dump = start_dump(peers, sock, "-s", "3", "-X")
+    assert peers.run("socat", "-", f"UNIX-CONNECT:{sock}", input=b"GET / x\n").returncode == 0
+    _status, out, _err = stop_dump(dump)
+    assert out.count("length 8 [captured 3]") == 2
+    assert out.count("0x0000:  4745 54") == 2 and "GET./" not in out
 
 
 # -- errors a user can make ---------------------------------------------------------------------

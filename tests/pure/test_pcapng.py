@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import shutil
@@ -17,6 +18,7 @@ from udskit.capture.events import ClientInfo, Direction, Event, EventKind
 from udskit.capture.pcapng import (
     FALLBACK_PORT,
     PcapngEncoder,
+    PcapngError,
     decode_events,
     format_comment,
     guess_port,
@@ -38,7 +40,7 @@ def encode(events: list[Event], port: int | None = None) -> bytes:
     enc.header()
     for ev in events:
         enc.event(ev)
-    return enc.take()
+    return bytes(enc.out)
 
 
 def conversation(
@@ -124,12 +126,61 @@ def test_messages_keep_their_boundaries(sock_type: SocketType) -> None:
     assert decoded[2].truncated and decoded[2].data == b"x" * len(decoded[2].data)
 
 
-def test_big_chunk_is_split_into_segments_with_all_bytes() -> None:
+def test_big_chunk_is_split_into_segments_and_read_back_as_one_chunk() -> None:
     data = random.Random(1).randbytes(300_000)
-    events = conversation(1, "/s", CURL, [(Direction.C2S, data)])
-    chunks = [e for e in decode_events(encode(events)) if e.kind is EventKind.DATA]
-    assert len(chunks) == 5
-    assert b"".join(e.data for e in chunks) == data
+    events = conversation(1, "/s", CURL, [(Direction.C2S, data), (Direction.S2C, b"ok")])
+    blob = encode(events)
+    segments = [p for p in iter_packets(blob) if p.orig_len > 20 + (p.data[32] >> 4) * 4]
+    assert len(segments) == 6  # five segments of the big chunk, one reply
+    # PSH only ends a chunk: on the fifth segment and on the reply.
+    assert [p.data[33] & 0x08 for p in segments] == [0, 0, 0, 0, 8, 8]
+    assert list(decode_events(blob)) == events
+
+
+def test_split_chunk_cut_by_snap_length_is_one_chunk_too() -> None:
+    chunk = Event.chunk(T0 + 1, 1, "/s", SocketType.STREAM, CURL, Direction.C2S, b"ab", 200_000)
+    events = [Event.open(T0, 1, "/s", SocketType.STREAM, CURL), chunk]
+    assert list(decode_events(encode(events))) == events
+
+
+@pytest.mark.parametrize("first", [Direction.C2S, Direction.S2C, None])
+@pytest.mark.parametrize("sock_type", [SocketType.DGRAM, SocketType.SEQPACKET])
+def test_message_connections_keep_their_close(
+    sock_type: SocketType, first: Direction | None
+) -> None:
+    messages = [(Direction.C2S, b""), (Direction.S2C, b"x")]  # an empty message stays one
+    events = conversation(4, "/run/d.sock", CURL, messages, sock_type, first)
+    decoded = list(decode_events(encode(events)))
+    # Without a handshake, a message flow opens at its first message.
+    assert decoded[0] == dataclasses.replace(events[0], time_ns=events[1].time_ns)
+    assert decoded[1:] == events[1:]
+
+
+def test_malformed_packet_block_is_one_line_error() -> None:
+    good = encode(HTTP[:2])
+    # An EPB whose length (12) leaves no room for its fixed fields.
+    bad = good + struct.pack(">III", 6, 12, 12)
+    with pytest.raises(PcapngError, match="malformed block at byte"):
+        list(decode_events(bad))
+    # An EPB whose captured length runs past its block.
+    last = good.rindex(struct.pack(">I", 6))
+    lying = bytearray(good)
+    struct.pack_into(">I", lying, last + 20, 10_000)
+    with pytest.raises(PcapngError, match="malformed packet at byte"):
+        list(decode_events(bytes(lying)))
+
+
+def test_mangled_files_give_one_line_errors_never_a_traceback() -> None:
+    base = encode(HTTP + RESP + PGSQL)
+    rng = random.Random(1)
+    for _ in range(2000):
+        blob = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        try:
+            list(decode_events(bytes(blob)))
+        except UsageError as err:
+            assert "\n" not in str(err)
 
 
 def test_snap_length_cut_keeps_real_length_and_sequence() -> None:

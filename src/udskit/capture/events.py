@@ -97,7 +97,8 @@ class Selection:
 
     `pid` keeps only connections whose client has that pid; `count` stops after that
     many data events; `snaplen` records at most that many bytes of each chunk (the
-    event keeps the real length, so the cut shows). None means no limit.
+    event keeps the real length, so the cut shows). None means no limit. The live
+    tap cuts chunks itself (without a copy); `apply` cuts events read from a file.
     """
 
     pid: int | None = None
@@ -106,12 +107,6 @@ class Selection:
 
     def wants(self, client: ClientInfo) -> bool:
         return self.pid is None or client.pid == self.pid
-
-    def cut(self, data: bytes | memoryview) -> bytes:
-        """The bytes to record of one chunk (a copy: the engine reuses its buffers)."""
-        if self.snaplen is not None and len(data) > self.snaplen:
-            return bytes(data[: self.snaplen])
-        return bytes(data)
 
     def apply(self, event: Event) -> Event:
         """The event as recorded under the snap length (for events read back from files)."""

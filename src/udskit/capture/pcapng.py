@@ -25,9 +25,14 @@ Layout choices, and why:
   a reply does not look like a full receive window.
 - Clients are 127.1.X.Y (Y >= 1) on ports 49152 + (id mod 16384), unique per connection id;
   the ephemeral range keeps Wireshark's "lower port first" rule on the server's port.
-- A chunk longer than an IPv4 packet can carry is split into several segments (TCP);
-  a datagram longer than a UDP packet can carry is recorded up to that size and
-  marked truncated (rare: unix datagrams over 64 KiB).
+- A chunk longer than an IPv4 packet can carry is split into several segments (TCP),
+  PSH set on the last one only; the decoder joins segments up to a PSH back into one
+  chunk, so `-r` shows the chunks a live capture showed. A datagram longer than a UDP
+  packet can carry is recorded up to that size and marked truncated (rare: unix
+  datagrams over 64 KiB).
+- A datagram or seqpacket connection's end is an empty UDP packet whose comment says
+  `event=close first=c2s|s2c|none` (an empty message has no such words in its
+  comment), so `-r` shows the close as a live capture did.
 - With no `--decode-as`, the server port is guessed from the first chunk, so the
   handshake is written when that chunk (or the close) arrives, stamped with the time
   of the open.
@@ -191,6 +196,8 @@ class CommentFields:
     path: str | None
     sock_type: SocketType | None
     client: ClientInfo
+    closing: bool = False  # `event=close`: the end of a datagram/seqpacket connection
+    first: Direction | None = None  # with closing: who closed first
 
 
 def parse_comment(text: str | None) -> CommentFields:
@@ -215,7 +222,9 @@ def parse_comment(text: str | None) -> CommentFields:
     except ValueError:
         sock_type = None
     client = ClientInfo(number("pid"), number("uid"), number("gid"), fields.get("command"))
-    return CommentFields(number("conn"), fields.get("path"), sock_type, client)
+    first = {"c2s": Direction.C2S, "s2c": Direction.S2C}.get(fields.get("first", ""))
+    closing = fields.get("event") == "close"
+    return CommentFields(number("conn"), fields.get("path"), sock_type, client, closing, first)
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -259,12 +268,14 @@ class _Flow:
         "s2c_seq",
         "s2c_sum",
         "stream",
+        "text",
     )
 
-    def __init__(self, conn: int, stream: bool, comment: bytes, open_ns: int) -> None:
+    def __init__(self, conn: int, stream: bool, text: str, open_ns: int) -> None:
         self.conn = conn
         self.stream = stream
-        self.comment = comment
+        self.text = text
+        self.comment = _comment_options(text)
         self.open_ns = open_ns
         self.client_ip = CLIENT_NET | ((conn // CLIENT_PORTS + 1) & 0xFFFF)
         self.client_port = CLIENT_PORT_BASE + conn % CLIENT_PORTS
@@ -293,7 +304,7 @@ class _Flow:
 
 @final
 class PcapngEncoder:
-    """Events in, pcapng bytes out (into `out`; `take()` empties it).
+    """Events in, pcapng bytes out (appended to `out`, which the caller empties).
 
     Call `header()` once first. `opened`/`data`/`closed` mirror the relay's `Tap`, so
     a sink can hand each call straight through; `event()` takes an `Event`.
@@ -305,11 +316,6 @@ class PcapngEncoder:
         self.application = application
         self.out = bytearray()
         self._flows: dict[int, _Flow] = {}
-
-    def take(self) -> bytes:
-        data = bytes(self.out)
-        self.out.clear()
-        return data
 
     def header(self) -> None:
         """Section header and the one interface (raw IPv4, nanosecond timestamps)."""
@@ -326,8 +332,8 @@ class PcapngEncoder:
     def opened(
         self, conn: int, path: str, sock_type: SocketType, client: ClientInfo, time_ns: int
     ) -> None:
-        comment = _comment_options(format_comment(conn, path, sock_type, client))
-        flow = _Flow(conn, sock_type is SocketType.STREAM, comment, time_ns)
+        text = format_comment(conn, path, sock_type, client)
+        flow = _Flow(conn, sock_type is SocketType.STREAM, text, time_ns)
         self._flows[conn] = flow
         if self.server_port is not None:
             self._start(flow, self.server_port)
@@ -357,7 +363,9 @@ class PcapngEncoder:
             for offset in range(0, length, MAX_TCP_SEGMENT):
                 size = min(MAX_TCP_SEGMENT, length - offset)
                 piece = payload[offset : offset + size]
-                self._tcp(flow, c2s, TCP_PSH | TCP_ACK, piece, size, time_ns)
+                last = offset + size == length  # PSH ends the chunk (see the docstring)
+                flags = TCP_PSH | TCP_ACK if last else TCP_ACK
+                self._tcp(flow, c2s, flags, piece, size, time_ns)
             return
         captured = 40 + len(payload)
         ip_len = 40 + length
@@ -405,6 +413,9 @@ class PcapngEncoder:
         if flow.pending:
             self._start(flow, FALLBACK_PORT)
         if not flow.stream:
+            word = "none" if first is None else first.value
+            flow.comment = _comment_options(f"{flow.text} event=close first={word}")
+            self._udp(flow, True, b"", 0, time_ns)
             return
         if first is None:
             self._tcp(flow, True, TCP_RST | TCP_ACK, b"", 0, time_ns)
@@ -577,6 +588,9 @@ def iter_packets(buf: bytes | memoryview) -> Iterator[Packet]:
         if block_len < 12 or block_len % 4 or pos + block_len > size:
             return
         body = view[pos + 8 : pos + block_len - 4]
+        need = {IDB_TYPE: 8, EPB_TYPE: 20}.get(block_type, 0)
+        if len(body) < need:
+            raise PcapngError(f"malformed block at byte {pos}: {block_len} bytes is too short")
         if block_type == IDB_TYPE:
             linktype = struct.unpack_from(endian + "H", body, 0)[0]
             base, exp = 10, 6
@@ -586,6 +600,11 @@ def iter_packets(buf: bytes | memoryview) -> Iterator[Packet]:
             interfaces.append((linktype, base, exp))
         elif block_type == EPB_TYPE:
             iface, hi, lo, caplen, orig = struct.unpack_from(endian + "IIIII", body, 0)
+            if 20 + caplen > len(body):
+                raise PcapngError(
+                    f"malformed packet at byte {pos}: {caplen} captured bytes do not fit "
+                    f"its {block_len}-byte block"
+                )
             if iface < len(interfaces):
                 linktype, base, exp = interfaces[iface]
                 ticks = (hi << 32) | lo
@@ -662,7 +681,7 @@ def _segment(packet: Packet) -> _Segment | None:
 
 @final
 class _Tracked:
-    __slots__ = ("client", "closing", "conn", "path", "sock_type")
+    __slots__ = ("client", "closing", "conn", "held", "path", "sock_type")
 
     def __init__(
         self, conn: int, client: tuple[int, int], path: str, sock_type: SocketType
@@ -672,6 +691,27 @@ class _Tracked:
         self.path = path
         self.sock_type = sock_type
         self.closing: Direction | None = None
+        #: Data segments without PSH, waiting to be joined into one chunk.
+        self.held: list[tuple[Packet, CommentFields, Direction, _Segment]] = []
+
+    def release(self) -> Iterator[Event]:
+        """The held segments as one chunk (the time and facts of the first)."""
+        if not self.held:
+            return
+        packet, info, direction, _seg = self.held[0]
+        data = b"".join(seg.payload for *_rest, seg in self.held)
+        length = sum(seg.length for *_rest, seg in self.held)
+        self.held = []
+        yield Event.chunk(
+            packet.time_ns,
+            self.conn,
+            self.path,
+            self.sock_type,
+            info.client,
+            direction,
+            data,
+            length,
+        )
 
 
 def _endpoint_text(endpoint: tuple[int, int]) -> str:
@@ -681,7 +721,8 @@ def _endpoint_text(endpoint: tuple[int, int]) -> str:
 
 def decode_events(buf: bytes | memoryview) -> Generator[Event, None, None]:
     """The events of a capture: ours exactly (from comments and flows), and plain TCP
-    and UDP captures (tcpdump on lo, say) as well as their headers allow."""
+    and UDP captures (tcpdump on lo, say) as well as their headers allow. TCP data
+    segments are joined up to one with PSH (the end of a chunk, or of a send)."""
     flows: dict[tuple[tuple[int, int], tuple[int, int], int], _Tracked] = {}
     next_conn = 1
     for packet in iter_packets(buf):
@@ -708,19 +749,32 @@ def decode_events(buf: bytes | memoryview) -> Generator[Event, None, None]:
             flows[key] = flow
             yield Event.open(packet.time_ns, conn, flow.path, flow.sock_type, info.client)
         direction = Direction.C2S if seg.src == flow.client else Direction.S2C
-        if seg.length > 0:
-            yield Event.chunk(
-                packet.time_ns,
-                flow.conn,
-                flow.path,
-                flow.sock_type,
-                info.client,
-                direction,
-                seg.payload,
-                seg.length,
-            )
         if seg.proto != IPPROTO_TCP:
+            if info.closing and seg.length == 0:
+                del flows[key]
+                yield Event.close(
+                    packet.time_ns, flow.conn, flow.path, flow.sock_type, info.client, info.first
+                )
+            else:
+                yield Event.chunk(
+                    packet.time_ns,
+                    flow.conn,
+                    flow.path,
+                    flow.sock_type,
+                    info.client,
+                    direction,
+                    seg.payload,
+                    seg.length,
+                )
             continue
+        if flow.held and (
+            seg.flags & (TCP_FIN | TCP_RST) or (seg.length and flow.held[0][2] is not direction)
+        ):  # a bare ACK from the receiver does not end a chunk
+            yield from flow.release()
+        if seg.length > 0:
+            flow.held.append((packet, info, direction, seg))
+            if seg.flags & TCP_PSH:
+                yield from flow.release()
         if seg.flags & TCP_RST:
             del flows[key]
             yield Event.close(
@@ -739,6 +793,8 @@ def decode_events(buf: bytes | memoryview) -> Generator[Event, None, None]:
                     info.client,
                     flow.closing,
                 )
+    for flow in flows.values():  # a capture that ended inside a chunk
+        yield from flow.release()
 
 
 def _looks_like_client(seg: _Segment) -> bool:

@@ -5,9 +5,9 @@ Four renderings of the same `Event`s, live or read back from a file:
 - `line`: one line per event: time, client pid and command, what happened, the
   socket, the connection and the length, e.g.
   ``21:43:45.123456 pid 4242 (curl) c2s /run/app.sock conn 3 length 78``
-- `hex_ascii` (-X): that line, then the bytes as hex and ASCII, 16 a row, as
+- `hex_lines` (-X): after that line, the bytes as hex and ASCII, 16 a row, as
   ``tcpdump -X`` prints them.
-- `ascii` (-A): that line, then the bytes as text, unprintable bytes as dots.
+- `ascii_lines` (-A): after that line, the bytes as text, unprintable bytes as dots.
 - `json_line` (--json): one JSON object per event; `data` in base64 so every byte
   survives; `time` in ISO 8601 UTC with nanoseconds and `time_ns` as a number.
 """
@@ -18,7 +18,6 @@ import base64
 import enum
 import json
 import time
-from collections.abc import Callable
 from typing import Final
 
 from udskit.capture.events import Event, EventKind
@@ -31,7 +30,6 @@ __all__ = [
     "json_line",
     "line",
     "render",
-    "renderer",
 ]
 
 
@@ -146,7 +144,3 @@ def render(event: Event, fmt: Format, utc: bool = False) -> list[str]:
     if fmt is Format.HEX:
         return [first, *hex_lines(event.data)]
     return [first, *ascii_lines(event.data)]
-
-
-def renderer(fmt: Format, utc: bool = False) -> Callable[[Event], list[str]]:
-    return lambda event: render(event, fmt, utc)

@@ -15,9 +15,17 @@ is never unlinked and never renamed away:
    (rename(2): "there will be no point at which newpath is missing"), so a client sees
    either the original's inode or the proxy's.
 
-Putting it back is one more rename of the hidden name over PATH, also atomic; the proxy
-then keeps accepting for a moment, for clients whose connect() had already found its
-file, and lets open connections finish for a grace period.
+Putting it back: link(2) the hidden name to the staging name again and rename(2) that
+over PATH (atomic, like the takeover). The hidden name itself stays until close(): the
+proxy keeps accepting for a moment, for clients whose connect() had already found its
+file, and lets open connections finish for a grace period, and it forwards all of them
+through the hidden name. close() then removes the hidden name.
+
+Each link-then-rename runs with SIGINT, SIGTERM and SIGHUP blocked
+(pthread_sigmask(2)): a signal handled between the two calls would leave the
+original with only its hidden name and a dead proxy at PATH. A signal that arrives
+meanwhile stays pending and is handled once both calls are done and recorded. (The mask
+is per thread; `udskit dump` runs its proxy in one thread.)
 
 The hidden name is derived from PATH alone, so after a `kill -9` `udskit dump --restore
 PATH` finds it, and `udskit dump PATH` notices it and says so. Connections that existed
@@ -86,6 +94,21 @@ def staging_path(path: str) -> str:
     return os.path.join(directory, f".{name}{STAGING_SUFFIX}")
 
 
+#: The signals that end a dump: held back while a socket file changes hands.
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Block the stop signals in this thread for the duration; pending ones are
+    delivered (and their handlers run) right after."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _inode(path: str) -> tuple[int, int] | None:
     try:
         st = os.lstat(path)
@@ -106,6 +129,20 @@ def is_live(path: str) -> bool:
     finally:
         probe.close()
     return True
+
+
+def checked_type(address: UnixAddress, requested: SocketType | None) -> SocketType:
+    """The type of the socket at `address`, found out even when the user gave --type:
+    a proxy of the wrong type would break the service for every client (EPROTOTYPE)."""
+    try:
+        found = detect_type(address)
+    except UsageError:
+        if requested is None:
+            raise
+        return requested
+    if requested is not None and requested is not found:
+        raise UsageError(f"{address} is a {found.value} socket; drop --type")
+    return found
 
 
 def detect_type(address: UnixAddress) -> SocketType:
@@ -169,6 +206,7 @@ def restore_leftovers(path: str) -> list[str]:
     address = parse_address(path)
     if address.kind is not AddressKind.PATHNAME:
         raise UsageError(f"--restore takes a socket file path, not {address}")
+    path = address.path  # `unix:/run/x.sock` names the file /run/x.sock
     done: list[str] = []
     with directory_lock(path):
         left = find_leftovers(path)
@@ -191,7 +229,7 @@ def restore_leftovers(path: str) -> list[str]:
                     "stop it (Ctrl-C or kill PID) and it restores the original itself",
                 )
             if hidden_live or not os.path.lexists(path):
-                with os_errors("restore", address):
+                with os_errors("restore", address), signals_held():
                     os.rename(left.hidden, path)
                 done.append(f"restored the original socket file {path} from {left.hidden}")
             else:
@@ -248,7 +286,8 @@ class Takeover:
         self.sock: socket.socket | None = None
         self._proxy_inode: tuple[int, int] | None = None
         self._original_inode: tuple[int, int] | None = None
-        self.restored = False
+        self.restored = False  # the original is back at PATH
+        self._restore_done = False
         self._hidden_kept = False  # the hidden name outlives restore() until close()
 
     # -- start -----------------------------------------------------------------------------
@@ -279,28 +318,42 @@ class Takeover:
                     "the socket file exists but no server is behind it (stale); "
                     "start the server first",
                 )
-            if self.requested_type is None:
-                self.sock_type = detect_type(address)
+            self.sock_type = checked_type(address, self.requested_type)
             self._check_directory()
             sock = self._bind_staging(st)
-            try:
-                with os_errors("dump", address):
-                    os.link(path, self.upstream)
+            original = (st.st_dev, st.st_ino)
+            proxy = _inode(self.staging)
+            # Both steps, and what records them, with the stop signals held: a signal
+            # handled in between would strand the original under its hidden name.
+            with signals_held():
                 try:
                     with os_errors("dump", address):
+                        os.link(path, self.upstream)
                         os.rename(self.staging, path)
                 except BaseException:
-                    os.unlink(self.upstream)
+                    self._undo_start(sock, original, proxy)
                     raise
-            except BaseException:
-                sock.close()
+                self._original_inode = original
+                self._proxy_inode = proxy
+                self.sock = sock
+        return sock
+
+    def _undo_start(
+        self, sock: socket.socket, original: tuple[int, int], proxy: tuple[int, int] | None
+    ) -> None:
+        """A takeover failed part-way: look at what the inodes say happened and undo
+        exactly that (never unlink the hidden name while it is the original's only one)."""
+        try:
+            if proxy is not None and _inode(self.path) == proxy:
+                # The rename happened: put the original back over the proxy's file.
+                os.rename(self.upstream, self.path)
+            elif _inode(self.upstream) == original and _inode(self.path) == original:
+                os.unlink(self.upstream)  # only linked: PATH is still the original
+        finally:
+            sock.close()
+            if proxy is not None and _inode(self.staging) == proxy:
                 with suppress(OSError):
                     os.unlink(self.staging)
-                raise
-        self._original_inode = (st.st_dev, st.st_ino)
-        self._proxy_inode = _inode(path)
-        self.sock = sock
-        return sock
 
     def _check_directory(self) -> None:
         """Taking the socket's place means creating and renaming files next to it."""
@@ -318,7 +371,8 @@ class Takeover:
         )
 
     def _leftovers_error(self, left: Leftovers) -> SocketError:
-        if left.path_live and left.hidden is not None and is_live(left.hidden):
+        running = left.hidden is not None and _inode(left.hidden) != _inode(self.path)
+        if running and left.path_live and left.hidden is not None and is_live(left.hidden):
             owners = bound_owners(self.address)
             who = f" ({owners})" if owners else ""
             detail = (
@@ -380,10 +434,10 @@ class Takeover:
 
         The proxy's socket stays open: the caller drains clients that were already on
         their way in, then closes it. Returns notes for the user (nothing when all is
-        as expected)."""
-        if self.restored or self.sock is None:
+        as expected). `restored` turns true only once the original is at PATH; if this
+        is interrupted before that, calling it again (close() does) tries again."""
+        if self._restore_done or self.sock is None:
             return []
-        self.restored = True
         notes: list[str] = []
         with directory_lock(self.path):
             current = _inode(self.path)
@@ -392,26 +446,41 @@ class Takeover:
                 notes.append(f"{self.upstream} vanished meanwhile: nothing to put back")
                 if current == self._proxy_inode:
                     os.unlink(self.path)
-                return notes
-            if current == self._proxy_inode or current is None:
+            elif current == self._proxy_inode or current is None:
                 if current is None and not is_live(self.upstream):
                     os.unlink(self.upstream)
                     notes.append(
                         f"{self.path} was removed meanwhile and its server is gone; left it removed"
                     )
-                    return notes
-                # A new name over PATH, keeping the hidden one: clients the proxy still
-                # accepts while it drains are forwarded by the hidden name, which must
-                # not vanish under them (close() removes it once the relay is done).
-                os.link(self.upstream, self.staging)
-                os.rename(self.staging, self.path)
-                self._hidden_kept = True
+                else:
+                    self._put_back()
+            elif current == hidden:
+                self.restored = True  # an earlier attempt got as far as the rename
             else:
                 notes.append(
                     f"{self.path} was replaced meanwhile by another file; "
                     f"the original stays at {self.upstream}"
                 )
+            self._restore_done = True
         return notes
+
+    def _put_back(self) -> None:
+        """A new name over PATH, keeping the hidden one: clients the proxy still accepts
+        while it drains are forwarded by the hidden name, which must not vanish under
+        them (close() removes it once the relay is done)."""
+        with signals_held():
+            if _inode(self.staging) == _inode(self.upstream) or _is_dead_socket_file(self.staging):
+                os.unlink(self.staging)  # our own link from an attempt cut short
+            with os_errors("restore", self.address):
+                os.link(self.upstream, self.staging)
+                try:
+                    os.rename(self.staging, self.path)
+                except BaseException:
+                    with suppress(OSError):
+                        os.unlink(self.staging)
+                    raise
+            self._hidden_kept = True
+            self.restored = True
 
     def close(self) -> None:
         """Restore (if not yet), close the proxy's socket, drop the hidden second name."""
@@ -439,6 +508,8 @@ class Takeover:
 LINGER: Final = 0.25
 #: How often a tap with a `flush()` is asked to pass on what it buffered.
 FLUSH_INTERVAL: Final = 0.2
+#: How soon it is asked again while records wait for room in the writer's pipe.
+BACKLOG_INTERVAL: Final = 0.01
 
 
 @final
@@ -497,7 +568,7 @@ class ProxyDump:
             sock_type = self.takeover.sock_type
         else:
             assert self.listen is not None
-            sock_type = self.sock_type or detect_type(self.target)
+            sock_type = checked_type(self.target, self.sock_type)
             self._listener = open_listener(self.listen, sock_type)
             if sock_type is SocketType.DGRAM:
                 self._listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -515,8 +586,8 @@ class ProxyDump:
             loop = self._relay.loop
 
             def tick() -> None:
-                flush()
-                loop.call_later(FLUSH_INTERVAL, tick)
+                behind = flush()
+                loop.call_later(BACKLOG_INTERVAL if behind else FLUSH_INTERVAL, tick)
 
             loop.call_later(FLUSH_INTERVAL, tick)
 
@@ -538,9 +609,11 @@ class ProxyDump:
         assert self._relay is not None, "start() first"
         with self._signals_stop():
             self._relay.loop.run()
-        self._raise_signal()
+        self.raise_signal()
 
-    def _raise_signal(self) -> None:
+    def raise_signal(self) -> None:
+        """Raise the signal that stopped the dump, if one did and it was not raised yet
+        (KeyboardInterrupt for SIGINT, the CLI's Terminated otherwise)."""
         signum, self._signal = self._signal, None
         if signum is None:
             return
@@ -572,33 +645,36 @@ class ProxyDump:
                 signal.signal(signum, old)
 
     def restored_text(self) -> str:
-        if self.takeover is not None and self.takeover.restored:
+        if self.takeover is None or self.takeover.sock is None:
+            return "nothing was moved"
+        if self.takeover.restored:
             return f"{self.target} is back in place"
-        return "nothing was moved"
+        return f"{self.target} is NOT back in place: run `udskit dump --restore {self.target}`"
 
     def close(self) -> list[str]:
-        """Put the original back first, then drain, then close. Returns notes."""
+        """Put the original back first, then drain, then close. Returns notes.
+
+        The signal handler that only stops the loop stays in place throughout, so a
+        second Ctrl-C cuts the drain short but never interrupts the putting back; a
+        signal that arrived meanwhile is kept for `raise_signal()`."""
         if self._closed:
             return self._notes
         self._closed = True
         notes = self._notes
         relay = self._relay
-        try:
-            if self.takeover is not None:
-                notes += self.takeover.restore()
-            if relay is not None and not relay.loop.epoll.closed:
-                with self._signals_stop():
-                    relay.drain(linger=LINGER, grace=self.grace)
-        finally:
+        with self._signals_stop():
             try:
-                if relay is not None:
-                    relay.close()
-            finally:
                 if self.takeover is not None:
-                    self.takeover.close()
-                if self._listener is not None:
-                    self._listener.close()
+                    notes += self.takeover.restore()
+                if relay is not None and not relay.loop.epoll.closed and self._signal is None:
+                    relay.drain(linger=LINGER, grace=self.grace)
+            finally:
+                try:
+                    if relay is not None:
+                        relay.close()
+                finally:
+                    if self.takeover is not None:
+                        self.takeover.close()
+                    if self._listener is not None:
+                        self._listener.close()
         return notes
-
-
-_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -10,23 +10,38 @@ single Python thread, and every microsecond it spends per chunk is a microsecond
 client waits. Encoding a chunk as an EPB with IPv4 and TCP headers costs about as much
 as forwarding it (benchmarks/dump.py), so the proxy only appends a 22-byte record
 header and the bytes to a buffer and writes the buffer to a pipe every 256 KiB; a
-writer process (`writer_main`) turns the records into pcapng, at a lower priority, so
-under load the CPU goes to the traffic first. The writer gets the output file as an
-open fd (a bad -w path fails before anything is moved), inherits no socket, lives in
-its own process group (Ctrl-C in the terminal is for the proxy, which then closes the
-pipe) and, when the pipe ends (a normal exit, or the proxy was killed with -9), writes
-everything it was sent and exits.
+writer process (`writer_main`) turns the records into pcapng, at a lower priority
+(nice 10), so under load the CPU goes to the traffic first.
+
+The proxy never blocks on that pipe (it is non-blocking): a stalled or starved writer
+must not slow the traffic down, and a blocked write(2) would also keep Ctrl-C waiting
+(PEP 475 retries it after the handler). What the pipe cannot take waits in memory, up
+to BACKLOG_BYTES; beyond that, chunks are recorded as their lengths only (the file
+shows them as cut to 0 bytes), and beyond twice that not at all, and the loss is
+counted and reported at the end. Nothing is ever lost silently.
+
+The -w file is opened (to check it can be written) before anything is moved, but only
+truncated once the takeover succeeded (`begin()`); a dump that fails to start leaves an
+existing file as it was and removes one it created. The writer gets the file as an
+open fd, inherits no socket, lives in its own process group (Ctrl-C in the terminal is
+for the proxy, which then closes the pipe) and, when the pipe ends (a normal exit, or
+the proxy was killed with -9), writes everything it was sent and exits. If it cannot
+write (a full disk) it says so in one line on its stderr, which the proxy reads and
+reports, and exits 1.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from typing import BinaryIO, Final, final
@@ -44,8 +59,13 @@ __all__ = ["DumpTap", "LineSink", "PcapngSink", "PcapngWriter", "writer_main"]
 #: redis-benchmark rates while a killed dump loses little; see benchmarks/dump.py.
 FLUSH_BYTES: Final = 256 * 1024
 #: The writer process's niceness (see writer_main) and how much it may hold unwritten.
+#: Not SCHED_IDLE: next to a busy process on the same CPU an idle-class writer gets
+#: almost no CPU at all, and the capture would only be lost instead of late.
 WRITER_NICE: Final = 10
 SPOOL_BYTES: Final = 64 * 1024 * 1024
+#: How much the proxy keeps in memory while the pipe to the writer is full; beyond it
+#: chunks are recorded as lengths only, beyond twice it not at all (see the docstring).
+BACKLOG_BYTES: Final = 64 * 1024 * 1024
 #: The pipe to the writer: 1 MiB (the default pipe-max-size) absorbs short stalls.
 PIPE_BYTES: Final = 1 << 20
 
@@ -63,14 +83,28 @@ _FIRST_CODE: Final = {None: 0, Direction.C2S: 1, Direction.S2C: 2}
 _FIRST: Final = (None, Direction.C2S, Direction.S2C)
 
 
-def _open_for_writing(path: str) -> int:
+def _cannot_write(path: str, exc: OSError) -> UdskitError:
+    return UdskitError(f"cannot write {path}: {os.strerror(exc.errno or errno.EIO).lower()}")
+
+
+def _open_for_writing(path: str) -> tuple[int, bool]:
+    """An fd to write `path` without truncating it yet, and whether we created it."""
+    flags = os.O_WRONLY | os.O_CLOEXEC
     try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            return os.open(path, flags), False
     except OSError as exc:
         raise UsageError(
             f"cannot write {path}: {os.strerror(exc.errno or 0).lower()}; "
             "pick a writable path for -w"
         ) from None
+
+
+def _truncate(fd: int) -> None:
+    if stat.S_ISREG(os.fstat(fd).st_mode):  # not /dev/stdout, a FIFO, /dev/full...
+        os.ftruncate(fd, 0)
 
 
 @final
@@ -81,8 +115,11 @@ class PcapngSink:
     def __init__(self, target: str | BinaryIO, server_port: int | None = None) -> None:
         self.encoder = PcapngEncoder(server_port)
         self._own = isinstance(target, str)
+        self.path = target if isinstance(target, str) else getattr(target, "name", "output")
         if isinstance(target, str):
-            self._file: BinaryIO = os.fdopen(_open_for_writing(target), "wb")
+            fd, _created = _open_for_writing(target)
+            _truncate(fd)
+            self._file: BinaryIO = os.fdopen(fd, "wb")
         else:
             self._file = target
         self.encoder.header()
@@ -91,34 +128,61 @@ class PcapngSink:
     def flush(self) -> None:
         out = self.encoder.out
         if out:
-            self._file.write(out)
+            try:
+                self._file.write(out)
+                self._file.flush()
+            except OSError as exc:
+                raise _cannot_write(str(self.path), exc) from None
             out.clear()
-            self._file.flush()
 
     def close(self) -> None:
-        self.flush()
-        if self._own:
-            self._file.close()
+        try:
+            self.flush()
+        finally:
+            if self._own:
+                with suppress(OSError):
+                    self._file.close()
 
 
 @final
 class PcapngWriter:
     """A pcapng file written by a writer process fed through a pipe (see the module
-    docstring). `out` is the record buffer the tap appends to; `flush()` sends it."""
+    docstring). `out` is the record buffer the tap appends to; `flush()` passes it on.
+
+    The file is opened here (so a bad path fails before anything is moved); `begin()`
+    truncates it and starts the writer; `abandon()` undoes the opening instead."""
 
     def __init__(self, path: str, server_port: int | None = None) -> None:
         self.path = path
-        fd = _open_for_writing(path)
+        self.server_port = server_port
+        self._fd, self._created = _open_for_writing(path)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pipe = -1
+        self.out = bytearray()
+        self._queue: deque[bytes | bytearray] = deque()
+        self._queued = 0
+        #: Chunks recorded as lengths only, their bytes, and chunks not recorded at all.
+        self.cut_chunks = 0
+        self.cut_bytes = 0
+        self.dropped_chunks = 0
+        self._closed = False
+
+    def begin(self) -> None:
+        """The takeover succeeded: empty the file and start the writer process."""
+        fd, self._fd = self._fd, -1
         try:
+            _truncate(fd)
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
                     "-c",
                     "from udskit.capture.sinks import writer_main; writer_main()",
                     str(fd),
-                    str(server_port or 0),
+                    str(self.server_port or 0),
+                    self.path,
                 ],
                 stdin=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 pass_fds=(fd,),
                 process_group=0,  # not our terminal's: Ctrl-C is for the proxy
             )
@@ -128,8 +192,17 @@ class PcapngWriter:
         self._pipe = self.proc.stdin.fileno()
         with suppress(OSError):
             fcntl.fcntl(self._pipe, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        self.out = bytearray()
-        self._closed = False
+        os.set_blocking(self._pipe, False)
+
+    def abandon(self) -> None:
+        """The dump did not start: leave an existing file as it was, remove ours."""
+        self._closed = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            if self._created:
+                with suppress(OSError):
+                    os.unlink(self.path)
 
     def opened(
         self, conn: int, path: str, sock_type: SocketType, client: ClientInfo, time_ns: int
@@ -160,43 +233,149 @@ class PcapngWriter:
         self.out += _CLOSE.pack(_KIND_CLOSE, _FIRST_CODE[first], conn, time_ns)
         self.flush()
 
-    def flush(self) -> None:
-        """Send the buffered records; blocks while the writer is behind (back-pressure:
-        the relay slows down rather than losing records or growing without bound)."""
-        out = self.out
-        if not out:
-            return
-        view = memoryview(out)
-        try:
-            while view:
-                view = view[os.write(self._pipe, view) :]
-        except BrokenPipeError:
-            raise UdskitError(f"the pcapng writer for {self.path} exited early") from None
-        finally:
-            view.release()
-        out.clear()
+    @property
+    def backlog(self) -> int:
+        """Bytes of records waiting in memory for room in the pipe."""
+        return self._queued
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Flush, end the pipe and wait for the writer to finish the file."""
+    def flush(self) -> bool:
+        """Pass the gathered records on without ever blocking; what the pipe cannot
+        take now waits in memory (see the module docstring). Returns whether some
+        still waits, so the caller can try again soon."""
+        if self.proc is None:
+            return False
+        out = self.out
+        if out:
+            if not self._queue:
+                sent = self._write(out)
+                if sent < len(out):
+                    self._enqueue(out[sent:])
+            else:
+                self._enqueue(bytes(out))
+            out.clear()
+        while self._queue:
+            head = self._queue[0]
+            sent = self._write(head)
+            self._queued -= sent
+            if sent < len(head):
+                self._queue[0] = head[sent:]
+                break
+            self._queue.popleft()
+        return bool(self._queue)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> int:
+        try:
+            return os.write(self._pipe, data)
+        except BlockingIOError:
+            return 0
+        except BrokenPipeError:
+            raise self._failure() from None
+
+    def _enqueue(self, records: bytes | bytearray) -> None:
+        if self._queued + len(records) > BACKLOG_BYTES:
+            records = self._shed(records, keep_lengths=self._queued <= BACKLOG_BYTES)
+        self._queue.append(records)
+        self._queued += len(records)
+
+    def _shed(self, records: bytes | bytearray, keep_lengths: bool) -> bytearray:
+        """The records with the bytes of every chunk left out (keep_lengths: each chunk
+        stays as its header, with recorded length 0) or with the chunks left out."""
+        kept = bytearray()
+        view = memoryview(records)
+        pos, size = 0, len(records)
+        while pos < size:
+            kind = records[pos]
+            if kind == _KIND_DATA:
+                k, c2s, conn, length, caplen, t = _DATA.unpack_from(records, pos)
+                if keep_lengths:
+                    kept += _DATA.pack(k, c2s, conn, length, 0, t)
+                    self.cut_chunks += 1
+                    self.cut_bytes += caplen
+                else:
+                    self.dropped_chunks += 1
+                pos += _DATA.size + caplen
+            elif kind == _KIND_OPEN:
+                meta_len = _OPEN.unpack_from(records, pos)[3]
+                end = pos + _OPEN.size + meta_len
+                kept += view[pos:end]
+                pos = end
+            else:
+                kept += view[pos : pos + _CLOSE.size]
+                pos += _CLOSE.size
+        view.release()
+        return kept
+
+    def loss(self) -> str | None:
+        """What the writer could not keep up with, as a sentence, or None."""
+        if not self.cut_chunks and not self.dropped_chunks:
+            return None
+        parts = []
+        if self.cut_chunks:
+            parts.append(
+                f"{self.cut_chunks} chunks ({self.cut_bytes} bytes) are in {self.path} as "
+                "lengths only"
+            )
+        if self.dropped_chunks:
+            parts.append(f"{self.dropped_chunks} chunks are not in it at all")
+        return (
+            "WARNING: the pcapng writer fell behind the traffic: "
+            + " and ".join(parts)
+            + "; write to a faster disk or capture less (-s, --pid)"
+        )
+
+    def check(self) -> None:
+        """Raise if the writer process has ended before its time (a full disk)."""
+        if self.proc is not None and not self._closed and self.proc.poll() is not None:
+            raise self._failure()
+
+    def _failure(self) -> UdskitError:
+        assert self.proc is not None
+        try:
+            status = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            status = self.proc.wait()
+        said = b""
+        if self.proc.stderr is not None:
+            with suppress(OSError):
+                said = self.proc.stderr.read()
+        lines = said.decode(errors="replace").strip().splitlines()
+        if status == 1 and lines:
+            return UdskitError(lines[-1])
+        return UdskitError(f"the pcapng writer for {self.path} failed (exit status {status})")
+
+    def close(self) -> None:
+        """Send what waits, end the pipe and wait for the writer to finish the file.
+
+        This may wait for a slow writer; a signal stops the waiting (the writer then
+        still writes what it was sent, on its own)."""
         if self._closed:
             return
+        if self.proc is None:
+            self.abandon()
+            return
         self._closed = True
+        assert self.proc.stdin is not None
+        interrupted = True
         try:
-            self.flush()
+            os.set_blocking(self._pipe, True)
+            if self.out:
+                self._queue.append(bytes(self.out))
+                self.out.clear()
+            while self._queue:
+                view = memoryview(self._queue.popleft())
+                while view:
+                    view = view[self._write(view) :]
+            interrupted = False
         finally:
-            assert self.proc.stdin is not None
-            with suppress(BrokenPipeError):
+            with suppress(OSError):
                 self.proc.stdin.close()
             try:
-                status = self.proc.wait(timeout)
+                self.proc.wait(5 if interrupted else 60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                status = self.proc.wait()
-        if status != 0:
-            raise UdskitError(
-                f"the pcapng writer for {self.path} failed (exit status {status}); "
-                "is the disk full?"
-            )
+        if self.proc.wait() != 0:
+            raise self._failure()
 
 
 def writer_main() -> None:
@@ -204,24 +383,31 @@ def writer_main() -> None:
 
     It runs at a lower priority (nice WRITER_NICE) so that while traffic is heavy the
     CPU goes to the clients, the server and the proxy first; a reader thread keeps the
-    pipe drained into memory (up to SPOOL_BYTES, then the proxy waits), and the main
-    thread encodes when it gets the CPU. Nothing is dropped: at the end of the pipe
-    everything spooled is written before the process exits."""
+    pipe drained into memory (up to SPOOL_BYTES; then the pipe fills and the proxy
+    keeps records in its own memory), and the main thread encodes when it gets the CPU.
+    At the end of the pipe everything spooled is written before the process exits. A
+    write error ends it with one line on stderr and exit status 1."""
     import signal
-    import threading
-    from collections import deque
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with suppress(OSError):
         os.nice(WRITER_NICE)
-    with suppress(OSError, AttributeError):
-        # SCHED_IDLE (sched(7)): run when a CPU would otherwise idle.
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    fd, port = int(sys.argv[1]), int(sys.argv[2])
+    fd, port, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     encoder = PcapngEncoder(port or None)
     encoder.header()
     decoder = _RecordDecoder(encoder)
+    try:
+        _write_records(fd, encoder, decoder)
+    except OSError as exc:
+        # One line for the proxy to report (it reads our stderr); not a traceback.
+        print(_cannot_write(path, exc), file=sys.stderr, flush=True)
+        os._exit(1)  # the spool thread may be blocked on the pipe
+
+
+def _write_records(fd: int, encoder: PcapngEncoder, decoder: _RecordDecoder) -> None:
+    import threading
+
     spool: deque[bytes] = deque()
     state = {"bytes": 0, "eof": False}
     cond = threading.Condition()
@@ -242,6 +428,8 @@ def writer_main() -> None:
 
     threading.Thread(target=read_pipe, name="udskit-dump-spool", daemon=True).start()
     with os.fdopen(fd, "wb", buffering=0) as f:
+        # The header at once: a reader of an idle capture sees a valid, empty file.
+        _write_all(f, encoder.out)
         while True:
             with cond:
                 while not spool and not state["eof"]:
@@ -255,14 +443,23 @@ def writer_main() -> None:
             for chunk in chunks:
                 decoder.feed(chunk)
                 if len(encoder.out) >= FLUSH_BYTES:
-                    f.write(encoder.out)
-                    encoder.out.clear()
+                    _write_all(f, encoder.out)
             with cond:
                 idle = not spool
             if idle and encoder.out:  # caught up: let readers of the file see it all
-                f.write(encoder.out)
-                encoder.out.clear()
-        f.write(encoder.out)
+                _write_all(f, encoder.out)
+        _write_all(f, encoder.out)
+
+
+def _write_all(f: BinaryIO, out: bytearray) -> None:
+    """Write and empty `out` (an unbuffered file may take less than all of it)."""
+    view = memoryview(out)
+    try:
+        while view:
+            view = view[f.write(view) or 0 :]
+    finally:
+        view.release()
+    out.clear()
 
 
 @final
@@ -457,15 +654,19 @@ class DumpTap:
         except Exception as exc:
             self._fail(exc)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Send what is buffered to the writer (the proxy calls this every
         FLUSH_INTERVAL, so a file being written, or left by a kill -9, is never far
-        behind)."""
-        if self.pcapng is not None and self.pcapng.out and not self._failed:
-            try:
-                self.pcapng.flush()
-            except Exception as exc:
-                self._fail(exc)
+        behind), and notice a writer that died. Returns whether records still wait
+        for room in the pipe (then the proxy calls again sooner)."""
+        if self.pcapng is None or self._failed:
+            return False
+        try:
+            self.pcapng.check()
+            return self.pcapng.flush()
+        except Exception as exc:
+            self._fail(exc)
+            return False
 
     @property
     def data_events(self) -> int:
@@ -476,6 +677,11 @@ class DumpTap:
     @property
     def _failed(self) -> bool:
         return self.error is not None
+
+    @property
+    def stdout_closed(self) -> bool:
+        """Did printing stop because the reader of stdout went away (`| head -1`)?"""
+        return isinstance(self.error, BrokenPipeError)
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:

@@ -132,7 +132,7 @@ def handle(args: argparse.Namespace, env: Env) -> int:
     if args.read is not None:
         if args.address is not None or args.listen is not None:
             raise UsageError("-r reads a file: give no ADDR or --listen with it")
-        return _read(args, env, selection, fmt)
+        return _read(args, env, selection, fmt if printing else None)
     if args.address is None:
         raise UsageError("give the socket to capture (ADDR), or -r FILE")
     return _capture(args, env, selection, fmt if printing else None)
@@ -150,26 +150,54 @@ def _restore(args: argparse.Namespace, env: Env) -> int:
 
 
 def _read(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
+    import os
     from collections.abc import Callable
 
     from udskit.capture.events import Event
     from udskit.capture.reader import replay
     from udskit.capture.sinks import LineSink, PcapngSink
+    from udskit.errors import UsageError
 
-    sinks: list[Callable[[Event], None]] = [LineSink(env.stdout, fmt, args.utc)]
+    sinks: list[Callable[[Event], None]] = []
+    if fmt is not None:
+        sinks.append(LineSink(env.stdout, fmt, args.utc))
     writer = None
     if args.write is not None:
         from udskit.capture.pcapng import parse_decode_as
 
+        both = os.path.exists(args.read) and os.path.exists(args.write)
+        if both and os.path.samefile(args.read, args.write):
+            raise UsageError(
+                f"-r {args.read} and -w {args.write} are the same file: writing it "
+                "would destroy what is being read; give -w another file"
+            )
         port = parse_decode_as(args.decode_as) if args.decode_as else None
         writer = PcapngSink(args.write, port)
         sinks.append(writer.encoder.event)
     try:
         replay(args.read, sinks, selection)
+    except BrokenPipeError:
+        _quiet_stdout(env)  # `udskit dump -r F | head`: the reader has what it wanted
     finally:
         if writer is not None:
             writer.close()
     return ExitStatus.OK
+
+
+def _quiet_stdout(env: Env) -> None:
+    """stdout's reader went away: point the fd at /dev/null so that flushing what is
+    still buffered at exit does not fail again (and Python exit with status 120)."""
+    import os
+
+    try:
+        fd = env.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
@@ -182,31 +210,59 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
     port = parse_decode_as(args.decode_as) if args.decode_as else None
     sock_type = SocketType.parse(args.type) if args.type else None
     dump = ProxyDump(args.address, listen=args.listen, sock_type=sock_type, grace=args.grace)
+    # Opened (so a bad path fails before anything is moved), emptied only once started.
     writer = PcapngWriter(args.write, port) if args.write is not None else None
     printer = LineSink(env.stdout, fmt, args.utc) if fmt is not None else None
     tap = DumpTap(dump.display_path, selection, writer, printer, on_limit=dump.stop)
     dump.tap = tap
     started = False
+    ended = False  # False while a signal or an error is on its way out
+    notes: list[str] = []
     try:
-        dump.start()
-        started = True
-        env.err(f"udskit dump: {dump.describe()}; Ctrl-C to stop")
-        dump.run()
+        try:
+            dump.start()
+            if writer is not None:
+                writer.begin()
+            started = True
+            env.err(f"udskit dump: {dump.describe()}; Ctrl-C to stop")
+            dump.run()
+        finally:
+            notes = dump.close()
+        ended = True
     finally:
-        notes = dump.close()
-        tap.finish()
-        for note in notes:
-            env.err(f"udskit dump: {note}")
-        if started:
-            env.err(
-                f"udskit dump: {tap.data_events} data events on {dump.connections} "
-                f"connections; {dump.restored_text()}"
-            )
+        try:
+            if started or writer is None:
+                tap.finish()
+            else:
+                writer.abandon()
+        finally:
+            for note in notes:
+                env.err(f"udskit dump: {note}")
+            if started:
+                env.err(
+                    f"udskit dump: {tap.data_events} data events on {dump.connections} "
+                    f"connections; {dump.restored_text()}"
+                )
+            loss = writer.loss() if writer is not None else None
+            if loss is not None:
+                env.err(f"udskit dump: {loss}")
+            if not ended and tap.error is not None and not tap.stdout_closed:
+                env.err(f"udskit dump: {_failure_text(tap.error)}")
+    dump.raise_signal()  # one that came while putting the original back
+    if tap.stdout_closed:
+        _quiet_stdout(env)
+        return ExitStatus.OK
     if isinstance(tap.error, UdskitError):
         raise tap.error
     if tap.error is not None:
-        raise UdskitError(f"recording failed: {tap.error}")
+        raise UdskitError(_failure_text(tap.error))
     return ExitStatus.OK
+
+
+def _failure_text(error: BaseException) -> str:
+    from udskit.errors import UdskitError
+
+    return str(error) if isinstance(error, UdskitError) else f"recording failed: {error}"
 
 
 def demo(tour: Tour) -> None:
