@@ -165,6 +165,7 @@ class PcapngWriter:
         self.cut_chunks = 0
         self.cut_bytes = 0
         self.dropped_chunks = 0
+        self.cut_short = False  # stopped by a signal before the writer was done
         self._closed = False
 
     def begin(self) -> None:
@@ -307,6 +308,8 @@ class PcapngWriter:
 
     def loss(self) -> str | None:
         """What the writer could not keep up with, as a sentence, or None."""
+        if self.cut_short:
+            return f"WARNING: stopped before the writer was done: {self.path} ends early"
         if not self.cut_chunks and not self.dropped_chunks:
             return None
         parts = []
@@ -337,8 +340,9 @@ class PcapngWriter:
             status = self.proc.wait()
         said = b""
         if self.proc.stderr is not None:
-            with suppress(OSError):
+            with suppress(OSError, ValueError):
                 said = self.proc.stderr.read()
+                self.proc.stderr.close()
         lines = said.decode(errors="replace").strip().splitlines()
         if status == 1 and lines:
             return UdskitError(lines[-1])
@@ -347,8 +351,8 @@ class PcapngWriter:
     def close(self) -> None:
         """Send what waits, end the pipe and wait for the writer to finish the file.
 
-        This may wait for a slow writer; a signal stops the waiting (the writer then
-        still writes what it was sent, on its own)."""
+        This may wait for a slow writer; a signal stops the waiting and the writer
+        (the file then ends early, and `loss()` says so)."""
         if self._closed:
             return
         if self.proc is None:
@@ -370,12 +374,17 @@ class PcapngWriter:
         finally:
             with suppress(OSError):
                 self.proc.stdin.close()
+            if interrupted:  # a second Ctrl-C: the user wants out, not the rest
+                self.proc.kill()
+                self.cut_short = True
             try:
-                self.proc.wait(5 if interrupted else 60)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        if self.proc.wait() != 0:
+        if self.proc.wait() != 0 and not self.cut_short:
             raise self._failure()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 def writer_main() -> None:

@@ -231,6 +231,11 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         ended = True
     finally:
         try:
+            if started and writer is not None and writer.backlog > 1 << 20:
+                env.err(
+                    f"udskit dump: writing the last {writer.backlog >> 20} MiB to "
+                    f"{args.write}; Ctrl-C again to stop at once"
+                )
             if started or writer is None:
                 tap.finish()
             else:
