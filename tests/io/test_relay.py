@@ -199,24 +199,27 @@ def test_reset_closes_both_sides_and_is_reported_once(sockdir: Path) -> None:
 
 
 def test_seqpacket_keeps_message_boundaries(sockdir: Path) -> None:
+    """All records go out before any is read, so the relay sees them queued back to
+    back, an empty one among them (b"" is a record, not EOF)."""
     back = sockdir / "back.sock"
+    records = [b"one", b"", b"two two", os.urandom(150_000), b"", b"4"]
     received: list[bytes] = []
 
     def collect(conn: socket.socket) -> None:
-        while msg := conn.recv(1 << 20):
+        for _ in records:  # recv() gives b"" for an empty record too: count them
+            msg = conn.recv(1 << 20)
             received.append(msg)
             conn.send(str(len(msg)).encode())
 
-    records = [b"one", b"two two", os.urandom(150_000), b"4"]
     with (
         unix_server(back, collect, socket.SOCK_SEQPACKET),
         Relay(f"seqpacket:unix-listen:{sockdir}/f.sock", f"seqpacket:unix:{back}").start() as relay,
         front_connect(relay) as client,
     ):
-        replies = []
+        client.settimeout(10)
         for record in records:
             client.send(record)
-            replies.append(client.recv(100))
+        replies = [client.recv(100) for _ in records]
     assert received == records
     assert replies == [str(len(r)).encode() for r in records]
 
@@ -281,9 +284,12 @@ def test_allow_uid_turns_others_away(sockdir: Path) -> None:
 
 def test_max_clients_makes_the_next_one_wait(sockdir: Path) -> None:
     back = sockdir / "back.sock"
+    events: list[RelayEvent] = []
     with (
         unix_server(back, upper_after_eof),
-        Relay(f"unix-listen:{sockdir}/f.sock", f"unix:{back}", max_clients=1).start() as relay,
+        Relay(
+            f"unix-listen:{sockdir}/f.sock", f"unix:{back}", max_clients=1, on_event=events.append
+        ).start() as relay,
     ):
         first = front_connect(relay)
         second = front_connect(relay)  # accepted by the kernel, queued in the backlog
@@ -295,7 +301,19 @@ def test_max_clients_makes_the_next_one_wait(sockdir: Path) -> None:
         first.close()
         assert recv_all(second) == b"SECOND"
         second.close()
-        assert relay.stats.accepted == 2
+        relay.stop()
+    assert relay.stats.accepted == 2
+    # The relay took the second client only once the first had ended.
+    order = [
+        (e.kind, e.conn.id)
+        for e in events
+        if e.conn is not None and e.kind in (EventKind.ACCEPTED, EventKind.CLOSED)
+    ]
+    assert order[:3] == [
+        (EventKind.ACCEPTED, 1),
+        (EventKind.CLOSED, 1),
+        (EventKind.ACCEPTED, 2),
+    ]
 
 
 def test_adopted_listener_stays_with_its_owner(sockdir: Path) -> None:

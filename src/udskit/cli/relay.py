@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add_listener_options(p)
     p.add_argument(
         "--connect-timeout",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         metavar="SECONDS",
         help="how long to retry an upstream whose backlog is full (default: 10)",
@@ -95,6 +95,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--json", action="store_true", help="events as JSON lines")
     p.set_defaults(handler=handle)
+
+
+def positive_seconds(text: str) -> float:
+    """A duration in seconds, more than 0 and finite (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text}")
+    return value
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:

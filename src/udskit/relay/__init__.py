@@ -93,7 +93,7 @@ async def serve_relay_async(left: ListenLike, right: EndpointLike, **options: An
     try:
         await asyncio.to_thread(relay.serve_forever)
     except asyncio.CancelledError:
-        relay.stop()
-        relay.wait(10)
+        relay.loop.stop()  # only asks: the loop's thread does the cleanup...
+        await asyncio.to_thread(relay.wait, 10)  # ...which we wait for off the event loop
         raise
     return relay.stats

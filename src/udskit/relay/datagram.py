@@ -4,13 +4,16 @@ The front socket (`unix-recvfrom:`) receives from anyone. For each sender addres
 relay opens its own datagram socket, autobound and connected to RIGHT, so the server
 sees one distinct peer per client and its replies come back on that socket; the relay
 sends them to the client's address with sendto. A sender that never bound a name
-(unix(7): no autobind without SO_PASSCRED) cannot get replies: its datagrams are
-forwarded through one shared socket and replies to it are dropped (and counted).
+(unix(7): no autobind without SO_PASSCRED) cannot get replies: such senders are told
+apart by their credentials instead, each gets its own upstream socket too, and replies
+to them are dropped (and counted).
 
 SO_PASSCRED on the front socket makes the kernel attach the sender's pid/uid/gid to
 every datagram (SCM_CREDENTIALS), which gives --allow-uid and the tap the same facts
-as SO_PEERCRED gives for connections. An association idle for `dgram_idle` seconds is
-closed.
+as SO_PEERCRED gives for connections. With --allow-uid/--allow-gid every datagram is
+checked, not only a sender's first: a socket address says nothing about who sends.
+An association idle for `dgram_idle` seconds is closed; replies a client leaves
+unread for that long are dropped (and counted) from then on, until it reads again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Final, final
 from udskit.address import UnixAddress, decode_sockaddr
 from udskit.errors import errno_name
 from udskit.relay.events import CopyMode, EventKind, RelayEvent
-from udskit.relay.loop import IN, OUT
+from udskit.relay.loop import IN, OUT, Timer
 from udskit.relay.sides import ListenSide, Target
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
 
@@ -34,18 +37,35 @@ if TYPE_CHECKING:
 
 _UCRED: Final = struct.Struct("3i")
 _ANC_SIZE: Final = socket.CMSG_SPACE(_UCRED.size)
+#: Retrying replies to a client whose queue is full: first delay and the most.
 _REPLY_RETRY: Final = 0.002
+_REPLY_RETRY_MAX: Final = 0.5
+#: A sender that never bound a name: (pid, uid, gid) from SCM_CREDENTIALS tells it apart.
+Key = bytes | str | tuple[int | None, int | None, int | None]
 
 
 @final
 class _Association:
     """One sender and its own upstream socket."""
 
-    __slots__ = ("c2s", "conn", "fd", "key", "last", "peer", "replies", "s2c", "sock", "waiting")
+    __slots__ = (
+        "c2s",
+        "conn",
+        "deaf",
+        "dropped",
+        "fd",
+        "key",
+        "last",
+        "peer",
+        "replies",
+        "retry",
+        "s2c",
+        "sock",
+        "stuck_since",
+        "waiting",
+    )
 
-    def __init__(
-        self, key: object, peer: object, sock: socket.socket, conn: ConnectionInfo
-    ) -> None:
+    def __init__(self, key: Key, peer: object, sock: socket.socket, conn: ConnectionInfo) -> None:
         self.key = key
         self.peer = peer  # what sendto takes; None for an unbound sender
         self.sock = sock
@@ -56,6 +76,10 @@ class _Association:
         self.s2c = 0
         self.waiting: deque[bytes] = deque()  # to upstream, when its queue was full
         self.replies: deque[bytes] = deque()  # to the client, likewise
+        self.retry = _REPLY_RETRY  # next delay before trying the replies again
+        self.stuck_since = 0.0  # when the client's queue was first found full
+        self.deaf = False  # gave up on it: drop replies while its queue stays full
+        self.dropped = 0  # replies that never reached the client
 
 
 @final
@@ -65,9 +89,10 @@ class DatagramRelay:
         self.front = front
         self.target = target
         self.fd = front.sock.fileno()
-        self.assocs: dict[object, _Association] = {}
+        self.assocs: dict[Key, _Association] = {}
         self.blocked = 0  # associations with datagrams waiting for upstream
-        self.dropped_replies = 0
+        self.scarce: Timer | None = None  # out of fds: reading paused until this fires
+        self._check_each = bool(relay.allow_uids or relay.allow_gids)
         front.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         relay.loop.register(self.fd, IN, self._on_front)
         self._sweep_timer = relay.loop.call_later(relay.dgram_idle / 2, self._sweep)
@@ -91,21 +116,25 @@ class DatagramRelay:
             if flags & socket.MSG_TRUNC:
                 relay.emit(EventKind.ERROR, None, "a datagram larger than 4 MiB was cut; dropped")
                 continue
-            cred = _credentials(anc)
-            key = raw if raw not in (None, "", b"") else None
+            pid, uid, gid = _credentials(anc)
+            bound = raw not in (None, "", b"")
+            key: Key = raw if bound else (pid, uid, gid)
+            if self._check_each and not relay.allowed(uid, gid):
+                self._refuse(ClientInfo(pid, uid, gid), raw if bound else None)
+                continue
             assoc = self.assocs.get(key)
             if assoc is None:
-                assoc = self._associate(key, raw, cred)
+                assoc = self._associate(key, raw if bound else None, ClientInfo(pid, uid, gid))
                 if assoc is None:
+                    if self.scarce is not None:
+                        return
                     continue
             chunk = view[:n]
             if relay.tap is not None:
                 relay.tap.data(assoc.conn, Direction.C2S, chunk, time.time_ns())
             assoc.last = time.monotonic()
             assoc.c2s += n
-            if assoc.waiting:
-                assoc.waiting.append(bytes(chunk))
-                continue
+            # (No datagram waits for upstream here: self.blocked stops this loop first.)
             try:
                 assoc.sock.send(chunk)
             except BlockingIOError:
@@ -113,39 +142,49 @@ class DatagramRelay:
             except OSError as exc:
                 self._lost(assoc, exc)
 
-    def _associate(
-        self, key: object, raw: object, cred: tuple[int, int, int] | None
-    ) -> _Association | None:
+    def _connection(self, client: ClientInfo) -> ConnectionInfo:
         relay = self.relay
-        client = ClientInfo()
-        if cred is not None:
+        if client.pid is not None and relay._want_client_info:
             from udskit.inspect.owners import process_command
 
-            pid, uid, gid = cred
-            # pid 0: the datagram was queued before SO_PASSCRED was on, and the kernel
-            # filled in the overflow uid/gid (65534); those are not the sender's.
-            if pid > 0:
-                command = process_command(pid) if relay._want_client_info else None
-                client = ClientInfo(pid, uid, gid, command)
-        sender = decode_sockaddr(raw) if key is not None else UnixAddress.unnamed()  # type: ignore[arg-type]
-        conn = ConnectionInfo(
+            client = ClientInfo(client.pid, client.uid, client.gid, process_command(client.pid))
+        return ConnectionInfo(
             relay.new_id(),
             self.front.spec.sock_type,
             str(self.front.spec),
             str(relay.right),
             client,
         )
-        if not relay.allowed(client.uid, client.gid):
-            relay.stats.refused += 1
+
+    def _refuse(self, client: ClientInfo, raw: object) -> None:
+        relay = self.relay
+        relay.stats.refused += 1
+        if relay.on_event is not None:
+            sender = decode_sockaddr(raw) if raw is not None else UnixAddress.unnamed()  # type: ignore[arg-type]
             relay.emit(
-                EventKind.REFUSED, conn, f"datagram from {sender} (uid {client.uid}) dropped"
+                EventKind.REFUSED,
+                self._connection(client),
+                f"datagram from {sender} (uid {client.uid}) dropped",
             )
-            return None
+
+    def _associate(self, key: Key, raw: object, client: ClientInfo) -> _Association | None:
+        """A new sender: its own upstream socket, or None (refused or failed)."""
+        relay = self.relay  # (--allow-uid/--allow-gid were checked per datagram)
+        conn = self._connection(client)
+        sender = decode_sockaddr(raw) if raw is not None else UnixAddress.unnamed()  # type: ignore[arg-type]
         if relay.max_clients is not None and len(self.assocs) >= relay.max_clients:
             relay.stats.refused += 1
             relay.emit(EventKind.REFUSED, conn, f"datagram from {sender}: --max-clients reached")
             return None
-        sock = self.target.new_socket()
+        try:
+            sock = self.target.new_socket()
+        except OSError as exc:  # EMFILE and friends: drop this one, read again shortly
+            relay.stats.failed += 1
+            relay.emit(
+                EventKind.FAILED, conn, str(self.target.error("connect", exc.errno or errno.EIO))
+            )
+            self._pause_reading()
+            return None
         try:
             sock.bind(UnixAddress.autobind().to_sockaddr())
             sock.connect(self.target.sockaddr)  # type: ignore[arg-type]
@@ -156,7 +195,7 @@ class DatagramRelay:
                 EventKind.FAILED, conn, str(self.target.error("connect", exc.errno or errno.EIO))
             )
             return None
-        assoc = _Association(key, raw if key is not None else None, sock, conn)
+        assoc = _Association(key, raw, sock, conn)
         self.assocs[key] = assoc
         relay.loop.register(assoc.fd, IN, lambda events: self._on_upstream(assoc, events))
         relay.stats.accepted += 1
@@ -175,6 +214,19 @@ class DatagramRelay:
                 )
             )
         return assoc
+
+    def _pause_reading(self) -> None:
+        """No fds left: stop reading the front socket for a moment (as accept does)."""
+        from udskit.relay.engine import SCARCE_PAUSE
+
+        if self.scarce is None:
+            self.relay.loop.modify(self.fd, 0)
+            self.scarce = self.relay.loop.call_later(SCARCE_PAUSE, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self.scarce = None
+        if not self.blocked and not self.relay._closed:
+            self.relay.loop.modify(self.fd, IN)
 
     def _wait_upstream(self, assoc: _Association, data: bytes) -> None:
         """Upstream's queue is full (net.unix.max_dgram_qlen): hold this datagram and
@@ -208,25 +260,37 @@ class DatagramRelay:
             relay.tap.data(assoc.conn, Direction.S2C, chunk, time.time_ns())
         assoc.last = time.monotonic()
         assoc.s2c += n
-        if assoc.peer is None:
-            self.dropped_replies += 1
+        if assoc.peer is None:  # an unbound sender has no address to reply to
+            self._drop(assoc, 1)
             return
         self._reply(assoc, chunk)
+
+    def _drop(self, assoc: _Association, count: int) -> None:
+        assoc.dropped += count
+        self.relay.stats.dropped += count
 
     def _reply(self, assoc: _Association, chunk: bytes | memoryview) -> None:
         try:
             self.front.sock.sendto(chunk, assoc.peer)  # type: ignore[call-overload]
         except BlockingIOError:
+            if assoc.deaf:  # it left replies unread for dgram_idle: no more waiting
+                self._drop(assoc, 1)
+                return
             # The client's queue is full. An unconnected socket cannot wait for one
-            # receiver with EPOLLOUT, so retry shortly, holding further replies back.
+            # receiver with EPOLLOUT, so retry (backing off), holding further replies
+            # back (the server's own sends then block: back-pressure).
             assoc.replies.append(bytes(chunk))
+            assoc.stuck_since = time.monotonic()
+            assoc.retry = _REPLY_RETRY
             self._update(assoc)
-            self.relay.loop.call_later(_REPLY_RETRY, lambda: self._retry_replies(assoc))
+            self.relay.loop.call_later(assoc.retry, lambda: self._retry_replies(assoc))
         except OSError as exc:  # the client is gone (ECONNREFUSED, ENOENT)
             self._end(assoc, EventKind.CLOSED, f"client went away ({errno_name(exc.errno or 0)})")
+        else:
+            assoc.deaf = False
 
     def _retry_replies(self, assoc: _Association) -> None:
-        if assoc.key not in self.assocs or self.assocs[assoc.key] is not assoc:
+        if self.assocs.get(assoc.key) is not assoc:
             return
         while assoc.replies:
             data = assoc.replies.popleft()
@@ -234,7 +298,15 @@ class DatagramRelay:
                 self.front.sock.sendto(data, assoc.peer)  # type: ignore[call-overload]
             except BlockingIOError:
                 assoc.replies.appendleft(data)
-                self.relay.loop.call_later(_REPLY_RETRY, lambda: self._retry_replies(assoc))
+                if time.monotonic() - assoc.stuck_since >= self.relay.dgram_idle:
+                    # It does not read: drop what waits, and further replies while its
+                    # queue stays full, rather than hold the server back for ever.
+                    self._drop(assoc, len(assoc.replies))
+                    assoc.replies.clear()
+                    assoc.deaf = True
+                    break
+                assoc.retry = min(assoc.retry * 2, _REPLY_RETRY_MAX)
+                self.relay.loop.call_later(assoc.retry, lambda: self._retry_replies(assoc))
                 return
             except OSError as exc:
                 self._end(
@@ -255,7 +327,7 @@ class DatagramRelay:
             assoc.waiting.popleft()
         self.blocked -= 1
         self._update(assoc)
-        if not self.blocked:
+        if not self.blocked and self.scarce is None:
             self.relay.loop.modify(self.fd, IN)
 
     # -- endings -----------------------------------------------------------------------------
@@ -270,8 +342,10 @@ class DatagramRelay:
         relay = self.relay
         if assoc.waiting:
             self.blocked -= 1
-            if not self.blocked and not relay._closed:
+            if not self.blocked and not relay._closed and self.scarce is None:
                 relay.loop.modify(self.fd, IN)
+        if assoc.dropped:
+            detail += f"; {assoc.dropped} replies dropped"
         relay.loop.unregister(assoc.fd)
         assoc.sock.close()
         stats = relay.stats
@@ -302,12 +376,17 @@ class DatagramRelay:
 
     def close(self) -> None:
         self._sweep_timer.cancel()
+        if self.scarce is not None:
+            self.scarce.cancel()
         for assoc in list(self.assocs.values()):
             self._end(assoc, EventKind.CLOSED, "relay stopped")
         self.relay.loop.unregister(self.fd)
 
 
-def _credentials(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
+def _credentials(
+    ancillary: list[tuple[int, int, bytes]],
+) -> tuple[int | None, int | None, int | None]:
+    """(pid, uid, gid) of the sender, or Nones when unknown."""
     for level, kind, data in ancillary:
         if (
             level == socket.SOL_SOCKET
@@ -315,5 +394,8 @@ def _credentials(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int, int
             and len(data) >= _UCRED.size
         ):
             pid, uid, gid = _UCRED.unpack_from(data)
-            return pid, uid, gid
-    return None
+            # pid 0: the datagram was queued before SO_PASSCRED was on, and the kernel
+            # filled in the overflow uid/gid (65534); those are not the sender's.
+            if pid > 0:
+                return pid, uid, gid
+    return None, None, None

@@ -6,14 +6,17 @@ See `udskit.relay` for the public API; this module holds the `Relay` class.
 from __future__ import annotations
 
 import errno
+import math
 import os
+import select
+import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Collection
 from contextlib import suppress
-from typing import BinaryIO, Final, final
+from typing import TYPE_CHECKING, BinaryIO, Final, final
 
 from udskit.address import UnixAddress
 from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
@@ -28,12 +31,16 @@ from udskit.relay.sides import (
     connect_blocking,
     open_listen_side,
     resolve_target,
+    socket_type,
     spawn_exec,
     stdio_bridge,
 )
 from udskit.relay.stream import Session
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Tap
+
+if TYPE_CHECKING:
+    from udskit.relay.datagram import DatagramRelay
 
 EndpointLike = EndpointSpec | str | UnixAddress
 ListenLike = EndpointLike | Listener | socket.socket
@@ -48,6 +55,13 @@ _RETRY_FIRST: Final = 0.002
 _RETRY_MAX: Final = 0.1
 #: How often drain() looks whether the last connection has ended.
 _DRAIN_TICK: Final = 0.02
+#: errnos that mean "no file descriptors or memory left": pause accepting a moment
+#: rather than take clients we cannot serve.
+SCARCE: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: How long accepting pauses when descriptors or memory run out.
+SCARCE_PAUSE: Final = 0.1
+#: How long exec: commands get to exit after SIGTERM when the relay closes.
+_CHILD_GRACE: Final = 2.0
 
 
 def as_endpoint(value: EndpointLike, default_type: SocketType = SocketType.STREAM) -> EndpointSpec:
@@ -103,7 +117,11 @@ class Relay:
         self.backlog = backlog
         self.mode, self.owner, self.group = mode, owner, group
         self.splice = splice
-        self.connect_timeout = connect_timeout
+        if not (isinstance(connect_timeout, (int, float)) and 0 < connect_timeout < math.inf):
+            raise UsageError(
+                f"connect_timeout must be a positive number of seconds, not {connect_timeout!r}"
+            )
+        self.connect_timeout = float(connect_timeout)
         self.dgram_idle = dgram_idle
         self.stdio = stdio
         self.stats = RelayStats()
@@ -115,6 +133,7 @@ class Relay:
         self.sessions: set[Session] = set()
         self._connecting: set[_Connecting] = set()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._pidfds: dict[int, int] = {}  # pid -> pidfd of a command we wait for
         self._listen: ListenSide | None = None
         self._target: Target | None = None
         self._next_id = 0
@@ -123,8 +142,9 @@ class Relay:
         self._opened = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._serving: threading.Thread | None = None  # the one in serve_forever()
         self._finished = threading.Event()
-        self._datagram: object | None = None
+        self._datagram: DatagramRelay | None = None
         self._want_client_info = tap is not None or on_event is not None
         self.error: BaseException | None = None
         self._stdout_writer: threading.Thread | None = None
@@ -208,6 +228,7 @@ class Relay:
     def serve_forever(self) -> None:
         """Run until stop() (from another thread), Ctrl-C or, with a LEFT that does not
         listen, the end of its one connection. Closes everything on the way out."""
+        self._serving = threading.current_thread()
         try:
             self.open()
             if self._single:
@@ -235,11 +256,15 @@ class Relay:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving and clean up; safe from any thread. Waits for the loop to end
-        when it runs in another thread."""
+        when it runs in another thread; from the loop's own thread (an `on_event` or tap
+        callback) it only asks, and the loop ends when the callback returns."""
         self.loop.stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        current = threading.current_thread()
+        if current in (self.loop.thread, self._serving):
+            return  # we are the relay (a callback): waiting here would wait for ourselves
+        if self._thread is not None:
             self._thread.join(timeout)
-        elif self._opened and threading.current_thread() is not threading.main_thread():
+        elif self._opened and current is not threading.main_thread():
             self._finished.wait(timeout)
 
     @property
@@ -285,7 +310,7 @@ class Relay:
         for pending in list(self._connecting):
             pending.cancel()
         if self._datagram is not None:
-            self._datagram.close()  # type: ignore[attr-defined]
+            self._datagram.close()
         if self._listen is not None:
             self.loop.unregister(self._listen.sock.fileno())
             self._listen.close()
@@ -326,16 +351,15 @@ class Relay:
                 sock, _raw = accept()
             except BlockingIOError:
                 return
-            except InterruptedError:
-                continue
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if exc.errno in SCARCE:
                     self.emit(
                         EventKind.ERROR,
                         None,
-                        f"accept: {os.strerror(exc.errno)}; pausing 0.1 s (raise `ulimit -n`?)",
+                        f"accept: {os.strerror(exc.errno or 0)}; pausing {SCARCE_PAUSE:g} s "
+                        "(raise `ulimit -n`?)",
                     )
-                    self._pause_accept(0.1)
+                    self._pause_accept(SCARCE_PAUSE)
                     return
                 continue  # ECONNABORTED and friends: that client is gone already
             self._admit(sock)
@@ -403,18 +427,28 @@ class Relay:
             try:
                 upstream, child = spawn_exec(self.right.command)
             except SocketError as err:
-                self._failed(conn, client, str(err))
+                self._failed(conn, client, str(err), err.errno)
                 return
             self._start_session(conn, client, upstream, child)
             return
         _Connecting(self, conn, client, self._target).attempt()
 
-    def _failed(self, conn: ConnectionInfo, client: socket.socket, message: str) -> None:
+    def _failed(
+        self, conn: ConnectionInfo, client: socket.socket, message: str, err: int | None = None
+    ) -> None:
+        """The upstream side of one client could not be made: close that client only."""
         client.close()
         self.stats.failed += 1
         self.emit(EventKind.FAILED, conn, message)
-        if self._single:
-            raise SocketError("connect", str(self.right), None, message)
+        if self._closed or self._listen is None:
+            return
+        if err in SCARCE:
+            # No fds (or memory) for an upstream: more clients would fail the same way.
+            if not self._accept_paused:
+                self._pause_accept(SCARCE_PAUSE)
+        elif self._accept_paused:
+            # A slot (--max-clients) is free again; _on_accept pauses again if need be.
+            self._resume_accept()
 
     def _start_session(
         self,
@@ -428,9 +462,9 @@ class Relay:
         mode = self._mode_for(client, upstream)
         try:
             session = Session(self, conn, client, upstream, mode, child)
-        except OSError:  # no fds left for the splice pipes: copy instead
-            mode = CopyMode.RECORD if mode is CopyMode.RECORD else CopyMode.COPY
-            session = Session(self, conn, client, upstream, CopyMode.COPY, child)
+        except OSError:  # no fds left for the splice pipes (only SPLICE makes any): copy
+            mode = CopyMode.COPY
+            session = Session(self, conn, client, upstream, mode, child)
         self.sessions.add(session)
         stats = self.stats
         stats.active += 1
@@ -442,7 +476,7 @@ class Relay:
             self.on_event(RelayEvent(EventKind.CONNECTED, time.time_ns(), conn, mode))
 
     def _mode_for(self, client: socket.socket, upstream: socket.socket) -> CopyMode:
-        kinds = {_sock_type(client), _sock_type(upstream)}
+        kinds = {socket_type(client), socket_type(upstream)}
         if SocketType.SEQPACKET in kinds:
             return CopyMode.RECORD
         if self.splice and self.tap is None:
@@ -481,8 +515,7 @@ class Relay:
                     detail,
                 )
             )
-        if self._accept_paused and not self._closed:
-            self._resume_accept()
+        self._resume_accept()
         if self._single and not self.sessions:
             self.loop.stop()
 
@@ -524,37 +557,64 @@ class Relay:
         """Wait for a command without blocking the loop: a pidfd says when it exits."""
         if child.poll() is not None:
             return
-        self._children[child.pid] = child
+        pid = child.pid
+        self._children[pid] = child
+        if pid in self._pidfds or self._closed:
+            return
         try:
-            pidfd = os.pidfd_open(child.pid)
+            pidfd = os.pidfd_open(pid)
         except OSError:
             return  # reaped in _stop_children
+        self._pidfds[pid] = pidfd
 
         def exited(_events: int) -> None:
             self.loop.unregister(pidfd)
-            os.close(pidfd)
+            os.close(self._pidfds.pop(pid))
             child.poll()
-            self._children.pop(child.pid, None)
+            self._children.pop(pid, None)
 
         self.loop.register(pidfd, IN, exited)
 
     def _stop_children(self) -> None:
-        for child in list(self._children.values()):
-            if child.poll() is None:
-                with suppress(ProcessLookupError):
-                    child.terminate()
-                try:
-                    child.wait(2)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+        """End every command still running, and what it started: each command leads its
+        own process group (spawn_exec), since /bin/sh -c may fork the real command.
+        All groups get SIGTERM first and share one grace period; then whatever is left
+        of a group gets SIGKILL while its leader, exited or not, is not yet reaped (so
+        its pid, the group's id, cannot have been reused)."""
+        pidfds, self._pidfds = self._pidfds, {}
+        children = [c for c in self._children.values() if c.returncode is None]
         self._children.clear()
+        for child in children:
+            _kill_group(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _CHILD_GRACE
+        for child in children:
+            pidfd = pidfds.pop(child.pid, None)
+            if pidfd is None:
+                with suppress(OSError):
+                    pidfd = os.pidfd_open(child.pid)
+            if pidfd is None:  # no pidfd: wait the plain way (may reap the leader)
+                try:
+                    child.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    _kill_group(child.pid, signal.SIGKILL)
+                    child.wait()
+                continue
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)  # readable once the leader exited
+                poller.poll(max(0, int((deadline - time.monotonic()) * 1000)))
+                _kill_group(child.pid, signal.SIGKILL)
+                child.wait()
+            finally:
+                os.close(pidfd)
+        for pidfd in pidfds.values():  # commands reaped meanwhile
+            with suppress(OSError):
+                os.close(pidfd)
 
 
-def _sock_type(sock: socket.socket) -> SocketType:
-    if sock.family != socket.AF_UNIX:
-        return SocketType.STREAM
-    return SocketType.from_kernel(sock.type & 0xF)
+def _kill_group(pgid: int, signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
 
 
 @final
@@ -578,7 +638,11 @@ class _Connecting:
 
     def attempt(self) -> None:
         self.timer = None
-        sock = self.target.new_socket()
+        try:
+            sock = self.target.new_socket()
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: fail this client, not the relay
+            self._fail(exc.errno or errno.EIO)
+            return
         err = sock.connect_ex(self.target.sockaddr)  # type: ignore[arg-type]
         if err == 0:
             self._done(sock)
@@ -616,7 +680,7 @@ class _Connecting:
     def _fail(self, err: int) -> None:
         self.relay._connecting.discard(self)
         message = str(self.target.error("connect", err))
-        self.relay._failed(self.conn, self.client, message)
+        self.relay._failed(self.conn, self.client, message, err)
 
     def cancel(self) -> None:
         if self.timer is not None:
@@ -627,6 +691,3 @@ class _Connecting:
             self.sock.close()
         self.client.close()
         self.relay._connecting.discard(self)
-
-
-Core = Relay

@@ -70,6 +70,7 @@ class RelayStats:
     closed: int = 0
     resets: int = 0
     active: int = 0
+    dropped: int = 0  # datagram replies that could not be delivered (see DatagramRelay)
     c2s_bytes: int = 0
     s2c_bytes: int = 0
     modes: dict[str, int] = field(default_factory=dict)

@@ -54,7 +54,7 @@ class Loop:
         self._seq = itertools.count()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stopping = False
-        self.thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None  # the one in run(), if any
         self.register(self._wake_r, IN, self._on_wake)
 
     # -- registration ------------------------------------------------------------------
@@ -116,16 +116,20 @@ class Loop:
         """Dispatch events until stop() or until `until()` turns true."""
         poll = self.epoll.poll
         handlers = self.handlers
-        while not self.stopping:
-            timeout = self._run_timers() if self._timers else -1.0
-            if until is not None and until():
-                return
-            for fd, events in poll(timeout):
-                handler = handlers.get(fd)
-                if handler is not None:
-                    handler(events)
-            if self.stopping:
-                return
+        self.thread = threading.current_thread()
+        try:
+            while not self.stopping:
+                timeout = self._run_timers() if self._timers else -1.0
+                if until is not None and until():
+                    return
+                for fd, events in poll(timeout):
+                    handler = handlers.get(fd)
+                    if handler is not None:
+                        handler(events)
+                if self.stopping:
+                    return
+        finally:
+            self.thread = None
 
     def stop(self) -> None:
         """Ask the loop to return; safe from any thread and from signal handlers."""

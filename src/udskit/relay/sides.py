@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -63,9 +64,7 @@ def open_listen_side(
         )
         listener.sock.setblocking(False)
         return ListenSide(listener.sock, spec, listener, owned=True)
-    if spec.kind is EndpointKind.TCP_LISTEN:
-        if mode is not None or owner is not None or group is not None:
-            raise UsageError("--mode/--owner/--group apply to socket files, not to tcp-listen")
+    if spec.kind is EndpointKind.TCP_LISTEN:  # (Relay checked --mode/--owner/--group)
         assert spec.host is not None and spec.port is not None
         family, sockaddr = resolve_tcp(spec, "listen")
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -131,6 +130,13 @@ def _tcp_error(op: str, spec: EndpointSpec, exc: OSError) -> SocketError:
     return socket_error(op, str(spec), exc.errno or 0, hints.get(exc.errno or 0))
 
 
+def socket_type(sock: socket.socket) -> SocketType:
+    """The type of a relay socket (TCP sockets are streams)."""
+    if sock.family != socket.AF_UNIX:
+        return SocketType.STREAM
+    return SocketType.from_kernel(sock.type & 0xF)
+
+
 # -- upstream ----------------------------------------------------------------------------
 @final
 @dataclass(slots=True)
@@ -170,7 +176,10 @@ def resolve_target(spec: EndpointSpec) -> Target:
 
 def connect_blocking(target: Target, timeout: float) -> socket.socket:
     """A connected socket (left non-blocking), or a SocketError saying what to do."""
-    sock = target.new_socket()
+    try:
+        sock = target.new_socket()
+    except OSError as exc:  # EMFILE, ENFILE
+        raise target.error("connect", exc.errno or errno.EIO) from None
     try:
         if target.sock_type is SocketType.DGRAM:
             sock.bind(UnixAddress.autobind().to_sockaddr())
@@ -193,9 +202,14 @@ def spawn_exec(command: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
     """Run `command` through /bin/sh with stdin and stdout on a socketpair; our end back.
 
     A socketpair rather than two pipes: half-close (shutdown) reaches the command as
-    EOF on its stdin, and our end is a stream socket, so splice works on it.
+    EOF on its stdin, and our end is a stream socket, so splice works on it. The
+    command leads its own process group, so that the relay can end what it started
+    too (/bin/sh -c may fork the real command rather than exec it).
     """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    except OSError as exc:  # EMFILE/ENFILE: no fds left for this client
+        raise SocketError("exec", command, exc.errno, f"exec {command}: {exc.strerror}") from None
     try:
         try:
             proc = subprocess.Popen(
@@ -203,6 +217,7 @@ def spawn_exec(command: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
                 stdin=theirs.fileno(),
                 stdout=theirs.fileno(),
                 close_fds=True,
+                process_group=0,
             )
         except OSError as exc:
             raise SocketError("exec", command, exc.errno, f"exec {command}: {exc}") from None
@@ -220,11 +235,13 @@ def stdio_bridge(stdin: BinaryIO, stdout: BinaryIO) -> tuple[socket.socket, thre
     value is the stdout thread, to join before exiting so no output is lost.
 
     stdin's EOF arrives as EOF on the socket; EOF on the socket (the other side shut
-    down) flushes stdout. Plain fds are read with os.read, so a thread still blocked on
-    a terminal at exit holds no buffer lock.
+    down) flushes stdout. Plain fds are read and written with os.read/os.write, so a
+    thread still blocked on a terminal at exit holds no buffer lock; an fd left
+    non-blocking by whoever gave it to us is waited for with poll (EAGAIN is not EOF).
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     read = _reader(stdin)
+    write = _writer(stdout)
     remaining = [2]
     lock = threading.Lock()
 
@@ -247,8 +264,7 @@ def stdio_bridge(stdin: BinaryIO, stdout: BinaryIO) -> tuple[socket.socket, thre
     def pump_out() -> None:
         try:
             while chunk := theirs.recv(65536):
-                stdout.write(chunk)
-                stdout.flush()
+                write(chunk)
         except (OSError, ValueError):
             pass
         with suppress(OSError):
@@ -271,4 +287,43 @@ def _reader(stream: BinaryIO) -> Callable[[int], bytes]:
     except (OSError, ValueError, AttributeError):
         read1 = getattr(stream, "read1", None)
         return read1 if read1 is not None else stream.read
-    return lambda size: os.read(fd, size)
+
+    def read(size: int) -> bytes:
+        while True:
+            try:
+                return os.read(fd, size)
+            except BlockingIOError:
+                _wait(fd, select.POLLIN)
+
+    return read
+
+
+def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+
+        def write_stream(data: bytes) -> None:
+            stream.write(data)
+            stream.flush()
+
+        return write_stream
+    with suppress(OSError, ValueError):
+        stream.flush()  # whatever the caller buffered goes first
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                _wait(fd, select.POLLOUT)
+
+    return write
+
+
+def _wait(fd: int, event: int) -> None:
+    """Block until a non-blocking fd is ready (or has an error, which the retry shows)."""
+    poller = select.poll()
+    poller.register(fd, event)
+    poller.poll()

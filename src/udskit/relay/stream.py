@@ -16,7 +16,9 @@ Two kinds of pump:
 * `CopyPump` does recv_into a buffer shared by the whole relay, hands the chunk to the
   tap, and sends it; only an unsent remainder is copied out of the shared buffer.
   With a seqpacket source it reads whole records (MSG_TRUNC reveals a record larger
-  than the buffer rather than cutting it silently).
+  than the buffer rather than cutting it silently). An empty record reads as 0 bytes,
+  like EOF; SO_TIMESTAMP tells them apart, as the kernel attaches a timestamp to every
+  record it hands over and to nothing when it reports EOF (unix_dgram_recvmsg).
 """
 
 from __future__ import annotations
@@ -32,18 +34,27 @@ from typing import TYPE_CHECKING, Final, final
 from udskit.errors import errno_name
 from udskit.relay.events import CopyMode, EventKind
 from udskit.relay.loop import ERR, HUP, IN, OUT
+from udskit.relay.sides import socket_type
+from udskit.socktype import SocketType
 from udskit.tap import ConnectionInfo, Direction
 
 if TYPE_CHECKING:
     import subprocess
 
-    from udskit.relay.engine import Core
+    from udskit.relay.engine import Relay
 
 SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: Bytes per splice: the pipe's capacity. 1 MiB is the default pipe-max-size; a bigger
 #: pipe did not move bulk data faster here (benchmarks/relay.py).
 PIPE_SIZE: Final = 1 << 20
 _GONE: Final = IN | HUP | ERR
+#: A blocked pump tries its destination on these: writable, or gone (then the send
+#: fails with EPIPE and the connection ends as a reset instead of EPOLLHUP waking the
+#: loop for ever).
+_TRY_SEND: Final = OUT | HUP | ERR
+#: SO_TIMESTAMP (asm-generic/socket.h), which the socket module does not export.
+SO_TIMESTAMP: Final = 29
+_TIMESTAMP_SPACE: Final = socket.CMSG_SPACE(16)  # struct timeval (64-bit)
 #: SO_SNDBUF for spliced connections; 1 MiB is a guess between the 208 KiB default and
 #: net.core.wmem_max (bulk runs of benchmarks/relay.py were faster, but noisy).
 SPLICE_SNDBUF: Final = 1 << 20
@@ -188,19 +199,28 @@ class CopyPump(_Pump):
         self.flags = socket.MSG_TRUNC if record else 0
         self.limit = limit
         self.pending: memoryview | None = None
+        if record:
+            src.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
 
     def on_readable(self) -> None:
         session = self.session
         core = session.core
         view = core.view
         try:
-            n = self.src.recv_into(view, self.limit, self.flags)
+            if self.record:
+                n, ancillary, _flags, _addr = self.src.recvmsg_into(
+                    [view[: self.limit]], _TIMESTAMP_SPACE, self.flags
+                )
+                eof = n == 0 and not ancillary  # no record came: the peer shut down
+            else:
+                n = self.src.recv_into(view, self.limit, self.flags)
+                eof = n == 0
         except BlockingIOError:
             return
         except OSError as exc:
             session.reset(self.direction, True, exc)
             return
-        if n == 0:
+        if eof:
             self._at_eof()
             return
         if n > self.limit:  # MSG_TRUNC: the record was bigger than our buffer
@@ -266,7 +286,7 @@ class Session:
 
     def __init__(
         self,
-        core: Core,
+        core: Relay,
         conn: ConnectionInfo,
         client: socket.socket,
         upstream: socket.socket,
@@ -306,7 +326,7 @@ class Session:
 
     # -- events -----------------------------------------------------------------------------
     def _on_client(self, events: int) -> None:
-        if events & OUT and self.s2c.blocked:
+        if events & _TRY_SEND and self.s2c.blocked:
             self.s2c.on_writable()
             if self.closed:
                 return
@@ -320,7 +340,7 @@ class Session:
                 self.core.loop.park(self.client_fd)
 
     def _on_upstream(self, events: int) -> None:
-        if events & OUT and self.c2s.blocked:
+        if events & _TRY_SEND and self.c2s.blocked:
             self.c2s.on_writable()
             if self.closed:
                 return
@@ -400,13 +420,9 @@ class Session:
 def _copy_pump(
     session: Session, src: socket.socket, dst: socket.socket, direction: Direction, size: int
 ) -> CopyPump:
-    from udskit.socktype import SocketType
-
-    src_type = SocketType.from_kernel(src.type & 0xF) if src.family == socket.AF_UNIX else None
-    dst_type = SocketType.from_kernel(dst.type & 0xF) if dst.family == socket.AF_UNIX else None
-    record = src_type is SocketType.SEQPACKET
+    record = socket_type(src) is SocketType.SEQPACKET
     limit = size if record else STREAM_CHUNK
-    if dst_type is SocketType.SEQPACKET and not record:
+    if socket_type(dst) is SocketType.SEQPACKET and not record:
         # Each chunk of a byte stream becomes one record; keep it well below the
         # record size limit (SO_SNDBUF) so send never fails with EMSGSIZE.
         limit = min(limit, 64 * 1024)
