@@ -348,7 +348,10 @@ def test_restore_after_a_kill_while_taking_over(peers: Peers, sockdir: Path) -> 
     assert ping(sock) == b"+PONG\r\n"
 
 
-def test_a_thousand_connects_while_dump_starts_and_stops(peers: Peers, sockdir: Path) -> None:
+@pytest.mark.parametrize("grace", [[], ["--grace", "0"]], ids=["default", "grace0"])
+def test_a_thousand_connects_while_dump_starts_and_stops(
+    peers: Peers, sockdir: Path, grace: list[str]
+) -> None:
     sock = redis(peers, sockdir)
     original = os.lstat(sock).st_ino
     results: list[bytes | BaseException] = []
@@ -374,7 +377,7 @@ def test_a_thousand_connects_while_dump_starts_and_stops(peers: Peers, sockdir: 
     captured = 0
     try:
         while not done.is_set():
-            dump = start_dump(peers, sock)
+            dump = start_dump(peers, sock, *grace)
             time.sleep(0.05)
             _status, out, _err = stop_dump(dump, signal.SIGINT if cycles % 2 else signal.SIGTERM)
             captured += out.count(" open ")

@@ -280,10 +280,13 @@ class Relay:
         loop = self.loop
 
         def done() -> bool:
+            # The linger holds even with no grace (--grace 0, a second Ctrl-C): a client
+            # still in the accept queue when the listener closes is reset by the kernel
+            # (unix_release_sock), which is worse than being served a little longer.
             elapsed = time.monotonic() - start
-            if grace <= 0 or elapsed >= grace:
-                return True
-            return elapsed >= linger and not self.sessions and not self._connecting
+            if elapsed < linger:
+                return False
+            return elapsed >= grace or (not self.sessions and not self._connecting)
 
         def tick() -> None:
             if done():
