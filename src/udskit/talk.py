@@ -164,31 +164,25 @@ class _Live:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.conns: set[socket.socket] = set()
-        self.procs: set[subprocess.Popen[bytes]] = set()
+        self._items: set[socket.socket | subprocess.Popen[bytes]] = set()
 
     def add(self, item: socket.socket | subprocess.Popen[bytes]) -> None:
         with self._lock:
-            if isinstance(item, socket.socket):
-                self.conns.add(item)
-            else:
-                self.procs.add(item)
+            self._items.add(item)
 
     def discard(self, item: socket.socket | subprocess.Popen[bytes]) -> None:
         with self._lock:
-            if isinstance(item, socket.socket):
-                self.conns.discard(item)
-            else:
-                self.procs.discard(item)
+            self._items.discard(item)
 
     def end_all(self) -> None:
         with self._lock:
-            conns, procs = list(self.conns), list(self.procs)
-        for conn in conns:
-            with suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for proc in procs:
-            _end_group(proc)
+            items = list(self._items)
+        for item in items:
+            if isinstance(item, socket.socket):
+                with suppress(OSError):
+                    item.shutdown(socket.SHUT_RDWR)
+            else:
+                _end_group(item)
 
 
 def _handle_in_thread(*args: Any) -> None:
