@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import io
 import json
 import os
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Peers
+from udskit.cli import ls as ls_cli
 from udskit.cli import main
 from udskit.cli.env import Env
 
@@ -271,3 +274,51 @@ def test_a_path_with_a_newline_stays_on_one_table_row(sockdir: Path) -> None:
     assert status == 0, err
     header, row = out.splitlines()
     assert header.startswith("TYPE") and f"{sockdir}/nl\\x0ax.sock" in row
+
+
+def _my_children() -> set[int]:
+    """Pids of this process's live children (every thread's), from /proc."""
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            found.update(int(pid) for pid in f.read().split())
+    return found
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls", "--type", "raw"],  # the handler refuses it after the scan started
+        ["ls", "--no-such-option"],  # argparse exits before the handler runs
+        ["ls", "--help"],
+    ],
+)
+def test_the_early_scan_child_is_gone_whatever_happens(argv: list[str]) -> None:
+    before = _my_children()
+    gc_before = gc.isenabled()
+    with contextlib.suppress(SystemExit):
+        run_in_process(*argv)
+    assert _my_children() == before
+    assert gc.isenabled() == gc_before
+
+
+@pytest.mark.parametrize(
+    ("argv", "scans"),
+    [
+        ([], True),
+        (["-p", "--json"], True),
+        (["-l", "-t", "stream", "/run/*"], True),
+        (["--pid", "1"], True),
+        (["-P"], False),
+        (["-lP"], False),
+        (["--no-proc"], False),  # argparse takes unambiguous prefixes
+        (["--proc"], False),
+        (["--stale", "/tmp"], False),
+        (["-h"], False),
+        (["--", "-P"], True),  # a pattern, not an option
+    ],
+)
+def test_the_early_scan_is_started_only_when_the_listing_needs_it(
+    argv: list[str], scans: bool
+) -> None:
+    assert ls_cli._wants_scan(argv) is scans

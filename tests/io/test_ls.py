@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tests.conftest import Peers
 from udskit.address import UnixAddress, format_address
+from udskit.inspect.fdscan import BackgroundFdScan
 from udskit.inspect.lister import (
     bound_socket,
     bound_socket_at,
@@ -18,6 +19,7 @@ from udskit.inspect.lister import (
     query_unix_socket,
 )
 from udskit.inspect.listing import FileState, SocketFilter, Source
+from udskit.inspect.owners import owners_from_background
 from udskit.inspect.render import json_document, socket_to_json
 from udskit.inspect.sockdiag import SocketState
 from udskit.socktype import SocketType
@@ -199,5 +201,26 @@ def test_fast_json_equals_the_reference_form(sockdir: Path) -> None:
         assert all("connections" in obj for obj in with_connections)
         assert json.loads(json_document([])) == []
     finally:
+        for sock in held:
+            sock.close()
+
+
+def test_owner_texts_from_the_scan_child_are_the_records_in_json(sockdir: Path) -> None:
+    # `udskit ls --json` takes the "processes" texts the scan child wrote; they must be
+    # exactly what the renderer would write from the records.
+    held = [listen(str(sockdir / "owned.sock")), *socket.socketpair()]
+    duplicate = os.dup(held[1].fileno())  # one socket, two fds: two owner objects
+    try:
+        scan = BackgroundFdScan(json_texts=True)
+        listing = list_sockets(owners=owners_from_background(scan))
+        assert scan.owner_texts is not None
+        mine = {inode_of(s) for s in held}
+        assert mine <= scan.owner_texts.keys()
+        sockets = list(listing.sockets)
+        assert json_document(sockets, None, scan.owner_texts) == json_document(sockets)
+        pair = [s for s in sockets if s.inode == inode_of(held[1])]
+        assert sorted(p.fd for p in pair[0].processes) == sorted([held[1].fileno(), duplicate])
+    finally:
+        os.close(duplicate)
         for sock in held:
             sock.close()

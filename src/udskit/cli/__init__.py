@@ -2,99 +2,34 @@
 
 Each command lives in its own module under `udskit.cli` and exposes
 `register(subparsers)`, which adds its parser and sets `handler` to a function
-`(args, env) -> int`. Modules import only argparse at the top: the library and any
-heavy dependency are imported inside handlers, so `udskit --help` starts fast.
+`(args, env) -> int` (see `udskit.cli.parser`). The library and any heavy dependency
+are imported inside handlers, so `udskit --help` starts fast. This module imports
+neither argparse nor typing at the top: `udskit ls` starts its /proc scan before them.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from types import FrameType
 
 from udskit.cli.env import Env, ExitStatus, Terminated
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from types import FrameType
+
+    from udskit.cli.parser import Handler
+
 __all__ = ["Env", "ExitStatus", "build_parser", "main", "run"]
-
-#: Command modules in the order `udskit --help` lists them.
-COMMAND_MODULES = ("talk", "relay", "dump", "ls", "bench", "demo")
-#: Which module registers each command, so a run of one command imports only its module.
-COMMANDS = {
-    "listen": "talk",
-    "connect": "talk",
-    "send": "talk",
-    "relay": "relay",
-    "dump": "dump",
-    "ls": "ls",
-    "bench": "bench",
-    "demo": "demo",
-}
-
-Handler = Callable[[argparse.Namespace, Env], int]
-
-EPILOG = """\
-addresses:
-  /run/app.sock, ./rel.sock, unix:PATH    a socket file (pathname; at most 107 bytes)
-  @name, abstract:name                    an abstract name: exact bytes, \\xHH escapes
-  @                                       autobind (the kernel picks a name)
-  *                                       unnamed (socketpair ends, unbound sockets)
-
-exit statuses:
-  0    success
-  1    a socket operation failed (the one-line message says what to do)
-  2    bad arguments or a bad address (nothing was done)
-  130  interrupted by Ctrl-C (everything moved or created was cleaned up)
-  143  terminated by SIGTERM (likewise cleaned up)
-
-Run `udskit COMMAND --help` for each command's options and examples.
-"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad usage in our one-line style (exit status 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(ExitStatus.USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser for every command, or, given `command`, for that one alone (which
-    spares `udskit ls` the import of every other command module)."""
-    parser = _Parser(
-        prog="udskit",
-        description="A toolkit for UNIX domain sockets: talk, relay, dump, ls, bench.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
-    subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=_Parser, required=True
-    )
-    names = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
-    for name in names:
-        module = importlib.import_module(f"udskit.cli.{name}")
-        module.register(subparsers)
-    return parser
+    """The parser for every command, or, given `command`, for that one alone."""
+    from udskit.cli import parser
 
-
-class _VersionAction(argparse.Action):
-    """--version, looked up only when asked (importlib.metadata costs ~10 ms at start)."""
-
-    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
-        parser.exit(ExitStatus.OK, f"udskit {_version()}\n")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("udskit")
-    except PackageNotFoundError:
-        return "unknown"
+    return parser.build_parser(command)
 
 
 def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
@@ -105,7 +40,21 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
     env = env or Env.from_process()
     argv = list(sys.argv[1:] if argv is None else argv)
     first = argv[0] if argv else None
-    args = build_parser(first).parse_args(argv)
+    if first == "ls":
+        # Before argparse is even imported: the scan of /proc/*/fd is the longest part
+        # of a listing, and a child on the other CPU can start it now.
+        from udskit.cli import ls
+
+        ls.start_early_scan(argv[1:])
+        try:
+            return _run_command(argv, env)
+        finally:
+            ls.discard_early_scan()
+    return _run_command(argv, env)
+
+
+def _run_command(argv: list[str], env: Env) -> int:
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     handler: Handler = args.handler
     from udskit.errors import UdskitError, UsageError
 
@@ -131,6 +80,8 @@ def run() -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGHUP, _raise_terminated)
     status = main()
+    import contextlib
+
     with contextlib.suppress(BrokenPipeError):
         sys.stdout.flush()
     sys.exit(status)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING, Any
-
 from udskit.cli.env import Env, ExitStatus
 
+TYPE_CHECKING = False  # typing and argparse are imported after the early scan's fork
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any
+
     from udskit.demo import Tour
+    from udskit.inspect.fdscan import BackgroundFdScan
     from udskit.inspect.listing import SocketFilter
 
 DESCRIPTION = """\
@@ -45,6 +48,8 @@ are not shown. Exit status 0, or 2 for a bad pattern or option.
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    import argparse
+
     parser = subparsers.add_parser(
         "ls",
         help="list unix sockets with peers, queues and processes (ss -xp + lsof -U)",
@@ -168,18 +173,79 @@ def build_filter(args: argparse.Namespace) -> SocketFilter:
     )
 
 
+#: The scan `start_early_scan` started, until `handle` takes it.
+_EARLY: list[BackgroundFdScan] = []
+#: Whether the collector was on before `start_early_scan` turned it off.
+_GC_WAS_ENABLED: list[bool] = []
+#: Options after which a listing needs no scan of /proc/*/fd (or is no listing at all).
+_NO_SCAN_OPTIONS = ("--no-processes", "--proc", "--stale", "--help", "--version")
+
+
+def _wants_scan(argv: Sequence[str]) -> bool:
+    """A guess, before argparse, at whether `udskit ls ARGV` will scan /proc/*/fd.
+
+    A wrong guess costs only time: an unneeded scan is killed, a missing one is
+    started by `handle`. Long options may be abbreviated (argparse allows it).
+    """
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name = arg.split("=", 1)[0]
+            if len(name) > 3 and any(o.startswith(name) for o in _NO_SCAN_OPTIONS):
+                return False
+        elif arg.startswith("-") and ("P" in arg or "h" in arg):
+            return False
+    return True
+
+
+def start_early_scan(argv: Sequence[str]) -> None:
+    """Start the scan of /proc/*/fd in a child now, before argparse and the lister are
+    imported (they take ~40 ms), if `udskit ls ARGV` will need it; `handle` takes it.
+    The caller calls `discard_early_scan()` afterwards, whatever happened."""
+    import gc
+
+    # A listing makes a few objects per socket and no cycles; the collector's passes
+    # over a heap that grows to 20,000 sockets' worth would only cost time.
+    _GC_WAS_ENABLED[:] = [gc.isenabled()]
+    gc.disable()
+    if _wants_scan(argv):
+        from udskit.inspect.fdscan import BackgroundFdScan
+
+        wants_json = any(arg.startswith("--j") for arg in argv)
+        _EARLY.append(BackgroundFdScan(json_texts=wants_json))
+
+
+def discard_early_scan() -> None:
+    """Stop a scan nobody took (a usage error, --help, an exception on the way), and
+    give the cyclic garbage collector back (the command may run in-process)."""
+    while _EARLY:
+        _EARLY.pop().close()
+    if _GC_WAS_ENABLED and _GC_WAS_ENABLED.pop():
+        import gc
+
+        gc.enable()
+
+
+def _take_scan(json_texts: bool) -> BackgroundFdScan:
+    if _EARLY:
+        return _EARLY.pop()
+    from udskit.inspect.fdscan import BackgroundFdScan
+
+    return BackgroundFdScan(json_texts=json_texts)
+
+
 def handle(args: argparse.Namespace, env: Env) -> int:
     if args.stale:
         return _handle_stale(args, env)
     scan = None
     if args.processes and not args.proc:
-        # First thing: the /proc/*/fd scan runs in a child on the other CPU while this
-        # process imports the lister and reads netlink (the CLI has no threads yet).
-        from udskit.inspect.owners import BackgroundOwnerScan
-
-        scan = BackgroundOwnerScan()
+        # The /proc/*/fd scan runs in a child on the other CPU while this process
+        # imports the lister and reads netlink (the CLI has no threads yet).
+        scan = _take_scan(args.json)
     from udskit.inspect.lister import list_sockets
     from udskit.inspect.listing import Source
+    from udskit.inspect.owners import owners_from_background
     from udskit.inspect.sockdiag import SocketState
     from udskit.socktype import SocketType
 
@@ -190,7 +256,7 @@ def handle(args: argparse.Namespace, env: Env) -> int:
             meminfo=args.memory,
             connections=args.connections,
             source=Source.PROC if args.proc else None,
-            owners=scan.result if scan is not None else None,
+            owners=owners_from_background(scan) if scan is not None else None,
         )
     finally:
         if scan is not None:
@@ -209,7 +275,9 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         from udskit.inspect.render import json_document
 
         conns = listing.connections if args.connections else None
-        env.write(json_document(sockets, conns).encode("utf-8", errors="surrogateescape"))
+        texts = scan.owner_texts if scan is not None else None
+        document = json_document(sockets, conns, texts)
+        env.write(document.encode("utf-8", errors="surrogateescape"))
         return ExitStatus.OK
     from udskit.inspect.render import format_table
 

@@ -300,7 +300,7 @@ def list_sockets(
 
     `owners` provides the socket owners when they are needed (after the kernel's view
     is read); by default `scan_socket_owners`. `udskit ls` passes a scan it started
-    earlier in a child process (`BackgroundOwnerScan.result`).
+    earlier in a child process (`owners_from_background`).
 
     `processes=False` skips the scan of /proc/*/fd (the slow part on busy hosts).
     `source=Source.PROC` reads /proc/net/unix even where sock_diag works;
@@ -357,9 +357,10 @@ def _list_sockets(
                 sock_file = check_socket_file(address, vfs, mine)
                 if vfs is not None:
                     files[vfs] = sock_file
-            append(new(UnixSocket, (*info, mine, peers, peer_address, sock_file)))
+            append(new(UnixSocket, info + (mine, peers, peer_address, sock_file)))  # noqa: RUF005
         else:
-            append(new(UnixSocket, (*info, mine, peers, peer_address, None)))
+            # tuple + tuple is one C call; (*info, ...) builds a list first.
+            append(new(UnixSocket, info + (mine, peers, peer_address, None)))  # noqa: RUF005
 
     if where.needs_owners:
         sockets = [s for s in sockets if _held_by(s, where)]

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from udskit.address import AddressKind, UnixAddress, format_address
 from udskit.inspect.listing import Connection, FileState, SocketFile, StaleFile, UnixSocket
+from udskit.inspect.ownerjson import OwnerTexts, owners_text
 from udskit.inspect.procfs import SocketOwner
 from udskit.inspect.sockdiag import Shutdown, SocketState
 
@@ -31,6 +32,10 @@ _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
 
 
 # -- JSON ------------------------------------------------------------------------------
+def _no_text(_inode: int | None) -> str | None:
+    return None
+
+
 def _address_json(address: UnixAddress | None) -> str | None:
     if address is None or address.kind is AddressKind.UNNAMED:
         return None
@@ -109,101 +114,111 @@ _SHUTDOWN_JSON: Final = {s: _quote(s.word) if s.word else "null" for s in map(Sh
 _FILE_JSON: Final = {state: f'{{"state": "{state.value}", "now_at": null}}' for state in FileState}
 
 
-def _owners_json(owners: Sequence[SocketOwner], per_process: dict[int, tuple[str, str]]) -> str:
-    parts = []
-    for owner in owners:
-        around = per_process.get(owner.pid)
-        if around is None:
-            # pid, command, uid and user are the same for every fd of a process.
-            uid = "null" if owner.uid is None else owner.uid
-            user = "null" if owner.user is None else _quote(owner.user)
-            around = per_process[owner.pid] = (
-                f'{{"pid": {owner.pid}, "command": {_quote(owner.command)}, "fd": ',
-                f', "uid": {uid}, "user": {user}}}',
-            )
-        parts.append(f"{around[0]}{owner.fd}{around[1]}")
-    return ", ".join(parts)
-
-
 def json_document(
     sockets: Iterable[UnixSocket],
     connections: Mapping[int, Sequence[Connection]] | None = None,
+    owner_texts: Mapping[int, str] | None = None,
 ) -> str:
     """The JSON array `udskit ls --json` prints, one socket object per line.
 
     Equal, after json.loads, to [socket_to_json(s) for s in sockets] (plus
     "connections" when given); written by hand because it runs once per socket and
     json.dumps over 20,000 dicts takes longer than `ss -xp`'s whole run.
+
+    `owner_texts` (inode -> `ownerjson.owners_text` of its owners) may come from the
+    same scan that found the sockets' processes (`BackgroundFdScan(json_texts=True)`);
+    an inode missing there is written from its records.
     """
     lines: list[str] = []
-    per_process: dict[int, tuple[str, str]] = {}
-    # The owners tuple of a socket is also its peer's peer_processes: same object.
+    append = lines.append
+    per_process: OwnerTexts = {}
+    # The owners tuple of a socket is also its peer's peer_processes: the same object,
+    # so its text is made once and found again by id() (kept alive by `sockets`).
     owner_lists: dict[int, str] = {}
+    owner_text = owner_lists.get
+    texts = owner_texts.get if owner_texts is not None else _no_text
     addresses: dict[UnixAddress, str] = {}
+    address_text = addresses.get
     unnamed = AddressKind.UNNAMED
     shutdowns = _SHUTDOWN_JSON
     files = _FILE_JSON
-    keep_alive: list[object] = []
-
-    def address_json(address: UnixAddress) -> str:
-        text = addresses.get(address)
-        if text is None:
-            text = addresses[address] = _quote(format_address(address))
-        return text
-
-    def owners_json(owners: tuple[SocketOwner, ...]) -> str:
-        text = owner_lists.get(id(owners))
-        if text is None:
-            text = owner_lists[id(owners)] = _owners_json(owners, per_process)
-            keep_alive.append(owners)  # so that id() is not reused while we cache it
-        return text
-
-    for sock in sockets:
-        address = sock.address
-        peer_address = sock.peer_address
-        peer = sock.peer_inode
-        recv_q = sock.recv_q
-        send_q = sock.send_q
-        uid = sock.uid
-        shutdown = sock.shutdown
-        cookie = sock.cookie
-        sock_file = sock.file
+    kept = sockets if isinstance(sockets, (list, tuple)) else list(sockets)
+    for (
+        inode,
+        sock_type,
+        state,
+        address,
+        _vfs,
+        peer,
+        pending,
+        recv_q,
+        send_q,
+        shutdown,
+        uid,
+        cookie,
+        meminfo,
+        procs,
+        peers,
+        peer_address,
+        sock_file,
+    ) in kept:
+        if address.kind is unnamed:
+            address_json = "null"
+        elif (known := address_text(address)) is not None:
+            address_json = known
+        else:
+            address_json = addresses[address] = _quote(format_address(address))
+        if peer_address is None or peer_address.kind is unnamed:
+            peer_address_json = "null"
+        elif (known := address_text(peer_address)) is not None:
+            peer_address_json = known
+        else:
+            peer_address_json = addresses[peer_address] = _quote(format_address(peer_address))
+        if not procs:
+            procs_json = ""
+        elif (known := texts(inode)) is not None or (known := owner_text(id(procs))) is not None:
+            procs_json = known
+        else:
+            procs_json = owner_lists[id(procs)] = owners_text(procs, per_process)
+        if not peers:
+            peers_json = ""
+        elif (peer is not None and (known := texts(peer)) is not None) or (
+            known := owner_text(id(peers))
+        ) is not None:
+            peers_json = known
+        else:
+            peers_json = owner_lists[id(peers)] = owners_text(peers, per_process)
         if sock_file is None:
             file_json = "null"
         elif sock_file.now_at is None:
             file_json = files[sock_file.state]
         else:
             file_json = json.dumps(_file_to_json(sock_file))
-        if peer_address is None or peer_address.kind is unnamed:
-            peer_address_json = "null"
-        else:
-            peer_address_json = address_json(peer_address)
         line = (
             # _value_, not .value: enum's .value is a Python-level descriptor call.
-            f'{{"inode": {sock.inode}, "type": "{sock.type._value_}", '
-            f'"state": "{sock.state._value_}", '
-            f'"address": {"null" if address.kind is unnamed else address_json(address)}, '
+            f'{{"inode": {inode}, "type": "{sock_type._value_}", '
+            f'"state": "{state._value_}", '
+            f'"address": {address_json}, '
             f'"peer_inode": {"null" if peer is None else peer}, '
             f'"peer_address": {peer_address_json}, '
             f'"recv_q": {"null" if recv_q is None else recv_q}, '
             f'"send_q": {"null" if send_q is None else send_q}, '
             f'"uid": {"null" if uid is None else uid}, '
             f'"shutdown": {"null" if shutdown is None else shutdowns[shutdown]}, '
-            f'"pending": [{", ".join(map(str, sock.pending)) if sock.pending else ""}], '
+            f'"pending": [{", ".join(map(str, pending)) if pending else ""}], '
             f'"file": {file_json}, '
-            f'"processes": [{owners_json(procs) if (procs := sock.processes) else ""}], '
-            f'"peer_processes": [{owners_json(peers) if (peers := sock.peer_processes) else ""}], '
+            f'"processes": [{procs_json}], '
+            f'"peer_processes": [{peers_json}], '
             f'"cookie": {"null" if cookie is None else cookie}'
         )
-        if sock.meminfo is not None:
-            m = sock.meminfo
+        if meminfo is not None:
             line += ', "meminfo": ' + json.dumps(
-                {name: getattr(m, name) for name in m.__dataclass_fields__}
+                {name: getattr(meminfo, name) for name in meminfo.__dataclass_fields__}
             )
         if connections is not None:
-            conns = [connection_to_json(c) for c in connections.get(sock.inode, ())]
+            conns = [connection_to_json(c) for c in connections.get(inode, ())]
             line += ', "connections": ' + json.dumps(conns)
-        lines.append(line + "}")
+        append(line + "}")
     if not lines:
         return "[]\n"
     return "[\n" + ",\n".join(lines) + "\n]\n"

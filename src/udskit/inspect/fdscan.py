@@ -1,0 +1,210 @@
+"""I/O: the one pass over /proc/*/fd that finds which processes hold which sockets.
+
+Every socket a process holds is a link `socket:[INODE]` under /proc/PID/fd (proc(5)).
+`walk_socket_fds` reads them all once; a lookup per socket would read them all per
+socket, which is what makes naive tools slow on hosts with thousands of sockets.
+
+This module imports nothing but the standard library's smallest parts, on purpose:
+`udskit ls` forks `BackgroundFdScan` before it imports the rest of the lister, so the
+walk (the largest part of a listing) runs on the second CPU from the first milliseconds.
+The records (`SocketOwner`) are made from the raw result in `udskit.inspect.owners`.
+"""
+
+from __future__ import annotations
+
+import gc
+import marshal
+import os
+import signal
+from array import array
+from contextlib import suppress
+
+__all__ = [
+    "BackgroundFdScan",
+    "ProcessFacts",
+    "RawScan",
+    "owner_texts",
+    "process_command",
+    "user_name",
+    "walk_socket_fds",
+]
+
+_SOCKET_LINK = "socket:["
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+#: Per process holding sockets: (command, uid, user name).
+ProcessFacts = dict[int, tuple[str, "int | None", "str | None"]]
+#: Flat (inode, pid, fd) triples for every socket descriptor, and the facts per process.
+RawScan = tuple["array[int]", ProcessFacts]
+
+
+def process_command(pid: int) -> str:
+    """/proc/PID/comm: the name ss and lsof print; '?' once the process has gone."""
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+_USER_NAMES: dict[int, str] = {}
+
+
+def user_name(uid: int) -> str:
+    """The login name of `uid`, or the number as text (containers often lack entries)."""
+    name = _USER_NAMES.get(uid)
+    if name is None:
+        import pwd
+
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        _USER_NAMES[uid] = name
+    return name
+
+
+def walk_socket_fds(keep: set[int] | None = None, skip_pid: int | None = None) -> RawScan:
+    """One pass over /proc/*/fd: (inode, pid, fd) for every socket descriptor, and the
+    facts of each process that holds one.
+
+    Processes we may not look into (another user's, without root) and processes that
+    exit meanwhile are skipped, as ss does. With `keep`, only those inodes are kept.
+    `skip_pid` is left out (a forked scanner holds copies of its parent's descriptors
+    and would otherwise list itself as their owner).
+    """
+    skip = str(skip_pid)
+    triples = array("q")
+    push = triples.extend
+    facts: ProcessFacts = {}
+    readlink = os.readlink
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name == skip:
+            continue
+        try:
+            fd_dir = os.open(f"/proc/{name}/fd", _DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            try:
+                fds = os.listdir(fd_dir)
+            except OSError:
+                continue
+            pid = int(name)
+            known = False
+            for fd in fds:
+                # readlinkat() on the directory fd: no path walk per descriptor.
+                try:
+                    target = readlink(fd, dir_fd=fd_dir)
+                except OSError:
+                    continue
+                if not target.startswith(_SOCKET_LINK):
+                    continue
+                inode = int(target[8:-1])
+                if keep is not None and inode not in keep:
+                    continue
+                push((inode, pid, int(fd)))
+                if not known:
+                    known = True
+                    try:
+                        uid: int | None = os.fstat(fd_dir).st_uid
+                    except OSError:
+                        uid = None
+                    user = user_name(uid) if uid is not None else None
+                    facts[pid] = (process_command(pid), uid, user)
+        finally:
+            os.close(fd_dir)
+    return triples, facts
+
+
+def owner_texts(scan: RawScan) -> dict[int, str]:
+    """Socket inode -> the JSON text of its owners (`udskit.inspect.ownerjson`), in the
+    order of the triples, which is also the order `SocketOwner` tuples are made in."""
+    from udskit.inspect.ownerjson import owners_text
+
+    triples, facts = scan
+    grouped: dict[int, list[tuple[int, str, int, int | None, str | None]]] = {}
+    get = grouped.get
+    it = iter(triples)
+    for inode, pid, fd in zip(it, it, it, strict=True):
+        command, uid, user = facts[pid]
+        owner = (pid, command, fd, uid, user)
+        found = get(inode)
+        if found is None:
+            grouped[inode] = [owner]
+        else:
+            found.append(owner)
+    cache: dict[int, tuple[str, str]] = {}
+    return {inode: owners_text(owners, cache) for inode, owners in grouped.items()}
+
+
+class BackgroundFdScan:
+    """`walk_socket_fds()` run in a forked child while the caller does other work.
+
+    For single-threaded callers only: a child forked while another thread holds a lock
+    can deadlock, which is why the library's list_sockets() scans in-line by default.
+    The result crosses a pipe as marshal data (the raw triples and the per-process facts).
+    If the child fails for any reason, result() scans in-line instead.
+
+    With `json_texts`, the child also writes each socket's owners as JSON text (it is
+    otherwise idle while the parent reads netlink); `owner_texts` holds them after
+    result(), or None if the child failed.
+    """
+
+    def __init__(self, *, json_texts: bool = False) -> None:
+        self._pid = -1
+        self._fd = -1
+        self.owner_texts: dict[int, str] | None = None
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_end)
+            os.close(write_end)
+            return
+        if pid == 0:  # the child: scan, send, and leave without running any cleanup
+            status = 1
+            try:
+                os.close(read_end)
+                gc.disable()
+                scan = walk_socket_fds(None, skip_pid=os.getpid())
+                texts = owner_texts(scan) if json_texts else None
+                data = memoryview(marshal.dumps((scan[0].tobytes(), scan[1], texts)))
+                while data:
+                    data = data[os.write(write_end, data) :]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self._pid, self._fd = pid, read_end
+
+    def close(self) -> None:
+        """Stop and reap the child if result() was never asked for (an error on the way)."""
+        if self._pid < 0:
+            return
+        os.close(self._fd)
+        with suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGKILL)
+        os.waitpid(self._pid, 0)
+        self._pid = -1
+
+    def result(self) -> RawScan:
+        if self._pid < 0:
+            return walk_socket_fds()
+        chunks = []
+        try:
+            while chunk := os.read(self._fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(self._fd)
+            _pid, status = os.waitpid(self._pid, 0)
+            self._pid = -1
+        if status != 0:
+            return walk_socket_fds()
+        raw, facts, self.owner_texts = marshal.loads(b"".join(chunks))
+        triples = array("q")
+        triples.frombytes(raw)
+        return triples, facts

@@ -1,0 +1,42 @@
+"""Pure: the JSON text of a socket's owning processes, as `udskit ls --json` prints it.
+
+`[{"pid": 812, "command": "nginx", "fd": 7, "uid": 33, "user": "www-data"}, ...]`,
+without the brackets. One module for the one format, used by the renderer and by the
+/proc scan child, which writes these texts while the parent still reads netlink: on
+20,000 sockets that takes half of the JSON rendering off the critical path. It imports
+only the standard library's JSON string quoting, so the child can afford it.
+"""
+
+from __future__ import annotations
+
+from json.encoder import encode_basestring_ascii as _quote
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["OwnerTexts", "owners_text"]
+
+#: Per pid: the text before the fd and the text after it (all but fd is per process).
+OwnerTexts = dict[int, tuple[str, str]]
+
+
+def owners_text(
+    owners: Iterable[tuple[int, str, int, int | None, str | None]], cache: OwnerTexts
+) -> str:
+    """The JSON objects of `owners` ((pid, command, fd, uid, user) each), comma-separated.
+
+    `cache` keeps each process's text between calls (a process often holds many sockets).
+    """
+    parts = []
+    for pid, command, fd, uid, user in owners:
+        around = cache.get(pid)
+        if around is None:
+            uid_text = "null" if uid is None else str(uid)
+            user_text = "null" if user is None else _quote(user)
+            around = cache[pid] = (
+                f'{{"pid": {pid}, "command": {_quote(command)}, "fd": ',
+                f', "uid": {uid_text}, "user": {user_text}}}',
+            )
+        parts.append(f"{around[0]}{fd}{around[1]}")
+    return ", ".join(parts)
