@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Peers
 from udskit.address import UnixAddress, format_address
 from udskit.inspect.fdscan import BackgroundFdScan
+from udskit.inspect.jsonlisting import json_listing
 from udskit.inspect.lister import (
     bound_socket,
     bound_socket_at,
@@ -19,7 +23,6 @@ from udskit.inspect.lister import (
     query_unix_socket,
 )
 from udskit.inspect.listing import FileState, SocketFilter, Source
-from udskit.inspect.owners import owners_from_background
 from udskit.inspect.render import json_document, socket_to_json
 from udskit.inspect.sockdiag import SocketState
 from udskit.socktype import SocketType
@@ -205,22 +208,86 @@ def test_fast_json_equals_the_reference_form(sockdir: Path) -> None:
             sock.close()
 
 
-def test_owner_texts_from_the_scan_child_are_the_records_in_json(sockdir: Path) -> None:
-    # `udskit ls --json` takes the "processes" texts the scan child wrote; they must be
-    # exactly what the renderer would write from the records.
-    held = [listen(str(sockdir / "owned.sock")), *socket.socketpair()]
-    duplicate = os.dup(held[1].fileno())  # one socket, two fds: two owner objects
+def _by_inode(document: str, inodes: set[int]) -> dict[int, dict[str, object]]:
+    return {obj["inode"]: obj for obj in json.loads(document) if obj["inode"] in inodes}
+
+
+def test_json_listing_is_the_joined_records_in_json(sockdir: Path) -> None:
+    # `udskit ls --json` renders before the scan of /proc ends (json_listing); what it
+    # prints must be what the records of list_sockets() say, file states included.
+    listener = listen(str(sockdir / "app.sock"))
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(sockdir / "app.sock"))
+    accepted, _ = listener.accept()
+    moved = listen(str(sockdir / "moved.sock"))
+    os.rename(sockdir / "moved.sock", sockdir / "moved-now.sock")
+    gone = listen(str(sockdir / "gone.sock"), socket.SOCK_DGRAM)
+    os.unlink(sockdir / "gone.sock")
+    held = [listener, client, accepted, moved, gone, *socket.socketpair()]
+    duplicate = os.dup(held[-1].fileno())  # one socket, two fds: two owner objects
     try:
-        scan = BackgroundFdScan(json_texts=True)
-        listing = list_sockets(owners=owners_from_background(scan))
-        assert scan.owner_texts is not None
         mine = {inode_of(s) for s in held}
-        assert mine <= scan.owner_texts.keys()
-        sockets = list(listing.sockets)
-        assert json_document(sockets, None, scan.owner_texts) == json_document(sockets)
-        pair = [s for s in sockets if s.inode == inode_of(held[1])]
-        assert sorted(p.fd for p in pair[0].processes) == sorted([held[1].fileno(), duplicate])
+        where = SocketFilter(patterns=(f"{sockdir}/*",))
+        fast, view = json_listing(where, scan=BackgroundFdScan(json_texts=True))
+        assert view.source is Source.NETLINK and view.note is None
+        assert fast == json_document(list_sockets(where).sockets)  # byte for byte
+        files = {o["address"]: o["file"] for o in json.loads(fast)}
+        assert files[f"{sockdir}/moved.sock"] == {
+            "state": "renamed",
+            "now_at": f"{sockdir}/moved-now.sock",
+        }
+        assert files[f"{sockdir}/gone.sock"]["state"] == "deleted"
+        reference = _by_inode(json_document(list_sockets().sockets), mine)
+        # One scan child at a time: a child holds copies of our descriptors, and a
+        # second one alive during the first's walk would be listed as their holder.
+        for make in (lambda: BackgroundFdScan(json_texts=True), BackgroundFdScan, lambda: None):
+            assert _by_inode(json_listing(scan=make())[0], mine) == reference
+        without = _by_inode(json_listing(processes=False)[0], mine)
+        assert without == _by_inode(json_document(list_sockets(processes=False).sockets), mine)
+        assert all(o["processes"] == [] for o in without.values())
     finally:
         os.close(duplicate)
         for sock in held:
             sock.close()
+
+
+#: Binds a socket in a private mount namespace (a tmpfs over the directory), where
+#: nobody outside sees its file, then waits: as a socket in a container does.
+_IN_OWN_ROOT = r"""
+import os, socket, subprocess, sys
+d = sys.argv[1]
+subprocess.run(["mount", "-t", "tmpfs", "none", d], check=True)
+s = socket.socket(socket.AF_UNIX); s.bind(d + "/inside.sock"); s.listen(1)
+print(os.fstat(s.fileno()).st_ino, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_file_seen_only_from_its_holders_mount_namespace_is_present(
+    peers: Peers, sockdir: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a mount namespace")
+    inner = sockdir / "inner"
+    inner.mkdir()
+    holder = peers.start(
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        sys.executable,
+        "-c",
+        _IN_OWN_ROOT,
+        inner,
+        stdin=subprocess.PIPE,
+    )
+    assert holder.proc.stdout is not None
+    inode = int(holder.proc.stdout.readline())
+    assert not (inner / "inside.sock").exists()  # not from our root
+    found = [s for s in list_sockets() if s.inode == inode]
+    assert found and found[0].file is not None
+    assert found[0].file.state is FileState.PRESENT  # via /proc/PID/root of its holder
+    fast = _by_inode(json_listing(scan=BackgroundFdScan(json_texts=True))[0], {inode})
+    assert fast[inode]["file"] == {"state": "present", "now_at": None}
+    without = list_sockets(processes=False)
+    assert [s.file.state for s in without if s.inode == inode and s.file] == [FileState.DELETED]

@@ -250,12 +250,25 @@ def handle(args: argparse.Namespace, env: Env) -> int:
     from udskit.socktype import SocketType
 
     try:
+        where = build_filter(args)
+        source = Source.PROC if args.proc else None
+        if args.json and not args.connections and not where.needs_owners:
+            # The document is rendered while the scan child still reads /proc.
+            from udskit.inspect.jsonlisting import json_listing
+
+            document, view = json_listing(
+                where, processes=args.processes, meminfo=args.memory, source=source, scan=scan
+            )
+            if view.note:
+                env.err(f"udskit ls: {view.note}")
+            env.write(document.encode("utf-8", errors="surrogateescape"))
+            return ExitStatus.OK
         listing = list_sockets(
-            build_filter(args),
+            where,
             processes=args.processes,
             meminfo=args.memory,
             connections=args.connections,
-            source=Source.PROC if args.proc else None,
+            source=source,
             owners=owners_from_background(scan) if scan is not None else None,
         )
     finally:
@@ -275,9 +288,7 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         from udskit.inspect.render import json_document
 
         conns = listing.connections if args.connections else None
-        texts = scan.owner_texts if scan is not None else None
-        document = json_document(sockets, conns, texts)
-        env.write(document.encode("utf-8", errors="surrogateescape"))
+        env.write(json_document(sockets, conns).encode("utf-8", errors="surrogateescape"))
         return ExitStatus.OK
     from udskit.inspect.render import format_table
 

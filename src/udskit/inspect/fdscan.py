@@ -23,7 +23,7 @@ __all__ = [
     "BackgroundFdScan",
     "ProcessFacts",
     "RawScan",
-    "owner_texts",
+    "owner_texts_of",
     "process_command",
     "user_name",
     "walk_socket_fds",
@@ -117,25 +117,29 @@ def walk_socket_fds(keep: set[int] | None = None, skip_pid: int | None = None) -
     return triples, facts
 
 
-def owner_texts(scan: RawScan) -> dict[int, str]:
-    """Socket inode -> the JSON text of its owners (`udskit.inspect.ownerjson`), in the
+def owner_texts_of(scan: RawScan) -> dict[int, str]:
+    """Socket inode -> the JSON text of its owners (`ownerjson.owners_text`), in the
     order of the triples, which is also the order `SocketOwner` tuples are made in."""
-    from udskit.inspect.ownerjson import owners_text
+    from udskit.inspect.ownerjson import process_texts
 
     triples, facts = scan
-    grouped: dict[int, list[tuple[int, str, int, int | None, str | None]]] = {}
-    get = grouped.get
+    texts: dict[int, str] = {}
+    get = texts.get
+    per_process: dict[int, tuple[str, str]] = {}
+    around_of = per_process.get
     it = iter(triples)
+    # One text per descriptor, joined per inode as owners_text() joins them: most
+    # sockets have one holder, so no list per inode is made.
     for inode, pid, fd in zip(it, it, it, strict=True):
-        command, uid, user = facts[pid]
-        owner = (pid, command, fd, uid, user)
-        found = get(inode)
-        if found is None:
-            grouped[inode] = [owner]
+        around = around_of(pid)
+        if around is None:
+            around = per_process[pid] = process_texts(pid, *facts[pid])
+        before = get(inode)
+        if before is None:
+            texts[inode] = f"{around[0]}{fd}{around[1]}"
         else:
-            found.append(owner)
-    cache: dict[int, tuple[str, str]] = {}
-    return {inode: owners_text(owners, cache) for inode, owners in grouped.items()}
+            texts[inode] = f"{before}, {around[0]}{fd}{around[1]}"
+    return texts
 
 
 class BackgroundFdScan:
@@ -171,7 +175,7 @@ class BackgroundFdScan:
                 os.close(read_end)
                 gc.disable()
                 scan = walk_socket_fds(None, skip_pid=os.getpid())
-                texts = owner_texts(scan) if json_texts else None
+                texts = owner_texts_of(scan) if json_texts else None
                 data = memoryview(marshal.dumps((scan[0].tobytes(), scan[1], texts)))
                 while data:
                     data = data[os.write(write_end, data) :]

@@ -24,7 +24,7 @@ import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, NamedTuple, final
 
 from udskit.address import AddressKind, UnixAddress, format_address, parse_address
 from udskit.inspect.listing import (
@@ -54,6 +54,7 @@ from udskit.socktype import SocketType
 __all__ = [
     "Connection",
     "FileState",
+    "KernelView",
     "Listing",
     "SocketFile",
     "SocketFilter",
@@ -62,10 +63,12 @@ __all__ = [
     "UnixSocket",
     "bound_socket",
     "bound_socket_at",
+    "check_socket_file",
     "dump_unix_sockets",
     "find_stale_files",
     "list_sockets",
     "query_unix_socket",
+    "read_kernel_view",
 ]
 
 #: Where socket files usually live; `find_stale_files` also looks next to every bound one.
@@ -274,6 +277,31 @@ _REPLACED_FILE: Final = SocketFile(FileState.REPLACED)
 
 
 # -- the listing -----------------------------------------------------------------------
+@final
+class KernelView(NamedTuple):
+    """What the kernel says, before any process is looked at."""
+
+    #: Every socket of the namespace (peers and clients are looked up here).
+    infos: list[UnixSocketInfo]
+    #: Those the filter keeps, as far as the kernel's facts alone can tell.
+    kept: list[UnixSocketInfo]
+    by_inode: dict[int, UnixSocketInfo]
+    source: Source
+    #: Why /proc/net/unix was read instead of sock_diag (None when netlink worked).
+    note: str | None
+
+
+def read_kernel_view(
+    where: SocketFilter, *, meminfo: bool = False, source: Source | None = None
+) -> KernelView:
+    """Every unix socket from sock_diag (or /proc/net/unix), prefiltered by `where`."""
+    show = Show.default() | Show.MEMINFO if meminfo else Show.default()
+    infos, used, note = _kernel_view(source, show)
+    by_inode = {info.inode: info for info in infos}
+    kept = _prefilter(infos, where) if where.needs_prefilter else infos
+    return KernelView(infos, kept, by_inode, used, note)
+
+
 @contextmanager
 def _no_cycle_collection() -> Iterator[None]:
     """Pause the cyclic GC: a listing makes ~5 tuples per socket and no cycles, and on
@@ -325,11 +353,9 @@ def _list_sockets(
     source: Source | None,
     scan_owners: Callable[[], Mapping[int, tuple[SocketOwner, ...]]],
 ) -> Listing:
-    show = Show.default() | Show.MEMINFO if meminfo else Show.default()
-    infos, used, note = _kernel_view(source, show)
-    by_inode = {info.inode: info for info in infos}
+    view = read_kernel_view(where, meminfo=meminfo, source=source)
+    infos, kept, by_inode, used, note = view
     owners = scan_owners() if processes or where.needs_owners else {}
-    kept = _prefilter(infos, where) if where.needs_prefilter else infos
 
     # One pass; every name below is local because this runs once per socket.
     files: dict[VfsInode, SocketFile] = {}

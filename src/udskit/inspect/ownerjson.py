@@ -15,15 +15,25 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["OwnerTexts", "owners_text"]
+__all__ = ["OwnerFields", "OwnerTexts", "owners_text", "process_texts"]
 
 #: Per pid: the text before the fd and the text after it (all but fd is per process).
 OwnerTexts = dict[int, tuple[str, str]]
+#: (pid, command, fd, uid, user), as `SocketOwner` and the raw scan both give it.
+OwnerFields = tuple[int, str, int, "int | None", "str | None"]
 
 
-def owners_text(
-    owners: Iterable[tuple[int, str, int, int | None, str | None]], cache: OwnerTexts
-) -> str:
+def process_texts(pid: int, command: str, uid: int | None, user: str | None) -> tuple[str, str]:
+    """The text of one owner object before its fd and after it."""
+    uid_text = "null" if uid is None else str(uid)
+    user_text = "null" if user is None else _quote(user)
+    return (
+        f'{{"pid": {pid}, "command": {_quote(command)}, "fd": ',
+        f', "uid": {uid_text}, "user": {user_text}}}',
+    )
+
+
+def owners_text(owners: Iterable[OwnerFields], cache: OwnerTexts) -> str:
     """The JSON objects of `owners` ((pid, command, fd, uid, user) each), comma-separated.
 
     `cache` keeps each process's text between calls (a process often holds many sockets).
@@ -32,11 +42,6 @@ def owners_text(
     for pid, command, fd, uid, user in owners:
         around = cache.get(pid)
         if around is None:
-            uid_text = "null" if uid is None else str(uid)
-            user_text = "null" if user is None else _quote(user)
-            around = cache[pid] = (
-                f'{{"pid": {pid}, "command": {_quote(command)}, "fd": ',
-                f', "uid": {uid_text}, "user": {user_text}}}',
-            )
+            around = cache[pid] = process_texts(pid, command, uid, user)
         parts.append(f"{around[0]}{fd}{around[1]}")
     return ", ".join(parts)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection
 from udskit.inspect.fdscan import (
     BackgroundFdScan,
     ProcessFacts,
+    RawScan,
     process_command,
     user_name,
     walk_socket_fds,
@@ -23,6 +24,7 @@ __all__ = [
     "SocketOwner",
     "find_socket_owners",
     "owners_from_background",
+    "owners_from_scan",
     "process_command",
     "read_proc_net_unix",
     "scan_socket_owners",
@@ -35,13 +37,17 @@ def read_proc_net_unix() -> list[ProcNetUnixEntry]:
         return decode_proc_net_unix(f.read())
 
 
-def _owners_from(triples: array[int], facts: ProcessFacts) -> dict[int, tuple[SocketOwner, ...]]:
+def _owners_from(
+    triples: array[int], facts: ProcessFacts, keep: Collection[int] | None = None
+) -> dict[int, tuple[SocketOwner, ...]]:
     found: dict[int, tuple[SocketOwner, ...]] = {}
     get = found.get
     # tuple.__new__ skips NamedTuple's Python-level __new__: one owner per socket fd.
     new = tuple.__new__
     it = iter(triples)
     for inode, pid, fd in zip(it, it, it, strict=True):
+        if keep is not None and inode not in keep:
+            continue
         command, uid, user = facts[pid]
         owner = new(SocketOwner, (pid, command, fd, uid, user))
         before = get(inode)
@@ -64,6 +70,13 @@ def find_socket_owners(inodes: Collection[int]) -> dict[int, list[SocketOwner]]:
     if not inodes:
         return {}
     return {inode: list(owners) for inode, owners in scan_socket_owners(inodes).items()}
+
+
+def owners_from_scan(
+    scan: RawScan, wanted: Collection[int] | None = None
+) -> dict[int, tuple[SocketOwner, ...]]:
+    """Socket inode -> its owners, from a scan's raw result (only `wanted`, if given)."""
+    return _owners_from(*scan, wanted)
 
 
 def owners_from_background(

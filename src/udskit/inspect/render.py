@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, final
 
 from udskit.address import AddressKind, UnixAddress, format_address
 from udskit.inspect.listing import Connection, FileState, SocketFile, StaleFile, UnixSocket
 from udskit.inspect.ownerjson import OwnerTexts, owners_text
 from udskit.inspect.procfs import SocketOwner
-from udskit.inspect.sockdiag import Shutdown, SocketState
+from udskit.inspect.sockdiag import Shutdown, SocketState, UnixSocketInfo
 
 __all__ = [
+    "JsonTemplate",
+    "file_json",
     "format_connections",
     "format_stale_table",
     "format_table",
     "json_document",
+    "json_template",
     "socket_to_json",
     "stale_to_json",
 ]
@@ -32,8 +35,6 @@ _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
 
 
 # -- JSON ------------------------------------------------------------------------------
-def _no_text(_inode: int | None) -> str | None:
-    return None
 
 
 def _address_json(address: UnixAddress | None) -> str | None:
@@ -114,54 +115,91 @@ _SHUTDOWN_JSON: Final = {s: _quote(s.word) if s.word else "null" for s in map(Sh
 _FILE_JSON: Final = {state: f'{{"state": "{state.value}", "now_at": null}}' for state in FileState}
 
 
-def json_document(
-    sockets: Iterable[UnixSocket],
-    connections: Mapping[int, Sequence[Connection]] | None = None,
-    owner_texts: Mapping[int, str] | None = None,
-) -> str:
-    """The JSON array `udskit ls --json` prints, one socket object per line.
+def file_json(sock_file: SocketFile | None) -> str:
+    """The "file" member of a socket's JSON object."""
+    if sock_file is None:
+        return "null"
+    if sock_file.now_at is None:
+        return _FILE_JSON[sock_file.state]
+    return json.dumps(_file_to_json(sock_file))
 
-    Equal, after json.loads, to [socket_to_json(s) for s in sockets] (plus
-    "connections" when given); written by hand because it runs once per socket and
-    json.dumps over 20,000 dicts takes longer than `ss -xp`'s whole run.
 
-    `owner_texts` (inode -> `ownerjson.owners_text` of its owners) may come from the
-    same scan that found the sockets' processes (`BackgroundFdScan(json_texts=True)`);
-    an inode missing there is written from its records.
+@final
+class JsonTemplate:
+    """A listing's JSON document, written before the processes are known.
+
+    `udskit ls --json` renders everything the kernel said while /proc is still being
+    scanned; `document()` then drops each socket's processes (and its peer's) into
+    their slots. The few pathname sockets whose file can only be checked from a
+    holder's root (a container's) have a file slot too.
     """
-    lines: list[str] = []
-    append = lines.append
-    per_process: OwnerTexts = {}
-    # The owners tuple of a socket is also its peer's peer_processes: the same object,
-    # so its text is made once and found again by id() (kept alive by `sockets`).
-    owner_lists: dict[int, str] = {}
-    owner_text = owner_lists.get
-    texts = owner_texts.get if owner_texts is not None else _no_text
+
+    __slots__ = ("file_slots", "owner_slots", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        #: (index in parts, inode whose owners go there)
+        self.owner_slots: list[tuple[int, int]] = []
+        #: (index in parts, index of the socket in the rows given to json_template)
+        self.file_slots: list[tuple[int, int]] = []
+
+    def document(
+        self, owner_texts: Mapping[int, str], file_texts: Mapping[int, str] | None = None
+    ) -> str:
+        """The document, with `owner_texts` (inode -> `ownerjson.owners_text`; missing:
+        no process seen) and `file_texts` (row index -> `file_json`) in their slots."""
+        if not self.parts:
+            return "[]\n"
+        parts = self.parts.copy()
+        text = owner_texts.get
+        for index, inode in self.owner_slots:
+            parts[index] = text(inode, "")
+        for index, row in self.file_slots:
+            parts[index] = file_texts[row] if file_texts is not None else "null"
+        return "".join(parts)
+
+
+def json_template(
+    rows: Sequence[UnixSocketInfo | UnixSocket],
+    peer_addresses: Sequence[UnixAddress | None],
+    files: Sequence[str | None],
+    connections: Mapping[int, Sequence[Connection]] | None = None,
+) -> JsonTemplate:
+    """The JSON document of `rows` (the kernel's facts), waiting for the processes.
+
+    `peer_addresses[i]` and `files[i]` (`file_json` text, or None for a file slot)
+    go with `rows[i]`. Objects appear one a line, in the order of `rows`.
+    """
+    template = JsonTemplate()
+    parts = template.parts
+    append = parts.append
+    owner_slots = template.owner_slots.append
+    file_slots = template.file_slots.append
     addresses: dict[UnixAddress, str] = {}
     address_text = addresses.get
     unnamed = AddressKind.UNNAMED
     shutdowns = _SHUTDOWN_JSON
-    files = _FILE_JSON
-    kept = sockets if isinstance(sockets, (list, tuple)) else list(sockets)
-    for (
-        inode,
-        sock_type,
-        state,
-        address,
-        _vfs,
-        peer,
-        pending,
-        recv_q,
-        send_q,
-        shutdown,
-        uid,
-        cookie,
-        meminfo,
-        procs,
-        peers,
+    separator = "[\n"
+    for row_index, (
+        (
+            inode,
+            sock_type,
+            state,
+            address,
+            _vfs,
+            peer,
+            pending,
+            recv_q,
+            send_q,
+            shutdown,
+            uid,
+            cookie,
+            meminfo,
+            *_joined,
+        ),
         peer_address,
-        sock_file,
-    ) in kept:
+        file_text,
+    ) in enumerate(zip(rows, peer_addresses, files, strict=True)):
         if address.kind is unnamed:
             address_json = "null"
         elif (known := address_text(address)) is not None:
@@ -174,29 +212,9 @@ def json_document(
             peer_address_json = known
         else:
             peer_address_json = addresses[peer_address] = _quote(format_address(peer_address))
-        if not procs:
-            procs_json = ""
-        elif (known := texts(inode)) is not None or (known := owner_text(id(procs))) is not None:
-            procs_json = known
-        else:
-            procs_json = owner_lists[id(procs)] = owners_text(procs, per_process)
-        if not peers:
-            peers_json = ""
-        elif (peer is not None and (known := texts(peer)) is not None) or (
-            known := owner_text(id(peers))
-        ) is not None:
-            peers_json = known
-        else:
-            peers_json = owner_lists[id(peers)] = owners_text(peers, per_process)
-        if sock_file is None:
-            file_json = "null"
-        elif sock_file.now_at is None:
-            file_json = files[sock_file.state]
-        else:
-            file_json = json.dumps(_file_to_json(sock_file))
-        line = (
+        head = (
             # _value_, not .value: enum's .value is a Python-level descriptor call.
-            f'{{"inode": {inode}, "type": "{sock_type._value_}", '
+            f'{separator}{{"inode": {inode}, "type": "{sock_type._value_}", '
             f'"state": "{state._value_}", '
             f'"address": {address_json}, '
             f'"peer_inode": {"null" if peer is None else peer}, '
@@ -206,22 +224,66 @@ def json_document(
             f'"uid": {"null" if uid is None else uid}, '
             f'"shutdown": {"null" if shutdown is None else shutdowns[shutdown]}, '
             f'"pending": [{", ".join(map(str, pending)) if pending else ""}], '
-            f'"file": {file_json}, '
-            f'"processes": [{procs_json}], '
-            f'"peer_processes": [{peers_json}], '
-            f'"cookie": {"null" if cookie is None else cookie}'
+            f'"file": '
         )
+        separator = ",\n"
+        if file_text is None:
+            append(head)
+            file_slots((len(parts), row_index))
+            append("")
+            append(', "processes": [')
+        else:
+            append(f'{head}{file_text}, "processes": [')
+        owner_slots((len(parts), inode))
+        append("")
+        if peer is None:
+            append('], "peer_processes": [')
+        else:
+            append('], "peer_processes": [')
+            owner_slots((len(parts), peer))
+            append("")
+        tail = f'], "cookie": {"null" if cookie is None else cookie}'
         if meminfo is not None:
-            line += ', "meminfo": ' + json.dumps(
+            tail += ', "meminfo": ' + json.dumps(
                 {name: getattr(meminfo, name) for name in meminfo.__dataclass_fields__}
             )
         if connections is not None:
             conns = [connection_to_json(c) for c in connections.get(inode, ())]
-            line += ', "connections": ' + json.dumps(conns)
-        append(line + "}")
-    if not lines:
-        return "[]\n"
-    return "[\n" + ",\n".join(lines) + "\n]\n"
+            tail += ', "connections": ' + json.dumps(conns)
+        append(tail + "}")
+    if parts:
+        append("\n]\n")
+    return template
+
+
+def json_document(
+    sockets: Iterable[UnixSocket],
+    connections: Mapping[int, Sequence[Connection]] | None = None,
+) -> str:
+    """The JSON array `udskit ls --json` prints, one socket object per line.
+
+    Equal, after json.loads, to [socket_to_json(s) for s in sockets] (plus
+    "connections" when given); written by hand because it runs once per socket and
+    json.dumps over 20,000 dicts takes longer than `ss -xp`'s whole run.
+    """
+    kept = sockets if isinstance(sockets, (list, tuple)) else list(sockets)
+    template = json_template(
+        kept, [s.peer_address for s in kept], [file_json(s.file) for s in kept], connections
+    )
+    # Owner texts by inode. The owners tuple of a socket is also its peer's
+    # peer_processes (the same object), so its text is made once, found by id().
+    per_process: OwnerTexts = {}
+    by_id: dict[int, str] = {}
+    texts: dict[int, str] = {}
+    for sock in kept:
+        for inode, owners in ((sock.inode, sock.processes), (sock.peer_inode, sock.peer_processes)):
+            if inode is None or not owners or inode in texts:
+                continue
+            text = by_id.get(id(owners))
+            if text is None:
+                text = by_id[id(owners)] = owners_text(owners, per_process)
+            texts[inode] = text
+    return template.document(texts)
 
 
 # -- the table -------------------------------------------------------------------------
