@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Peers
+from tests.conftest import UDSKIT, Peers
 from udskit.cli import ls as ls_cli
 from udskit.cli import main
 from udskit.cli.env import Env
@@ -322,3 +322,58 @@ def test_the_early_scan_is_started_only_when_the_listing_needs_it(
     argv: list[str], scans: bool
 ) -> None:
     assert ls_cli._wants_scan(argv) is scans
+
+
+#: Runs `udskit ls --json` in-process with a Ctrl-C raised while MODULE is imported
+#: (an audit hook), then prints the exit status, live children and the collector.
+_INTERRUPTED_AT_IMPORT = r"""
+import gc, io, json, os, sys
+module = sys.argv[1]
+def hook(event, args):
+    if event == "import" and args[0] == module:
+        raise KeyboardInterrupt
+sys.addaudithook(hook)
+from udskit.cli import main
+from udskit.cli.env import Env
+status = main(["ls", "--json"], Env(io.BytesIO(), io.BytesIO(), io.StringIO()))
+children = set()
+for task in os.listdir("/proc/self/task"):
+    with open(f"/proc/self/task/{task}/children") as f:
+        children.update(f.read().split())
+print(json.dumps({"status": status, "children": sorted(children), "gc": gc.isenabled()}))
+"""
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["udskit.inspect.fdscan", "udskit.cli.parser", "udskit.inspect.lister"],
+)
+def test_ctrl_c_at_any_step_of_ls_leaves_no_child_and_the_collector_on(module: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_AT_IMPORT, module],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout) == {"status": 130, "children": [], "gc": True}
+
+
+def test_ls_works_with_sigchld_ignored() -> None:
+    # An ignored SIGCHLD makes the kernel reap children itself (waitpid: ECHILD); the
+    # scan child's data must still be used, or the scan done in-line.
+    script = (
+        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mine:
+        mine.bind(b"\0udskit-test-sigchld-" + str(os.getpid()).encode())
+        out = subprocess.run(
+            [sys.executable, "-c", script, *UDSKIT, "ls", "--json"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        found = [s for s in json.loads(out.stdout) if s["inode"] == os.fstat(mine.fileno()).st_ino]
+        assert [p["pid"] for p in found[0]["processes"]] == [os.getpid()]

@@ -291,3 +291,20 @@ def test_a_file_seen_only_from_its_holders_mount_namespace_is_present(
     assert fast[inode]["file"] == {"state": "present", "now_at": None}
     without = list_sockets(processes=False)
     assert [s.file.state for s in without if s.inode == inode and s.file] == [FileState.DELETED]
+
+
+def test_json_document_writes_each_records_own_processes() -> None:
+    # A library caller may pass records it edited: each object must show that record's
+    # own processes and peer_processes, not those of another record for the same inode.
+    a, b = socket.socketpair()
+    try:
+        mine = {inode_of(a), inode_of(b)}
+        records = [s for s in list_sockets() if s.inode in mine]
+        assert len(records) == 2 and all(r.processes for r in records)
+        edited = [records[0]._replace(processes=()), records[1]]
+        assert json.loads(json_document(edited)) == [socket_to_json(r) for r in edited]
+        cut = [records[0]._replace(peer_processes=()), records[1]]
+        assert json.loads(json_document(cut)) == [socket_to_json(r) for r in cut]
+    finally:
+        a.close()
+        b.close()

@@ -45,16 +45,29 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
         # of a listing, and a child on the other CPU can start it now.
         from udskit.cli import ls
 
-        ls.start_early_scan(argv[1:])
         try:
+            try:
+                ls.start_early_scan(argv[1:])
+            except (KeyboardInterrupt, Terminated) as exc:
+                return _interrupted(exc)
             return _run_command(argv, env)
         finally:
             ls.discard_early_scan()
     return _run_command(argv, env)
 
 
+def _interrupted(exc: KeyboardInterrupt | Terminated) -> int:
+    """The exit status for Ctrl-C (130) or a terminating signal (128 + its number)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.TERMINATED if exc.signum == signal.SIGTERM else 128 + exc.signum
+
+
 def _run_command(argv: list[str], env: Env) -> int:
-    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    try:
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _interrupted(exc)
     handler: Handler = args.handler
     from udskit.errors import UdskitError, UsageError
 
@@ -66,10 +79,8 @@ def _run_command(argv: list[str], env: Env) -> int:
     except UdskitError as err:
         env.err(f"udskit {args.command}: {err}")
         return ExitStatus.USAGE if isinstance(err, ValueError) else ExitStatus.FAILED
-    except KeyboardInterrupt:
-        return ExitStatus.INTERRUPTED
-    except Terminated as sig:
-        return ExitStatus.TERMINATED if sig.signum == signal.SIGTERM else 128 + sig.signum
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _interrupted(exc)
     except BrokenPipeError:
         # stdout went away (`udskit ls | head`): not an error worth a traceback.
         return ExitStatus.OK

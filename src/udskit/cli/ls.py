@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from udskit.cli.env import Env, ExitStatus
 
 TYPE_CHECKING = False  # typing and argparse are imported after the early scan's fork
@@ -199,57 +201,69 @@ def _wants_scan(argv: Sequence[str]) -> bool:
     return True
 
 
+def _forking_is_safe() -> bool:
+    """No other thread: a child forked while another thread holds a lock can hang."""
+    threading = sys.modules.get("threading")
+    return threading is None or threading.active_count() == 1
+
+
 def start_early_scan(argv: Sequence[str]) -> None:
     """Start the scan of /proc/*/fd in a child now, before argparse and the lister are
     imported (they take ~40 ms), if `udskit ls ARGV` will need it; `handle` takes it.
-    The caller calls `discard_early_scan()` afterwards, whatever happened."""
+    The caller calls `discard_early_scan()` afterwards, whatever happened (the scan is
+    registered before any signal can interrupt, see BackgroundFdScan)."""
     import gc
 
     # A listing makes a few objects per socket and no cycles; the collector's passes
     # over a heap that grows to 20,000 sockets' worth would only cost time.
     _GC_WAS_ENABLED[:] = [gc.isenabled()]
     gc.disable()
-    if _wants_scan(argv):
+    if _wants_scan(argv) and _forking_is_safe():
         from udskit.inspect.fdscan import BackgroundFdScan
 
         wants_json = any(arg.startswith("--j") for arg in argv)
-        _EARLY.append(BackgroundFdScan(json_texts=wants_json))
+        BackgroundFdScan(json_texts=wants_json, registry=_EARLY)
 
 
 def discard_early_scan() -> None:
-    """Stop a scan nobody took (a usage error, --help, an exception on the way), and
+    """Stop a scan still running (a usage error, --help, an exception on the way), and
     give the cyclic garbage collector back (the command may run in-process)."""
-    while _EARLY:
-        _EARLY.pop().close()
-    if _GC_WAS_ENABLED and _GC_WAS_ENABLED.pop():
-        import gc
+    try:
+        while _EARLY:
+            _EARLY.pop().close()
+    finally:
+        if _GC_WAS_ENABLED and _GC_WAS_ENABLED.pop():
+            import gc
 
-        gc.enable()
+            gc.enable()
 
 
-def _take_scan(json_texts: bool) -> BackgroundFdScan:
+def _take_scan(json_texts: bool) -> BackgroundFdScan | None:
+    """The early scan, or a new one (registered for `discard_early_scan` too); None
+    where forking is not safe, and the lister then scans in-line."""
     if _EARLY:
-        return _EARLY.pop()
+        return _EARLY[-1]
+    if not _forking_is_safe():
+        return None
     from udskit.inspect.fdscan import BackgroundFdScan
 
-    return BackgroundFdScan(json_texts=json_texts)
+    return BackgroundFdScan(json_texts=json_texts, registry=_EARLY)
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
     if args.stale:
         return _handle_stale(args, env)
-    scan = None
-    if args.processes and not args.proc:
-        # The /proc/*/fd scan runs in a child on the other CPU while this process
-        # imports the lister and reads netlink (the CLI has no threads yet).
-        scan = _take_scan(args.json)
-    from udskit.inspect.lister import list_sockets
     from udskit.inspect.listing import Source
-    from udskit.inspect.owners import owners_from_background
-    from udskit.inspect.sockdiag import SocketState
-    from udskit.socktype import SocketType
 
+    scan = None
     try:
+        if args.processes and not args.proc:
+            # The /proc/*/fd scan runs in a child on the other CPU while this process
+            # imports the lister and reads netlink (the CLI has no threads yet).
+            scan = _take_scan(args.json)
+        from udskit.inspect.lister import list_sockets
+        from udskit.inspect.owners import owners_from_background
+
         where = build_filter(args)
         source = Source.PROC if args.proc else None
         if args.json and not args.connections and not where.needs_owners:
@@ -274,6 +288,9 @@ def handle(args: argparse.Namespace, env: Env) -> int:
     finally:
         if scan is not None:
             scan.close()
+    from udskit.inspect.sockdiag import SocketState
+    from udskit.socktype import SocketType
+
     if listing.note:
         env.err(f"udskit ls: {listing.note}")
     sockets = listing.sockets

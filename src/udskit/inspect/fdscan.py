@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _SOCKET_LINK = "socket:["
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 #: Per process holding sockets: (command, uid, user name).
@@ -155,60 +156,94 @@ class BackgroundFdScan:
     result(), or None if the child failed.
     """
 
-    def __init__(self, *, json_texts: bool = False) -> None:
+    def __init__(
+        self, *, json_texts: bool = False, registry: list[BackgroundFdScan] | None = None
+    ) -> None:
+        """Fork the child. With `registry`, the scan is appended to it before any
+        Ctrl-C or SIGTERM can interrupt (they are blocked from the fork until then),
+        so whoever cleans up the registry always finds the child."""
         self._pid = -1
         self._fd = -1
         self.owner_texts: dict[int, str] | None = None
         try:
-            read_end, write_end = os.pipe()
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
         except OSError:
             return
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            pid = os.fork()
-        except OSError:
-            os.close(read_end)
-            os.close(write_end)
-            return
-        if pid == 0:  # the child: scan, send, and leave without running any cleanup
-            status = 1
             try:
+                pid = os.fork()
+            except OSError:
                 os.close(read_end)
-                gc.disable()
-                scan = walk_socket_fds(None, skip_pid=os.getpid())
-                texts = owner_texts_of(scan) if json_texts else None
-                data = memoryview(marshal.dumps((scan[0].tobytes(), scan[1], texts)))
-                while data:
-                    data = data[os.write(write_end, data) :]
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        self._pid, self._fd = pid, read_end
+                os.close(write_end)
+                return
+            if pid == 0:  # the child: scan, send, and leave without running any cleanup
+                # Its signals stay blocked: a Ctrl-C is for the parent, which kills it.
+                status = 1
+                try:
+                    os.close(read_end)
+                    gc.disable()
+                    scan = walk_socket_fds(None, skip_pid=os.getpid())
+                    texts = owner_texts_of(scan) if json_texts else None
+                    data = memoryview(marshal.dumps((scan[0].tobytes(), scan[1], texts)))
+                    while data:
+                        data = data[os.write(write_end, data) :]
+                    status = 0
+                finally:
+                    os._exit(status)
+            os.close(write_end)
+            self._pid, self._fd = pid, read_end
+            if registry is not None:
+                registry.append(self)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def close(self) -> None:
-        """Stop and reap the child if result() was never asked for (an error on the way)."""
-        if self._pid < 0:
-            return
-        os.close(self._fd)
-        with suppress(ProcessLookupError):
-            os.kill(self._pid, signal.SIGKILL)
-        os.waitpid(self._pid, 0)
-        self._pid = -1
+        """Stop and reap the child if result() was not asked for (an error on the way);
+        after result(), nothing is left to do. Safe to call more than once."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+        if self._pid >= 0:
+            with suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            # After SIGKILL the wait is short: let no signal interrupt it.
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                self._reap()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def _reap(self) -> int | None:
+        """The child's wait status; None if the kernel reaped it already (SIGCHLD is
+        ignored in this process), in which case only the data can tell success."""
+        pid, self._pid = self._pid, -1
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return None
 
     def result(self) -> RawScan:
-        if self._pid < 0:
+        """The scan (after waiting for the child); scanned in-line if the child failed."""
+        if self._pid < 0 and self._fd < 0:
             return walk_socket_fds()
         chunks = []
         try:
             while chunk := os.read(self._fd, 1 << 20):
                 chunks.append(chunk)
-        finally:
-            os.close(self._fd)
-            _pid, status = os.waitpid(self._pid, 0)
-            self._pid = -1
-        if status != 0:
+        except BaseException:
+            self.close()  # a Ctrl-C while we wait: the child must not outlive us
+            raise
+        os.close(self._fd)
+        self._fd = -1
+        status = self._reap()
+        if status is not None and status != 0:
             return walk_socket_fds()
-        raw, facts, self.owner_texts = marshal.loads(b"".join(chunks))
+        try:
+            raw, facts, self.owner_texts = marshal.loads(b"".join(chunks))
+        except (EOFError, ValueError, TypeError):  # a child that died mid-way
+            self.owner_texts = None
+            return walk_socket_fds()
         triples = array("q")
         triples.frombytes(raw)
         return triples, facts

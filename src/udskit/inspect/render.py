@@ -138,22 +138,31 @@ class JsonTemplate:
 
     def __init__(self) -> None:
         self.parts: list[str] = []
-        #: (index in parts, inode whose owners go there)
+        #: (index in parts, inode whose owners go there): for each socket its own
+        #: processes, then its peer's (inode -1 when it has no peer)
         self.owner_slots: list[tuple[int, int]] = []
         #: (index in parts, index of the socket in the rows given to json_template)
         self.file_slots: list[tuple[int, int]] = []
 
     def document(
-        self, owner_texts: Mapping[int, str], file_texts: Mapping[int, str] | None = None
+        self,
+        owner_texts: Mapping[int, str] | Sequence[str],
+        file_texts: Mapping[int, str] | None = None,
     ) -> str:
-        """The document, with `owner_texts` (inode -> `ownerjson.owners_text`; missing:
-        no process seen) and `file_texts` (row index -> `file_json`) in their slots."""
+        """The document, with the owners in their slots and `file_texts` (row index ->
+        `file_json`) in the file slots. `owner_texts` is either a mapping from inode to
+        `ownerjson.owners_text` (missing: no process seen), or one text per owner slot,
+        in the order of `owner_slots`."""
         if not self.parts:
             return "[]\n"
         parts = self.parts.copy()
-        text = owner_texts.get
-        for index, inode in self.owner_slots:
-            parts[index] = text(inode, "")
+        if isinstance(owner_texts, Mapping):
+            text = owner_texts.get
+            for index, inode in self.owner_slots:
+                parts[index] = text(inode, "")
+        else:
+            for (index, _inode), owners in zip(self.owner_slots, owner_texts, strict=True):
+                parts[index] = owners
         for index, row in self.file_slots:
             parts[index] = file_texts[row] if file_texts is not None else "null"
         return "".join(parts)
@@ -236,12 +245,9 @@ def json_template(
             append(f'{head}{file_text}, "processes": [')
         owner_slots((len(parts), inode))
         append("")
-        if peer is None:
-            append('], "peer_processes": [')
-        else:
-            append('], "peer_processes": [')
-            owner_slots((len(parts), peer))
-            append("")
+        append('], "peer_processes": [')
+        owner_slots((len(parts), -1 if peer is None else peer))  # no inode is -1
+        append("")
         tail = f'], "cookie": {"null" if cookie is None else cookie}'
         if meminfo is not None:
             tail += ', "meminfo": ' + json.dumps(
@@ -270,19 +276,21 @@ def json_document(
     template = json_template(
         kept, [s.peer_address for s in kept], [file_json(s.file) for s in kept], connections
     )
-    # Owner texts by inode. The owners tuple of a socket is also its peer's
-    # peer_processes (the same object), so its text is made once, found by id().
+    # One text per owner slot: each record's own processes, then (if it has a peer)
+    # its peer_processes. The owners tuple of a socket is usually also its peer's
+    # peer_processes (the same object), so a text is made once and found by id().
     per_process: OwnerTexts = {}
     by_id: dict[int, str] = {}
-    texts: dict[int, str] = {}
+    texts: list[str] = []
     for sock in kept:
-        for inode, owners in ((sock.inode, sock.processes), (sock.peer_inode, sock.peer_processes)):
-            if inode is None or not owners or inode in texts:
-                continue
-            text = by_id.get(id(owners))
-            if text is None:
+        for owners in (sock.processes, sock.peer_processes):
+            if not owners:
+                text = ""
+            elif (known := by_id.get(id(owners))) is not None:
+                text = known
+            else:
                 text = by_id[id(owners)] = owners_text(owners, per_process)
-            texts[inode] = text
+            texts.append(text)
     return template.document(texts)
 
 
