@@ -28,6 +28,7 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Final, final
 
@@ -182,7 +183,7 @@ class SplicePump(_Pump):
 
 @final
 class CopyPump(_Pump):
-    __slots__ = ("flags", "limit", "pending", "record")
+    __slots__ = ("flags", "limit", "pending", "read_stream", "record")
 
     def __init__(
         self,
@@ -201,20 +202,62 @@ class CopyPump(_Pump):
         self.pending: memoryview | None = None
         if record:
             src.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+        #: The read-tap-send step of a byte stream, as a closure over everything it
+        #: touches; Session's handlers call it straight from the loop when the only
+        #: event is "readable" (the per-chunk path of `udskit dump`).
+        self.read_stream = self._stream_reader()
+
+    def _stream_reader(self) -> Callable[[], None]:
+        session = self.session
+        core = session.core
+        view = core.view
+        limit = self.limit
+        recv_into = self.src.recv_into
+        send = self.dst.send
+        direction = self.direction
+        time_ns = time.time_ns
+
+        def read_stream() -> None:
+            try:
+                n = recv_into(view, limit)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                session.reset(direction, True, exc)
+                return
+            if not n:
+                self._at_eof()
+                return
+            chunk = view[:n]
+            tap = core.tap
+            if tap is not None:
+                tap.data(session.conn, direction, chunk, time_ns())
+            self.count += n
+            try:
+                sent = send(chunk)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                session.reset(direction, False, exc)
+                return
+            if sent < n:
+                self.pending = memoryview(bytes(chunk[sent:]))  # the buffer is reused
+                self._block()
+
+        return read_stream
 
     def on_readable(self) -> None:
+        if not self.record:
+            self.read_stream()
+            return
         session = self.session
         core = session.core
         view = core.view
         try:
-            if self.record:
-                n, ancillary, _flags, _addr = self.src.recvmsg_into(
-                    [view[: self.limit]], _TIMESTAMP_SPACE, self.flags
-                )
-                eof = n == 0 and not ancillary  # no record came: the peer shut down
-            else:
-                n = self.src.recv_into(view, self.limit, self.flags)
-                eof = n == 0
+            n, ancillary, _flags, _addr = self.src.recvmsg_into(
+                [view[: self.limit]], _TIMESTAMP_SPACE, self.flags
+            )
+            eof = n == 0 and not ancillary  # no record came: the peer shut down
         except BlockingIOError:
             return
         except OSError as exc:
@@ -321,8 +364,15 @@ class Session:
 
     def start(self) -> None:
         loop = self.core.loop
-        loop.register(self.client_fd, IN, self._on_client)
-        loop.register(self.upstream_fd, IN, self._on_upstream)
+        c2s, s2c = self.c2s, self.s2c
+        if isinstance(c2s, CopyPump) and not c2s.record:
+            loop.register(self.client_fd, IN, _fast(c2s, self._on_client))
+        else:
+            loop.register(self.client_fd, IN, self._on_client)
+        if isinstance(s2c, CopyPump) and not s2c.record:
+            loop.register(self.upstream_fd, IN, _fast(s2c, self._on_upstream))
+        else:
+            loop.register(self.upstream_fd, IN, self._on_upstream)
 
     # -- events -----------------------------------------------------------------------------
     def _on_client(self, events: int) -> None:
@@ -415,6 +465,20 @@ class Session:
         if core.tap is not None:
             core.tap.closed(self.conn, first, now)
         core.session_ended(self, kind, first, detail, now)
+
+
+def _fast(pump: CopyPump, general: Callable[[int], None]) -> Callable[[int], None]:
+    """A socket's event handler that goes straight to the pump's read step when the
+    only event is "readable" and the pump reads (what `general` would do then too)."""
+    read_stream = pump.read_stream
+
+    def handler(events: int) -> None:
+        if events == IN and pump.reading:
+            read_stream()
+        else:
+            general(events)
+
+    return handler
 
 
 def _copy_pump(
