@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -386,6 +387,96 @@ def test_beyond_the_backlog_chunks_are_kept_as_lengths_then_counted(
     assert cut == writer.cut_chunks and len(data) == 200 - writer.dropped_chunks
     assert kept == (200 - writer.cut_chunks - writer.dropped_chunks) * len(chunk)
     assert events[-1].kind is EventKind.CLOSE  # opens and closes are never shed
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def _spool_files(pid: int) -> list[str]:
+    """The unlinked files `pid` holds open (the writer's spool files; stdio may be
+    pytest's own unlinked capture file)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if int(fd) <= 2:
+            continue
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith("(deleted)"):
+            found.append(target)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_starved_encoder_loses_nothing_and_frees_each_spool_file_once_encoded(
+    tmp_path: Path,
+) -> None:
+    # The encoder only gets idle CPU (SCHED_IDLE): stopped outright, records must wait
+    # on disk, not in the proxy, and each spool file must go once it is encoded.
+    pcap = tmp_path / "spool.pcapng"
+    writer = sinks.PcapngWriter(str(pcap))
+    writer.begin()
+    assert writer.proc is not None
+    wait_for(lambda: len(_children(writer.proc.pid)) == 1, what="the encoder")
+    (encoder,) = _children(writer.proc.pid)
+    # It sets its own class just after the fork.
+    wait_for(lambda: os.sched_getscheduler(encoder) == os.SCHED_IDLE, what="SCHED_IDLE")
+    os.kill(encoder, signal.SIGSTOP)
+    chunk = random.Random(5).randbytes(1 << 20)
+    count = 140  # more than two spool files of SPOOL_FILE_BYTES
+    try:
+        writer.opened(1, "/s", SocketType.STREAM, ClientInfo(1, 0, 0, "t"), 1)
+        for i in range(count):
+            writer.data(1, Direction.C2S, chunk, len(chunk), 2 + i)
+            while writer.flush():  # the spooler keeps the pipe moving
+                time.sleep(0.001)
+        assert writer.backlog == 0  # nothing waits in the proxy
+    finally:
+        os.kill(encoder, signal.SIGCONT)
+    wait_for(
+        lambda: pcap.stat().st_size > count << 20 and len(_spool_files(encoder)) == 1,
+        what="the encoder to catch up",
+        timeout=120,
+    )
+    writer.closed(1, Direction.C2S, 10**9)
+    writer.close()
+    assert writer.loss() is None
+    got = hashlib.sha256()
+    for ev in decode_events(pcap.read_bytes()):
+        if ev.kind is EventKind.DATA:
+            got.update(ev.data)
+    assert got.digest() == hashlib.sha256(chunk * count).digest()
+
+
+def test_a_second_ctrl_c_stops_the_encoder_too(tmp_path: Path) -> None:
+    pcap = tmp_path / "cut.pcapng"
+    writer = sinks.PcapngWriter(str(pcap))
+    writer.begin()
+    assert writer.proc is not None
+    wait_for(lambda: len(_children(writer.proc.pid)) == 1, what="the encoder")
+    (encoder,) = _children(writer.proc.pid)
+    os.kill(encoder, signal.SIGSTOP)  # far behind: closing would wait for it
+    writer.opened(1, "/s", SocketType.STREAM, ClientInfo(1, 0, 0, "t"), 1)
+    writer.data(1, Direction.C2S, b"x" * 1000, 1000, 2)
+
+    def second_ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        writer.close(on_slow=second_ctrl_c)
+    assert writer.loss() is not None and "ends early" in writer.loss()  # type: ignore[operator]
+    assert _gone(writer.proc.pid)
+    wait_for(lambda: _gone(encoder), what="the encoder to be gone")
 
 
 # -- 9: `| head -1` ---------------------------------------------------------------------

@@ -36,6 +36,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import stat
 import struct
 import subprocess
@@ -44,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
-from typing import BinaryIO, Final, final
+from typing import TYPE_CHECKING, BinaryIO, Final, final
 
 from udskit.capture.events import Event, Selection
 from udskit.capture.pcapng import PcapngEncoder
@@ -52,6 +53,9 @@ from udskit.capture.printers import Format, render
 from udskit.errors import UdskitError, UsageError
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["DumpTap", "LineSink", "PcapngSink", "PcapngWriter", "writer_main"]
 
@@ -62,7 +66,6 @@ FLUSH_BYTES: Final = 256 * 1024
 #: Not SCHED_IDLE: next to a busy process on the same CPU an idle-class writer gets
 #: almost no CPU at all, and the capture would only be lost instead of late.
 WRITER_NICE: Final = 10
-SPOOL_BYTES: Final = 64 * 1024 * 1024
 #: How much the proxy keeps in memory while the pipe to the writer is full; beyond it
 #: chunks are recorded as lengths only, beyond twice it not at all (see the docstring).
 BACKLOG_BYTES: Final = 64 * 1024 * 1024
@@ -348,11 +351,13 @@ class PcapngWriter:
             return UdskitError(lines[-1])
         return UdskitError(f"the pcapng writer for {self.path} failed (exit status {status})")
 
-    def close(self) -> None:
+    def close(self, on_slow: Callable[[], None] | None = None) -> None:
         """Send what waits, end the pipe and wait for the writer to finish the file.
 
-        This may wait for a slow writer; a signal stops the waiting and the writer
-        (the file then ends early, and `loss()` says so)."""
+        This may wait for a writer that is behind (its encoder only gets idle CPU time
+        while traffic flows); `on_slow` is called once if it takes more than half a
+        second. A signal stops the waiting and the writer (the file then ends early,
+        and `loss()` says so)."""
         if self._closed:
             return
         if self.proc is None:
@@ -370,17 +375,26 @@ class PcapngWriter:
                 view = memoryview(self._queue.popleft())
                 while view:
                     view = view[self._write(view) :]
+            with suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                if on_slow is not None:
+                    on_slow()
+                self.proc.wait()
             interrupted = False
         finally:
             with suppress(OSError):
                 self.proc.stdin.close()
             if interrupted:  # a second Ctrl-C: the user wants out, not the rest
-                self.proc.kill()
+                # The writer leads its own process group, with its encoder in it.
+                with suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.cut_short = True
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.proc.wait()
+                if self.proc.stderr is not None:
+                    self.proc.stderr.close()
         if self.proc.wait() != 0 and not self.cut_short:
             raise self._failure()
         if self.proc.stderr is not None:
@@ -388,76 +402,184 @@ class PcapngWriter:
 
 
 def writer_main() -> None:
-    """The writer process: records on stdin -> pcapng on the fd in argv[1].
+    """The writer: records on stdin -> pcapng on the fd in argv[1], in two processes.
 
-    It runs at a lower priority (nice WRITER_NICE) so that while traffic is heavy the
-    CPU goes to the clients, the server and the proxy first; a reader thread keeps the
-    pipe drained into memory (up to SPOOL_BYTES; then the pipe fills and the proxy
-    keeps records in its own memory), and the main thread encodes when it gets the CPU.
-    At the end of the pipe everything spooled is written before the process exits. A
-    write error ends it with one line on stderr and exit status 1."""
+    This process (nice WRITER_NICE) only moves records from the pipe into spool files
+    (`_spool_records`), which costs little CPU; its child, the encoder
+    (`_encode_spool`), turns them into pcapng at SCHED_IDLE: while traffic flows it
+    takes only CPU time nobody else wants. Encoding a chunk costs about what
+    forwarding it costs, and at nice 10 on a 2-CPU machine the encoder still took a
+    fifth of redis-benchmark's request rate through the proxy (benchmarks/dump.py).
+    Nothing is dropped for it: records the encoder has not reached wait in unlinked
+    spool files next to the capture (in TMPDIR for a FIFO or device), each at most
+    SPOOL_FILE_BYTES and freed as soon as it is encoded. At the end of the pipe the
+    encoder is raised back to the normal class (where RLIMIT_NICE or root allows) and
+    finishes. A write error ends it with one line on stderr (shared with this process)
+    and exit status 1."""
     import signal
+    import socket
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with suppress(OSError):
         os.nice(WRITER_NICE)
     fd, port, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    new_spool = _spool_opener(fd)
+    try:
+        spool = new_spool()
+    except OSError as exc:
+        print(_cannot_write(path, exc), file=sys.stderr, flush=True)
+        sys.exit(1)
+    # Spooler -> encoder, one message each: b"a" (appended: look again), or b"n" with
+    # the final size of the current file and the next file's fd (SCM_RIGHTS).
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            ours.close()
+            status = _encode_spool(fd, port, path, spool, theirs)
+        finally:
+            os._exit(status)
+    os.close(fd)  # the encoder holds the capture file
+    theirs.close()
+    failed = _spool_records(spool, ours, new_spool, path)
+    ours.close()  # no more records: the encoder finishes and exits
+    _pid, status = os.waitpid(pid, 0)
+    sys.exit(1 if failed or status != 0 else 0)
+
+
+#: A spool file is handed to the encoder and a new one started past this size, so a
+#: file is freed as soon as the encoder is done with it.
+SPOOL_FILE_BYTES: Final = 64 * 1024 * 1024
+_SIZE: Final = struct.Struct("<Q")
+
+
+def _spool_opener(out_fd: int) -> Callable[[], int]:
+    """Makes unlinked spool files on the capture's own filesystem (the user chose it
+    for the capture's size), or in TMPDIR when the capture is not a regular file."""
+    import tempfile
+
+    directory = None
+    if stat.S_ISREG(os.fstat(out_fd).st_mode):
+        target = os.readlink(f"/proc/self/fd/{out_fd}")
+        if target.startswith("/"):
+            directory = os.path.dirname(target)
+
+    def new_spool() -> int:
+        if directory is not None:
+            with suppress(OSError):  # no O_TMPFILE there: TMPDIR
+                return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        with tempfile.TemporaryFile() as spool:
+            return os.dup(spool.fileno())
+
+    return new_spool
+
+
+def _spool_records(
+    spool: int, encoder: socket.socket, new_spool: Callable[[], int], path: str
+) -> bool:
+    """Append what arrives on stdin to the spool until the pipe ends; True if it failed
+    (the message is on stderr: ours, or the encoder's if it died first)."""
+    import select
+    import socket
+
+    encoder.setblocking(False)
+    poller = select.poll()
+    poller.register(0, select.POLLIN)
+    poller.register(encoder, select.POLLIN)  # readable only when it is gone
+    size = 0
+    while True:
+        if any(fd != 0 for fd, _events in poller.poll()):
+            return True  # the encoder died (a full disk): it said why on stderr
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            os.close(spool)
+            return False
+        try:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.pwrite(spool, view, size + len(chunk) - len(view)) :]
+            size += len(chunk)
+            if size >= SPOOL_FILE_BYTES:
+                following = new_spool()
+                try:
+                    socket.send_fds(encoder, [b"n" + _SIZE.pack(size)], [following])
+                except BlockingIOError:  # it is far behind: keep this file a while
+                    os.close(following)
+                else:
+                    os.close(spool)
+                    spool, size = following, 0
+                    continue
+        except BrokenPipeError:
+            return True
+        except OSError as exc:
+            print(_cannot_write(path, exc), file=sys.stderr, flush=True)
+            return True
+        try:
+            encoder.send(b"a")
+        except BlockingIOError:
+            pass  # it has wake-ups enough waiting
+        except OSError:
+            return True
+
+
+def _encode_spool(fd: int, port: int, path: str, spool: int, spooler: socket.socket) -> int:
+    """The encoder: spool files -> pcapng, at SCHED_IDLE until the records end."""
+    import select
+    import socket
+
+    with suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     encoder = PcapngEncoder(port or None)
     encoder.header()
     decoder = _RecordDecoder(encoder)
+    offset = 0
+    ended = False
+    spooler.setblocking(False)
+    poller = select.poll()
+    poller.register(spooler, select.POLLIN)
+
+    def encode_to(end: int) -> None:
+        nonlocal offset
+        while offset < end:
+            chunk = os.pread(spool, min(1 << 20, end - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, "spool file cut short")
+            offset += len(chunk)
+            decoder.feed(chunk)
+            if len(encoder.out) >= FLUSH_BYTES:
+                _write_all(f, encoder.out)
+
     try:
-        _write_records(fd, encoder, decoder)
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            # The header at once: a reader of an idle capture sees a valid, empty file.
+            _write_all(f, encoder.out)
+            while True:
+                # Messages first: a file handed over is finished to its final size.
+                while not ended:
+                    try:
+                        message, fds, _flags, _addr = socket.recv_fds(spooler, 16, 1)
+                    except BlockingIOError:
+                        break
+                    if not message:
+                        ended = True
+                        with suppress(OSError, AttributeError):  # finish at normal speed
+                            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                    elif message[:1] == b"n" and fds:
+                        encode_to(_SIZE.unpack_from(message, 1)[0])
+                        os.close(spool)  # encoded: its space is free now
+                        spool, offset = fds[0], 0
+                encode_to(os.fstat(spool).st_size)
+                if encoder.out:  # caught up: let readers of the file see it all
+                    _write_all(f, encoder.out)
+                if ended:
+                    return 0
+                poller.poll()
     except OSError as exc:
         # One line for the proxy to report (it reads our stderr); not a traceback.
         print(_cannot_write(path, exc), file=sys.stderr, flush=True)
-        os._exit(1)  # the spool thread may be blocked on the pipe
-
-
-def _write_records(fd: int, encoder: PcapngEncoder, decoder: _RecordDecoder) -> None:
-    import threading
-
-    spool: deque[bytes] = deque()
-    state = {"bytes": 0, "eof": False}
-    cond = threading.Condition()
-
-    def read_pipe() -> None:
-        try:
-            while chunk := os.read(0, 1 << 20):
-                with cond:
-                    while state["bytes"] > SPOOL_BYTES:
-                        cond.wait()
-                    spool.append(chunk)
-                    state["bytes"] += len(chunk)
-                    cond.notify_all()
-        finally:
-            with cond:
-                state["eof"] = True
-                cond.notify_all()
-
-    threading.Thread(target=read_pipe, name="udskit-dump-spool", daemon=True).start()
-    with os.fdopen(fd, "wb", buffering=0) as f:
-        # The header at once: a reader of an idle capture sees a valid, empty file.
-        _write_all(f, encoder.out)
-        while True:
-            with cond:
-                while not spool and not state["eof"]:
-                    cond.wait()
-                if not spool:
-                    break
-                chunks = list(spool)
-                spool.clear()
-                state["bytes"] = 0
-                cond.notify_all()
-            for chunk in chunks:
-                decoder.feed(chunk)
-                if len(encoder.out) >= FLUSH_BYTES:
-                    _write_all(f, encoder.out)
-            with cond:
-                idle = not spool
-            if idle and encoder.out:  # caught up: let readers of the file see it all
-                _write_all(f, encoder.out)
-        _write_all(f, encoder.out)
+        return 1
 
 
 def _write_all(f: BinaryIO, out: bytearray) -> None:
@@ -700,8 +822,9 @@ class DumpTap:
         if self.on_limit is not None:
             self.on_limit()
 
-    def finish(self) -> None:
-        """End the flows still open in the file and finish it (waits for the writer)."""
+    def finish(self, on_slow: Callable[[], None] | None = None) -> None:
+        """End the flows still open in the file and finish it (waits for the writer;
+        `on_slow` is called if that takes a while, see PcapngWriter.close)."""
         if self.pcapng is not None:
             try:
                 if not self._failed:
@@ -711,7 +834,7 @@ class DumpTap:
             finally:
                 self._clients.clear()
                 try:
-                    self.pcapng.close()
+                    self.pcapng.close(on_slow)
                 except (OSError, UdskitError) as exc:
                     if self.error is None:
                         self.error = exc

@@ -231,13 +231,15 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         ended = True
     finally:
         try:
-            if started and writer is not None and writer.backlog > 1 << 20:
+
+            def slow_writer() -> None:
                 env.err(
-                    f"udskit dump: writing the last {writer.backlog >> 20} MiB to "
-                    f"{args.write}; Ctrl-C again to stop at once"
+                    f"udskit dump: writing the rest of the capture to {args.write}; "
+                    "Ctrl-C again to stop at once (the file then ends early)"
                 )
+
             if started or writer is None:
-                tap.finish()
+                tap.finish(slow_writer)
             else:
                 writer.abandon()
         finally:
