@@ -183,7 +183,7 @@ class SplicePump(_Pump):
 
 @final
 class CopyPump(_Pump):
-    __slots__ = ("flags", "limit", "pending", "read_stream", "record")
+    __slots__ = ("flags", "general", "limit", "pending", "read_stream", "record")
 
     def __init__(
         self,
@@ -203,11 +203,13 @@ class CopyPump(_Pump):
         if record:
             src.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
         #: The read-tap-send step of a byte stream, as a closure over everything it
-        #: touches; Session's handlers call it straight from the loop when the only
-        #: event is "readable" (the per-chunk path of `udskit dump`).
+        #: touches. Session registers it as the source socket's handler: it does the
+        #: step itself when the only event is "readable" and the pump reads (the
+        #: per-chunk path of `udskit dump`), and passes any other event to `general`.
+        self.general: Callable[[int], None] | None = None
         self.read_stream = self._stream_reader()
 
-    def _stream_reader(self) -> Callable[[], None]:
+    def _stream_reader(self) -> Callable[[int], None]:
         session = self.session
         core = session.core
         view = core.view
@@ -217,7 +219,11 @@ class CopyPump(_Pump):
         direction = self.direction
         time_ns = time.time_ns
 
-        def read_stream() -> None:
+        def read_stream(events: int = IN) -> None:
+            if events != IN or not self.reading:
+                if self.general is not None:
+                    self.general(events)
+                return
             try:
                 n = recv_into(view, limit)
             except BlockingIOError:
@@ -248,7 +254,7 @@ class CopyPump(_Pump):
 
     def on_readable(self) -> None:
         if not self.record:
-            self.read_stream()
+            self.read_stream(IN)
             return
         session = self.session
         core = session.core
@@ -366,11 +372,13 @@ class Session:
         loop = self.core.loop
         c2s, s2c = self.c2s, self.s2c
         if isinstance(c2s, CopyPump) and not c2s.record:
-            loop.register(self.client_fd, IN, _fast(c2s, self._on_client))
+            c2s.general = self._on_client
+            loop.register(self.client_fd, IN, c2s.read_stream)
         else:
             loop.register(self.client_fd, IN, self._on_client)
         if isinstance(s2c, CopyPump) and not s2c.record:
-            loop.register(self.upstream_fd, IN, _fast(s2c, self._on_upstream))
+            s2c.general = self._on_upstream
+            loop.register(self.upstream_fd, IN, s2c.read_stream)
         else:
             loop.register(self.upstream_fd, IN, self._on_upstream)
 
@@ -465,20 +473,6 @@ class Session:
         if core.tap is not None:
             core.tap.closed(self.conn, first, now)
         core.session_ended(self, kind, first, detail, now)
-
-
-def _fast(pump: CopyPump, general: Callable[[int], None]) -> Callable[[int], None]:
-    """A socket's event handler that goes straight to the pump's read step when the
-    only event is "readable" and the pump reads (what `general` would do then too)."""
-    read_stream = pump.read_stream
-
-    def handler(events: int) -> None:
-        if events == IN and pump.reading:
-            read_stream()
-        else:
-            general(events)
-
-    return handler
 
 
 def _copy_pump(
