@@ -5,6 +5,7 @@ so that a signal lands exactly between two system calls."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -418,17 +419,40 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.fixture
+def writer_and_encoder() -> Iterator[Callable[[Path], tuple[sinks.PcapngWriter, int]]]:
+    """Starts PcapngWriters; returns each with its encoder's pid. At teardown, even
+    after a failure, each writer's process group (writer and encoder) is killed."""
+    started: list[sinks.PcapngWriter] = []
+
+    def start(pcap: Path) -> tuple[sinks.PcapngWriter, int]:
+        writer = sinks.PcapngWriter(str(pcap))
+        writer.begin()
+        started.append(writer)
+        assert writer.proc is not None
+        wait_for(lambda: len(_children(writer.proc.pid)) == 1, what="the encoder")
+        (encoder,) = _children(writer.proc.pid)
+        return writer, encoder
+
+    yield start
+    for writer in started:
+        assert writer.proc is not None
+        if writer.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(writer.proc.pid, signal.SIGKILL)
+        writer.proc.wait()
+        for stream in (writer.proc.stdin, writer.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 def test_a_starved_encoder_loses_nothing_and_frees_each_spool_file_once_encoded(
-    tmp_path: Path,
+    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[sinks.PcapngWriter, int]]
 ) -> None:
     # The encoder only gets idle CPU (SCHED_IDLE): stopped outright, records must wait
     # on disk, not in the proxy, and each spool file must go once it is encoded.
     pcap = tmp_path / "spool.pcapng"
-    writer = sinks.PcapngWriter(str(pcap))
-    writer.begin()
-    assert writer.proc is not None
-    wait_for(lambda: len(_children(writer.proc.pid)) == 1, what="the encoder")
-    (encoder,) = _children(writer.proc.pid)
+    writer, encoder = writer_and_encoder(pcap)
     # It sets its own class just after the fork.
     wait_for(lambda: os.sched_getscheduler(encoder) == os.SCHED_IDLE, what="SCHED_IDLE")
     os.kill(encoder, signal.SIGSTOP)
@@ -458,13 +482,10 @@ def test_a_starved_encoder_loses_nothing_and_frees_each_spool_file_once_encoded(
     assert got.digest() == hashlib.sha256(chunk * count).digest()
 
 
-def test_a_second_ctrl_c_stops_the_encoder_too(tmp_path: Path) -> None:
-    pcap = tmp_path / "cut.pcapng"
-    writer = sinks.PcapngWriter(str(pcap))
-    writer.begin()
-    assert writer.proc is not None
-    wait_for(lambda: len(_children(writer.proc.pid)) == 1, what="the encoder")
-    (encoder,) = _children(writer.proc.pid)
+def test_a_second_ctrl_c_stops_the_encoder_too(
+    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[sinks.PcapngWriter, int]]
+) -> None:
+    writer, encoder = writer_and_encoder(tmp_path / "cut.pcapng")
     os.kill(encoder, signal.SIGSTOP)  # far behind: closing would wait for it
     writer.opened(1, "/s", SocketType.STREAM, ClientInfo(1, 0, 0, "t"), 1)
     writer.data(1, Direction.C2S, b"x" * 1000, 1000, 2)
@@ -475,7 +496,7 @@ def test_a_second_ctrl_c_stops_the_encoder_too(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         writer.close(on_slow=second_ctrl_c)
     assert writer.loss() is not None and "ends early" in writer.loss()  # type: ignore[operator]
-    assert _gone(writer.proc.pid)
+    assert writer.proc is not None and _gone(writer.proc.pid)
     wait_for(lambda: _gone(encoder), what="the encoder to be gone")
 
 
