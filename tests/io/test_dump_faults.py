@@ -411,6 +411,16 @@ def _spool_files(pid: int) -> list[str]:
     return found
 
 
+def writer_spool_size(pid: int) -> int:
+    """The size of the spool file the writer process `pid` appends to (0: none yet)."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        link = f"/proc/{pid}/fd/{fd}"
+        with contextlib.suppress(OSError):
+            if int(fd) > 2 and os.readlink(link).endswith("(deleted)"):
+                return os.stat(link).st_size
+    return 0
+
+
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -456,8 +466,8 @@ def test_a_starved_encoder_loses_nothing_and_frees_each_spool_file_once_encoded(
     # It sets its own class just after the fork.
     wait_for(lambda: os.sched_getscheduler(encoder) == os.SCHED_IDLE, what="SCHED_IDLE")
     os.kill(encoder, signal.SIGSTOP)
-    chunk = random.Random(5).randbytes(1 << 20)
-    count = 140  # more than two spool files of SPOOL_FILE_BYTES
+    chunk = random.Random(5).randbytes(64 << 10)
+    count = 3200  # 200 MiB: three spool files and more, in many small pipe writes
     try:
         writer.opened(1, "/s", SocketType.STREAM, ClientInfo(1, 0, 0, "t"), 1)
         for i in range(count):
@@ -465,10 +475,15 @@ def test_a_starved_encoder_loses_nothing_and_frees_each_spool_file_once_encoded(
             while writer.flush():  # the spooler keeps the pipe moving
                 time.sleep(0.001)
         assert writer.backlog == 0  # nothing waits in the proxy
+        # Handed over even though the encoder reads nothing: the spooler's own file
+        # never grows past one spool file (and the next chunk).
+        assert writer.proc is not None
+        wait_for(lambda: writer_spool_size(writer.proc.pid) > 0, what="the spool")
+        assert writer_spool_size(writer.proc.pid) <= sinks.SPOOL_FILE_BYTES + (2 << 20)
     finally:
         os.kill(encoder, signal.SIGCONT)
     wait_for(
-        lambda: pcap.stat().st_size > count << 20 and len(_spool_files(encoder)) == 1,
+        lambda: pcap.stat().st_size > count * len(chunk) and len(_spool_files(encoder)) == 1,
         what="the encoder to catch up",
         timeout=120,
     )
@@ -498,6 +513,64 @@ def test_a_second_ctrl_c_stops_the_encoder_too(
     assert writer.loss() is not None and "ends early" in writer.loss()  # type: ignore[operator]
     assert writer.proc is not None and _gone(writer.proc.pid)
     wait_for(lambda: _gone(encoder), what="the encoder to be gone")
+
+
+def test_when_the_records_end_the_encoder_leaves_the_idle_class(
+    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[sinks.PcapngWriter, int]]
+) -> None:
+    # While traffic flows the encoder only gets idle CPU; once the pipe ends nothing
+    # needs the CPU more than finishing the file, even on a busy machine.
+    writer, encoder = writer_and_encoder(tmp_path / "end.pcapng")
+    wait_for(lambda: os.sched_getscheduler(encoder) == os.SCHED_IDLE, what="SCHED_IDLE")
+    os.kill(encoder, signal.SIGSTOP)  # behind: it has all the work still to do
+    writer.opened(1, "/s", SocketType.STREAM, ClientInfo(1, 0, 0, "t"), 1)
+    writer.data(1, Direction.C2S, b"x" * 1000, 1000, 2)
+    closing = threading.Thread(target=writer.close)
+    closing.start()
+    try:
+        wait_for(lambda: os.sched_getscheduler(encoder) == os.SCHED_OTHER, what="SCHED_OTHER")
+    finally:
+        os.kill(encoder, signal.SIGCONT)
+        closing.join(60)
+    assert not closing.is_alive() and writer.loss() is None
+
+
+def test_a_user_who_could_not_undo_sched_idle_keeps_a_normal_encoder(peers: Peers) -> None:
+    peers.require("setpriv")
+    probe = "from udskit.capture.sinks import _can_leave_idle_class as c; print(c())"
+    as_root = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
+    assert as_root.stdout == b"True\n"
+    nobody = ("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups")
+    as_nobody = subprocess.run(
+        [*nobody, sys.executable, "-c", probe],
+        capture_output=True,
+        check=True,
+    )
+    assert as_nobody.stdout == b"False\n"  # RLIMIT_NICE 0, no CAP_SYS_NICE
+
+
+def test_a_killed_writer_takes_its_encoder_along_and_the_proxy_hears_at_once(
+    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[sinks.PcapngWriter, int]]
+) -> None:
+    writer, encoder = writer_and_encoder(tmp_path / "killed.pcapng")
+    os.kill(encoder, signal.SIGSTOP)  # an encoder far behind
+    assert writer.proc is not None
+    os.kill(writer.proc.pid, signal.SIGKILL)  # the OOM killer, say
+    wait_for(lambda: _gone(encoder), what="the encoder to die with the writer")
+    checked: list[BaseException] = []
+
+    def check() -> None:
+        wait_for(lambda: writer.proc is not None and writer.proc.poll() is not None)
+        try:
+            writer.check()
+        except BaseException as exc:
+            checked.append(exc)
+
+    checker = threading.Thread(target=check)
+    checker.start()
+    checker.join(30)  # before: the proxy's loop waited for the encoder's end
+    assert not checker.is_alive()
+    assert len(checked) == 1 and "pcapng writer" in str(checked[0])
 
 
 # -- 9: `| head -1` ---------------------------------------------------------------------

@@ -344,7 +344,7 @@ class PcapngWriter:
         said = b""
         if self.proc.stderr is not None:
             with suppress(OSError, ValueError):
-                said = self.proc.stderr.read()
+                said = _read_for(self.proc.stderr.fileno(), 5.0)
                 self.proc.stderr.close()
         lines = said.decode(errors="replace").strip().splitlines()
         if status == 1 and lines:
@@ -401,6 +401,23 @@ class PcapngWriter:
             self.proc.stderr.close()
 
 
+def _read_for(fd: int, seconds: float) -> bytes:
+    """What `fd` says until its end, or for at most `seconds` (whoever else holds the
+    pipe open must not keep the proxy waiting)."""
+    import select
+
+    said = bytearray()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        said += chunk
+    return bytes(said)
+
+
 def writer_main() -> None:
     """The writer: records on stdin -> pcapng on the fd in argv[1], in two processes.
 
@@ -411,12 +428,12 @@ def writer_main() -> None:
     forwarding it costs, and at nice 10 on a 2-CPU machine the encoder still took a
     fifth of redis-benchmark's request rate through the proxy (benchmarks/dump.py).
     Nothing is dropped for it: records the encoder has not reached wait in unlinked
-    spool files next to the capture (in TMPDIR for a FIFO or device), each at most
-    SPOOL_FILE_BYTES and freed as soon as it is encoded. At the end of the pipe the
-    encoder is raised back to the normal class (where RLIMIT_NICE or root allows) and
-    finishes. A write error ends it with one line on stderr (shared with this process)
-    and exit status 1."""
-    import signal
+    spool files next to the capture (in TMPDIR for a FIFO or device), each handed over
+    at SPOOL_FILE_BYTES and freed once encoded. When the pipe ends, this process puts
+    the encoder back in the normal class so that the rest is written promptly; where
+    that would not be allowed (no root, no CAP_SYS_NICE, RLIMIT_NICE too low), the
+    encoder is never made SCHED_IDLE and just runs at this process's nice 10. A write
+    error ends it with one line on stderr (shared with this process) and status 1."""
     import socket
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -430,23 +447,61 @@ def writer_main() -> None:
     except OSError as exc:
         print(_cannot_write(path, exc), file=sys.stderr, flush=True)
         sys.exit(1)
-    # Spooler -> encoder, one message each: b"a" (appended: look again), or b"n" with
-    # the final size of the current file and the next file's fd (SCM_RIGHTS).
+    idle = _can_leave_idle_class()
+    # Spooler -> encoder: an eventfd to say "appended, look again" (it never fills),
+    # and a socketpair for handing over a finished spool file (its final size, and the
+    # next file's fd by SCM_RIGHTS); the socketpair's end is the end of the records.
+    wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         status = 1
         try:
             ours.close()
-            status = _encode_spool(fd, port, path, spool, theirs)
+            _detach_encoder()
+            status = _encode_spool(fd, port, path, spool, wake, theirs, idle)
         finally:
             os._exit(status)
     os.close(fd)  # the encoder holds the capture file
     theirs.close()
-    failed = _spool_records(spool, ours, new_spool, path)
+    failed = _spool_records(spool, wake, ours, new_spool, path)
+    if idle:  # no more traffic to make way for: finish at this process's priority
+        with suppress(OSError):
+            os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
     ours.close()  # no more records: the encoder finishes and exits
     _pid, status = os.waitpid(pid, 0)
     sys.exit(1 if failed or status != 0 else 0)
+
+
+def _can_leave_idle_class() -> bool:
+    """May this process move a SCHED_IDLE child back to SCHED_OTHER at its nice value?
+    CAP_SYS_NICE may (root has it, except in containers that drop it, as Docker does);
+    others need RLIMIT_NICE >= 20 - nice (sched(7))."""
+    import resource
+
+    with suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:") and int(line.split()[1], 16) >> 23 & 1:
+                return True  # CAP_SYS_NICE
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or soft >= 20 - os.nice(0)
+
+
+def _detach_encoder() -> None:
+    """The encoder must not keep the proxy's pipe open (the proxy would never see the
+    writer go), and dies with the writer: a writer killed by a signal or the OOM killer
+    leaves no encoder holding the stderr pipe the proxy reads the reason from."""
+    import ctypes
+
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    parent = os.getppid()
+    with suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the writer died before prctl took effect
+        os._exit(1)
 
 
 #: A spool file is handed to the encoder and a new one started past this size, so a
@@ -477,7 +532,7 @@ def _spool_opener(out_fd: int) -> Callable[[], int]:
 
 
 def _spool_records(
-    spool: int, encoder: socket.socket, new_spool: Callable[[], int], path: str
+    spool: int, wake: int, encoder: socket.socket, new_spool: Callable[[], int], path: str
 ) -> bool:
     """Append what arrives on stdin to the spool until the pipe ends; True if it failed
     (the message is on stderr: ours, or the encoder's if it died first)."""
@@ -505,32 +560,29 @@ def _spool_records(
                 following = new_spool()
                 try:
                     socket.send_fds(encoder, [b"n" + _SIZE.pack(size)], [following])
-                except BlockingIOError:  # it is far behind: keep this file a while
+                except BlockingIOError:  # many handovers queued: keep this file a while
                     os.close(following)
                 else:
                     os.close(spool)
                     spool, size = following, 0
-                    continue
+            os.eventfd_write(wake, 1)
         except BrokenPipeError:
             return True
         except OSError as exc:
             print(_cannot_write(path, exc), file=sys.stderr, flush=True)
             return True
-        try:
-            encoder.send(b"a")
-        except BlockingIOError:
-            pass  # it has wake-ups enough waiting
-        except OSError:
-            return True
 
 
-def _encode_spool(fd: int, port: int, path: str, spool: int, spooler: socket.socket) -> int:
-    """The encoder: spool files -> pcapng, at SCHED_IDLE until the records end."""
+def _encode_spool(
+    fd: int, port: int, path: str, spool: int, wake: int, spooler: socket.socket, idle: bool
+) -> int:
+    """The encoder: spool files -> pcapng, at SCHED_IDLE (if `idle`) while records come."""
     import select
     import socket
 
-    with suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    if idle:
+        with suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     encoder = PcapngEncoder(port or None)
     encoder.header()
     decoder = _RecordDecoder(encoder)
@@ -539,6 +591,7 @@ def _encode_spool(fd: int, port: int, path: str, spool: int, spooler: socket.soc
     spooler.setblocking(False)
     poller = select.poll()
     poller.register(spooler, select.POLLIN)
+    poller.register(wake, select.POLLIN)
 
     def encode_to(end: int) -> None:
         nonlocal offset
@@ -556,17 +609,19 @@ def _encode_spool(fd: int, port: int, path: str, spool: int, spooler: socket.soc
             # The header at once: a reader of an idle capture sees a valid, empty file.
             _write_all(f, encoder.out)
             while True:
-                # Messages first: a file handed over is finished to its final size.
+                with suppress(BlockingIOError):
+                    os.eventfd_read(wake)
+                # Handovers first: a finished file is encoded to its final size.
                 while not ended:
                     try:
-                        message, fds, _flags, _addr = socket.recv_fds(spooler, 16, 1)
+                        message, fds, flags, _addr = socket.recv_fds(spooler, 16, 1)
                     except BlockingIOError:
                         break
                     if not message:
                         ended = True
-                        with suppress(OSError, AttributeError):  # finish at normal speed
-                            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-                    elif message[:1] == b"n" and fds:
+                    elif flags & socket.MSG_CTRUNC or not fds:
+                        raise OSError(errno.EMFILE, "a spool file could not be received")
+                    else:
                         encode_to(_SIZE.unpack_from(message, 1)[0])
                         os.close(spool)  # encoded: its space is free now
                         spool, offset = fds[0], 0
