@@ -447,9 +447,9 @@ def writer_and_encoder() -> Iterator[Callable[[Path], tuple[sinks.PcapngWriter, 
     yield start
     for writer in started:
         assert writer.proc is not None
-        if writer.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(writer.proc.pid, signal.SIGKILL)
+        # The whole group, even when the writer itself is gone: its encoder may not be.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(writer.proc.pid, signal.SIGKILL)
         writer.proc.wait()
         for stream in (writer.proc.stdin, writer.proc.stderr):
             if stream is not None:
