@@ -833,7 +833,7 @@ class DumpTap:
         try:
             if self.pcapng is not None and not self._failed:
                 self.pcapng.closed(conn.id, first, time_ns)
-            if self.printer is not None:
+            if self.printer is not None and not self._failed:
                 self.printer(
                     Event.close(time_ns, conn.id, self.path, conn.sock_type, client, first)
                 )
@@ -870,8 +870,11 @@ class DumpTap:
         return isinstance(self.error, BrokenPipeError)
 
     def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
+        # Once: a second call (a close event printed to the same closed stdout) would
+        # stop the engine again, in the middle of the drain that lets clients finish.
+        if self.error is not None:
+            return
+        self.error = exc
         self._done = True
         self._lean_stop()
         if self.on_limit is not None:
