@@ -25,6 +25,7 @@ from udskit.errors import PeerClosed, SocketError, socket_error
 from udskit.inspect.owners import process_command
 from udskit.probe import explain, os_errors
 from udskit.socktype import SocketType
+from udskit.workers import start_worker
 
 __all__ = [
     "Action",
@@ -140,9 +141,7 @@ def _serve_connections(
             }
             args = (conn, listener, options, out, log, lock, env, live)
             if options.concurrent:
-                thread = threading.Thread(target=_handle_in_thread, args=args, daemon=True)
-                thread.start()
-                threads.append(thread)
+                threads.append(start_worker(_handle_in_thread, *args))
                 threads = [t for t in threads if t.is_alive()]
             else:
                 _handle_connection(*args)
@@ -368,8 +367,7 @@ def pump_stream(sock: socket.socket, address: UnixAddress, stdin: BinaryIO, out:
         except OSError as err:  # SocketError and PeerClosed included
             failure.append(err)
 
-    thread = threading.Thread(target=upload, daemon=True)
-    thread.start()
+    start_worker(upload)
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     while True:
@@ -414,8 +412,7 @@ def pump_messages(
         finally:
             done.set()
 
-    thread = threading.Thread(target=receive, daemon=True)
-    thread.start()
+    start_worker(receive)
     for line in _lines(stdin):
         send_message(sock, line, address)
     if sock_type is SocketType.SEQPACKET:

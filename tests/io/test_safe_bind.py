@@ -191,6 +191,32 @@ def test_concurrent_server_stops_with_idle_clients(
     assert not path.exists()
 
 
+def _blocked_signals(pid: int, tid: int) -> int:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk line")
+
+
+def test_only_the_main_thread_takes_stop_signals(peers: Peers, sockdir: Path) -> None:
+    # The kernel gives a process's signal to any thread not blocking it; if a client's
+    # thread took Ctrl-C, the main thread would stay in accept() and never stop.
+    path = sockdir / "threads.sock"
+    server = peers.udskit("listen", path, "--echo", "--concurrent", wait_for=path, listening=True)
+    with socket.socket(socket.AF_UNIX) as idle:
+        idle.connect(str(path))
+        idle.sendall(b"x")
+        assert idle.recv(1) == b"x"  # its thread runs now
+        threads = [int(t) for t in os.listdir(f"/proc/{server.pid}/task")]
+        helpers = [t for t in threads if t != server.pid]
+        assert helpers, "no client thread"
+        stop = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
+        for tid in helpers:
+            assert _blocked_signals(server.pid, tid) & stop == stop
+        assert _blocked_signals(server.pid, server.pid) & stop == 0
+
+
 @pytest.mark.parametrize("mode", [[], ["--concurrent"]])
 def test_exec_command_is_stopped_with_the_server(
     peers: Peers, sockdir: Path, mode: list[str]

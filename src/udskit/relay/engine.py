@@ -38,6 +38,7 @@ from udskit.relay.sides import (
 from udskit.relay.stream import Session
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Tap
+from udskit.workers import start_worker
 
 if TYPE_CHECKING:
     from udskit.relay.datagram import DatagramRelay
@@ -250,8 +251,7 @@ class Relay:
             except BaseException as exc:  # kept for the caller of stop()
                 self.error = exc
 
-        self._thread = threading.Thread(target=run, name="udskit-relay", daemon=True)
-        self._thread.start()
+        self._thread = start_worker(run, name="udskit-relay")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -24,6 +24,7 @@ from udskit.endpoints import DEFAULT_BACKLOG, Listener, open_listener
 from udskit.errors import SocketError, UsageError, socket_error
 from udskit.probe import os_errors
 from udskit.socktype import SocketType
+from udskit.workers import start_worker
 
 
 @final
@@ -272,11 +273,9 @@ def stdio_bridge(stdin: BinaryIO, stdout: BinaryIO) -> tuple[socket.socket, thre
         done()
 
     threads = [
-        threading.Thread(target=target, name=f"udskit-relay-{target.__name__}", daemon=True)
+        start_worker(target, name=f"udskit-relay-{target.__name__}")
         for target in (pump_in, pump_out)
     ]
-    for thread in threads:
-        thread.start()
     ours.setblocking(False)
     return ours, threads[1]
 
