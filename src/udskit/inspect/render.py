@@ -306,6 +306,9 @@ _SHUTDOWN_TEXT: Final = {
 
 def format_owners(owners: Sequence[SocketOwner], *, fds: bool = True) -> str:
     """`nginx[812]:7,9 curl[900]:3`: command[pid], then the fds (when asked)."""
+    if len(owners) == 1:  # the common case, once per socket on busy hosts
+        pid, command, fd = owners[0][:3]
+        return f"{command}[{pid}]:{fd}" if fds else f"{command}[{pid}]"
     by_pid: dict[int, tuple[str, list[int]]] = {}
     for owner in owners:
         by_pid.setdefault(owner.pid, (owner.command, []))[1].append(owner.fd)
@@ -370,17 +373,20 @@ def _printable(cell: str) -> str:
 
 
 def _align(rows: Sequence[Sequence[str]]) -> list[str]:
-    rows = [[_printable(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    # One isprintable() per row; cells are looked at one by one only in a row that
+    # holds something odd.
+    rows = [
+        row if "".join(row).isprintable() else [_printable(cell) for cell in row] for row in rows
+    ]
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
     numeric = {2, 3, 5}
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
+    justify = [(str.rjust if i in numeric else str.ljust, width) for i, width in enumerate(widths)]
+    return [
+        "  ".join(
+            [pad(cell, width) for cell, (pad, width) in zip(row, justify, strict=True)]
+        ).rstrip()
+        for row in rows
+    ]
 
 
 def format_table(
