@@ -24,8 +24,8 @@ from udskit.endpoints import Listener, peer_credentials, recv_message, send_mess
 from udskit.errors import PeerClosed, SocketError, socket_error
 from udskit.inspect.owners import process_command
 from udskit.probe import explain, os_errors
+from udskit.signals import start_worker
 from udskit.socktype import SocketType
-from udskit.workers import start_worker
 
 __all__ = [
     "Action",

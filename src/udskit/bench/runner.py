@@ -14,7 +14,6 @@ removed at the end.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -39,10 +38,10 @@ from udskit.bench.results import (
 from udskit.bench.stats import summarise, with_tcp_ratios
 from udskit.bench.transports import End, default_sndbuf, message_caps, open_pair
 from udskit.errors import UdskitError, UsageError
+from udskit.signals import die_with_parent
 
 #: Seconds any single blocked call may wait for a silent peer before the trial fails.
 STALL_SECONDS: Final = 10.0
-_PR_SET_PDEATHSIG: Final = 1
 
 #: Called before each trial with (trial, how many are done, how many in all).
 OnTrial = Callable[[Trial, int, int], None]
@@ -177,7 +176,9 @@ def _child(trial: Trial, seconds: float, end: End, err_w: int, pin: tuple[int, i
     try:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
-        _die_with_parent()
+        # Killed with the measuring process, even while asleep in recv on a
+        # datagram socket, which sees no end of file.
+        die_with_parent()
         if pin is not None:
             os.sched_setaffinity(0, {pin[1]})
         keeps = trial.transport.keeps_boundaries
@@ -192,17 +193,6 @@ def _child(trial: Trial, seconds: float, end: End, err_w: int, pin: tuple[int, i
             os.write(err_w, f"{type(exc).__name__}: {exc}".encode()[:1000])
     finally:
         os._exit(code)
-
-
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG (prctl(2)): if the measuring process dies, so does the peer,
-    even when it sleeps in recv on a datagram socket, which sees no end of file."""
-    parent = os.getppid()
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def _reap(pid: int, *, grace: float) -> None:

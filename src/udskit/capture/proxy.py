@@ -61,6 +61,7 @@ from udskit.probe import (
     file_kind,
     os_errors,
 )
+from udskit.signals import STOP_SIGNALS, signals_held
 from udskit.socktype import SocketType
 from udskit.tap import Tap
 
@@ -92,21 +93,6 @@ def hidden_path(path: str) -> str:
 def staging_path(path: str) -> str:
     directory, name = os.path.split(path)
     return os.path.join(directory, f".{name}{STAGING_SUFFIX}")
-
-
-#: The signals that end a dump: held back while a socket file changes hands.
-_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Block the stop signals in this thread for the duration; pending ones are
-    delivered (and their handlers run) right after."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _inode(path: str) -> tuple[int, int] | None:
@@ -637,7 +623,7 @@ class ProxyDump:
             self._signal = signum
             self.stop()
 
-        saved = {s: signal.signal(s, handler) for s in _STOP_SIGNALS}
+        saved = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         try:
             yield
         finally:

@@ -51,6 +51,7 @@ from udskit.capture.events import Event, Selection
 from udskit.capture.pcapng import PcapngEncoder
 from udskit.capture.printers import Format, render
 from udskit.errors import UdskitError, UsageError
+from udskit.signals import die_with_parent
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
 
@@ -491,17 +492,10 @@ def _detach_encoder() -> None:
     """The encoder must not keep the proxy's pipe open (the proxy would never see the
     writer go), and dies with the writer: a writer killed by a signal or the OOM killer
     leaves no encoder holding the stderr pipe the proxy reads the reason from."""
-    import ctypes
-
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    parent = os.getppid()
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the writer died before prctl took effect
-        os._exit(1)
+    die_with_parent()
 
 
 #: A spool file is handed to the encoder and a new one started past this size, so a

@@ -4,8 +4,8 @@ Every socket a process holds is a link `socket:[INODE]` under /proc/PID/fd (proc
 `walk_socket_fds` reads them all once; a lookup per socket would read them all per
 socket, which is what makes naive tools slow on hosts with thousands of sockets.
 
-This module imports nothing but the standard library's smallest parts, on purpose:
-`udskit ls` forks `BackgroundFdScan` before it imports the rest of the lister, so the
+This module imports only small parts of the standard library (and udskit.signals), on
+purpose: `udskit ls` forks `BackgroundFdScan` before it imports the rest of the lister, so the
 walk (the largest part of a listing) runs on the second CPU from the first milliseconds.
 The records (`SocketOwner`) are made from the raw result in `udskit.inspect.owners`.
 """
@@ -19,6 +19,8 @@ import signal
 from array import array
 from contextlib import suppress
 
+from udskit.signals import signals_held
+
 __all__ = [
     "BackgroundFdScan",
     "ProcessFacts",
@@ -30,7 +32,6 @@ __all__ = [
 ]
 
 _SOCKET_LINK = "socket:["
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 #: Per process holding sockets: (command, uid, user name).
@@ -169,8 +170,7 @@ class BackgroundFdScan:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
         except OSError:
             return
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        try:
+        with signals_held():
             try:
                 pid = os.fork()
             except OSError:
@@ -195,8 +195,6 @@ class BackgroundFdScan:
             self._pid, self._fd = pid, read_end
             if registry is not None:
                 registry.append(self)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def close(self) -> None:
         """Stop and reap the child if result() was not asked for (an error on the way);
@@ -207,12 +205,8 @@ class BackgroundFdScan:
         if self._pid >= 0:
             with suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
-            # After SIGKILL the wait is short: let no signal interrupt it.
-            previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-            try:
+            with signals_held():  # after SIGKILL the wait is short: let nothing cut it
                 self._reap()
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _reap(self) -> int | None:
         """The child's wait status; None if the kernel reaped it already (SIGCHLD is

@@ -36,9 +36,9 @@ from udskit.relay.sides import (
     stdio_bridge,
 )
 from udskit.relay.stream import Session
+from udskit.signals import start_worker
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Tap
-from udskit.workers import start_worker
 
 if TYPE_CHECKING:
     from udskit.relay.datagram import DatagramRelay

@@ -23,8 +23,8 @@ from udskit.endpoint_spec import EndpointKind, EndpointSpec
 from udskit.endpoints import DEFAULT_BACKLOG, Listener, open_listener
 from udskit.errors import SocketError, UsageError, socket_error
 from udskit.probe import os_errors
+from udskit.signals import start_worker
 from udskit.socktype import SocketType
-from udskit.workers import start_worker
 
 
 @final
