@@ -386,9 +386,9 @@ class PcapngWriter:
                 self.proc.wait()
             interrupted = False
         finally:
-            with suppress(OSError):
-                self.proc.stdin.close()
             if interrupted:  # a second Ctrl-C: the user wants out, not the rest
+                with suppress(OSError):
+                    self.proc.stdin.close()
                 # The writer leads its own process group, with its encoder in it.
                 with suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
@@ -396,7 +396,7 @@ class PcapngWriter:
                 self.proc.wait()
                 if self.proc.stderr is not None:
                     self.proc.stderr.close()
-        if self.proc.wait() != 0 and not self.cut_short:
+        if self.proc.returncode != 0:
             raise self._failure()
         if self.proc.stderr is not None:
             self.proc.stderr.close()
