@@ -11,16 +11,20 @@ the same bytes back; one sample is the time from before the send to after the la
 byte of the reply, for every transport alike (some published numbers compare a
 1-byte reply on pipes with a full echo on sockets).
 
-throughput: the peer sends `size`-byte messages for the trial's duration, then says
-it is done; the measuring side counts the bytes that arrive in a window that starts
-after a short warm-up and ends when the peer is done.
+throughput: the peer sends `size`-byte messages until the measuring side raises a
+shared stop flag, then says it is done; the measuring side counts the bytes that
+arrive in a window of its own clock that starts after a short warm-up, raises the
+flag when the window ends and drains the rest uncounted. The measuring side owns the
+window: a peer that kept its own clock would finish early whenever the scheduler ran
+the measuring side late (seen with 20 ms trials on a busy 2-core machine: the peer
+was done before the warm-up ended).
 """
 
 from __future__ import annotations
 
 import time
 from itertools import repeat
-from typing import Final
+from typing import Final, Protocol
 
 from udskit.bench.results import BenchFailed
 from udskit.bench.transports import End
@@ -32,6 +36,13 @@ WARMUP_SHARE: Final = 0.1
 STREAM_READ: Final = 256 * 1024
 #: The throughput sender looks at the clock after this many bytes (or one message).
 BATCH_BYTES: Final = 256 * 1024
+
+
+class StopFlag(Protocol):
+    """One shared byte (an anonymous shared mmap made before fork): non-zero means stop."""
+
+    def __getitem__(self, index: int, /) -> int: ...
+    def __setitem__(self, index: int, value: int, /) -> None: ...
 
 
 def _payload(size: int) -> memoryview:
@@ -120,14 +131,15 @@ def echo(end: End, size: int, keeps_boundaries: bool) -> None:
             _send_rest(end, view, sent)
 
 
-def blast(end: End, size: int, seconds: float) -> None:
-    """The peer side of throughput: send `size`-byte messages for `seconds`, then end."""
+def blast(end: End, size: int, stop: StopFlag, limit_seconds: float) -> None:
+    """The peer side of throughput: send `size`-byte messages until `stop` is raised
+    (or, should the measuring side vanish without killing us, `limit_seconds`), then end."""
     out = _payload(size)
     send = end.send
     now = time.monotonic_ns
     batch = max(1, BATCH_BYTES // size)
-    deadline = now() + int(seconds * 1e9)
-    while now() < deadline:
+    deadline = now() + int(limit_seconds * 1e9)
+    while not stop[0] and now() < deadline:
         for _ in repeat(None, batch):
             sent = send(out)
             if sent != size:
@@ -135,26 +147,40 @@ def blast(end: End, size: int, seconds: float) -> None:
     end.finish()
 
 
-def sink(end: End, size: int, seconds: float, keeps_boundaries: bool) -> tuple[int, int]:
+def sink(
+    end: End, size: int, seconds: float, keeps_boundaries: bool, stop: StopFlag
+) -> tuple[int, int]:
     """The measuring side of throughput: (bytes, nanoseconds) of the measured window."""
     # One message per receive where the kernel keeps boundaries; all that has arrived,
     # up to STREAM_READ, on a byte stream.
     view = memoryview(bytearray(size if keeps_boundaries else max(size, STREAM_READ)))
     recv_into = end.recv_into
     now = time.perf_counter_ns
-    if recv_into(view) == 0:
-        raise BenchFailed("the peer sent nothing")
-    warm_until = now() + int(seconds * WARMUP_SHARE * 1e9)
-    while now() < warm_until:
+    # The clock is read once per batch of receives, like the sender's, so that small
+    # messages do not pay for it; the window is what lies between two readings.
+    batch = max(1, BATCH_BYTES // size)
+    try:
         if recv_into(view) == 0:
-            raise BenchFailed("the peer stopped during the warm-up")
-    total = 0
-    start = now()
-    while True:
-        count = recv_into(view)
-        if count == 0:
-            break
-        total += count
-    elapsed = now() - start
+            raise BenchFailed("the peer sent nothing")
+        warm_until = now() + int(seconds * WARMUP_SHARE * 1e9)
+        while now() < warm_until:
+            if recv_into(view) == 0:
+                raise BenchFailed("the peer stopped during the warm-up")
+        total = 0
+        start = now()
+        stop_at = start + int(seconds * (1 - WARMUP_SHARE) * 1e9)
+        while True:
+            for _ in repeat(None, batch):
+                count = recv_into(view)
+                if count == 0:
+                    raise BenchFailed("the peer stopped before the measured window ended")
+                total += count
+            stopped = now()
+            if stopped >= stop_at:
+                break
+    finally:
+        stop[0] = 1
+    while recv_into(view) != 0:  # what was sent before the peer saw the flag
+        pass
     end.close()
-    return total, elapsed
+    return total, stopped - start

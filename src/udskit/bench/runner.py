@@ -14,6 +14,7 @@ removed at the end.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from udskit.bench.machine import machine_facts
-from udskit.bench.patterns import blast, echo, pingpong, sink
+from udskit.bench.patterns import StopFlag, blast, echo, pingpong, sink
 from udskit.bench.plan import BenchPlan, Trial, count_trials, format_size, trial_order
 from udskit.bench.results import (
     BenchFailed,
@@ -122,6 +123,7 @@ def run_trial(
     """One trial in a fresh pair of processes (this one measures, a forked child is the peer)."""
     ours, theirs = open_pair(trial.transport, sockdir, STALL_SECONDS + seconds)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    stop = mmap.mmap(-1, 1)  # shared with the child: the measuring side says when to stop
     try:
         pid = os.fork()
     except BaseException:
@@ -133,7 +135,7 @@ def run_trial(
     if pid == 0:  # pragma: no cover - the child never returns
         os.close(err_r)
         ours.close()
-        _child(trial, seconds, theirs, err_w, pin)
+        _child(trial, seconds, theirs, err_w, pin, stop)
     os.close(err_w)
     theirs.close()
     # "done": the peer is leaving on its own; "failed": already reaped; anything else
@@ -141,7 +143,7 @@ def run_trial(
     outcome = "interrupted"
     try:
         try:
-            result = _measure(trial, seconds, ours)
+            result = _measure(trial, seconds, ours, stop)
         except (OSError, BenchFailed) as exc:
             if isinstance(exc, UdskitError) and not isinstance(exc, BenchFailed):
                 raise
@@ -157,20 +159,28 @@ def run_trial(
         if outcome != "failed":
             _reap(pid, grace=5.0 if outcome == "done" else 0.0)
         os.close(err_r)
+        stop.close()
 
 
-def _measure(trial: Trial, seconds: float, end: End) -> TrialResult:
+def _measure(trial: Trial, seconds: float, end: End, stop: StopFlag) -> TrialResult:
     keeps = trial.transport.keeps_boundaries
     if trial.pattern is Pattern.PINGPONG:
         samples = pingpong(end, trial.size, seconds, keeps)
         return TrialResult(trial.transport, trial.pattern, trial.size, samples_ns=tuple(samples))
-    moved, elapsed = sink(end, trial.size, seconds, keeps)
+    moved, elapsed = sink(end, trial.size, seconds, keeps, stop)
     return TrialResult(
         trial.transport, trial.pattern, trial.size, bytes_moved=moved, elapsed_ns=elapsed
     )
 
 
-def _child(trial: Trial, seconds: float, end: End, err_w: int, pin: tuple[int, int] | None) -> None:
+def _child(
+    trial: Trial,
+    seconds: float,
+    end: End,
+    err_w: int,
+    pin: tuple[int, int] | None,
+    stop: StopFlag,
+) -> None:
     """The peer process: run the peer loop, report any failure on `err_w`, never return."""
     code = 1
     try:
@@ -185,7 +195,7 @@ def _child(trial: Trial, seconds: float, end: End, err_w: int, pin: tuple[int, i
         if trial.pattern is Pattern.PINGPONG:
             echo(end, trial.size, keeps)
         else:
-            blast(end, trial.size, seconds)
+            blast(end, trial.size, stop, STALL_SECONDS + seconds)
         end.close()
         code = 0
     except BaseException as exc:
