@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ __all__ = [
 
 #: Bytes moved per read: large enough that a bulk copy costs few syscalls.
 CHUNK: Final = 256 * 1024
+#: Seconds a stopping server gives its client threads, all together, to finish.
+STOP_GRACE: Final = 0.5
 #: Default receive buffer for one datagram or seqpacket record (the largest a unix
 #: datagram can be with default sysctls is about 212 KiB; 64 KiB covers most protocols).
 DEFAULT_MESSAGE_BUFFER: Final = 65536
@@ -149,8 +152,11 @@ def _serve_connections(
         # A signal or a failure: idle clients and exec children would keep the joins
         # below waiting for ever, so end them first.
         live.end_all()
+        # One short budget for all of them, not one per thread: a stop must not wait
+        # on a crowd of clients (the threads are daemons and end with the process).
+        deadline = time.monotonic() + STOP_GRACE
         for thread in threads:
-            thread.join(2.0)
+            thread.join(max(0.0, deadline - time.monotonic()))
         raise
     for thread in threads:
         thread.join()

@@ -88,6 +88,9 @@ def _run_command(argv: list[str], env: Env) -> int:
 
 def run() -> None:
     """Console-script entry point: signals become exceptions so cleanup always runs."""
+    # A non-interactive shell starts background jobs with SIGINT ignored, and Python then
+    # leaves it ignored: `udskit listen ... &` in a script would not stop on SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGHUP, _raise_terminated)
     status = main()
