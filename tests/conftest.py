@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,9 @@ from typing import IO
 
 import pytest
 
-from udskit.address import parse_address
+from udskit.address import UnixAddress, parse_address
+from udskit.inspect.owners import read_proc_net_unix
+from udskit.probe import _wanted_names as probe_names
 from udskit.probe import is_bound
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +41,18 @@ def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition"
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ready(address: UnixAddress) -> bool:
+    """Can a client use `address` now? A datagram socket once it is bound; a stream or
+    seqpacket one only once it listens: its file appears at bind(), and a connect()
+    before listen() is refused (a test that waited for the file alone failed so)."""
+    if not is_bound(address):
+        return False
+    if is_bound(address, listening=True):
+        return True
+    wanted = probe_names(address)
+    return any(e.name in wanted and e.type == socket.SOCK_DGRAM for e in read_proc_net_unix())
 
 
 class Peer:
@@ -92,6 +107,70 @@ class Peer:
         self.stop()
 
 
+NOBODY_RUNTIME = ("udskit", "rich", "pygments", "markdown_it", "mdurl")
+_nobody: dict[str, str] = {}
+
+
+def nobody_python() -> str:
+    """An interpreter that user nobody can run with udskit importable, made once per
+    session in a world-readable temporary directory: a minimal venv (pyvenv.cfg and a
+    link to a system interpreter nobody may execute) holding copies of udskit and its
+    runtime dependencies. Skips the test, with the reason, when no interpreter works."""
+    if "python" in _nobody:
+        return _nobody["python"]
+    if "skip" in _nobody:
+        pytest.skip(_nobody["skip"])
+    import importlib.util
+
+    top = Path(tempfile.mkdtemp(prefix="udsk-nobody-", dir="/tmp"))
+    _nobody["dir"] = str(top)
+    site = top / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    site.mkdir(parents=True)
+    for name in NOBODY_RUNTIME:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        shutil.copytree(
+            Path(spec.origin).parent, site / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    (top / "bin").mkdir()
+    tried: list[str] = []
+    candidates = [
+        shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}", path="/usr/bin"),
+        os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+    ]
+    for candidate in dict.fromkeys(c for c in candidates if c):
+        link = top / "bin" / "python"
+        link.unlink(missing_ok=True)
+        link.symlink_to(candidate)
+        (top / "pyvenv.cfg").write_text(f"home = {os.path.dirname(candidate)}\n")
+        subprocess.run(["chmod", "-R", "a+rX", str(top)], check=True)
+        check = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                str(link),
+                "-c",
+                "import udskit.cli, rich.table",
+            ],
+            check=False,
+            capture_output=True,
+        )
+        if check.returncode == 0:
+            _nobody["python"] = str(link)
+            return str(link)
+        tried.append(f"{candidate}: {check.stderr.decode(errors='replace').strip()[-200:]}")
+    _nobody["skip"] = "no interpreter that user nobody may run: " + "; ".join(tried)
+    pytest.skip(_nobody["skip"])
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "dir" in _nobody:
+        shutil.rmtree(_nobody["dir"], ignore_errors=True)
+
+
 class Peers:
     def __init__(self) -> None:
         self._started: list[Peer] = []
@@ -135,7 +214,9 @@ class Peers:
                 if proc.poll() is not None:
                     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                     raise AssertionError(f"{args} exited with {proc.returncode}: {err}")
-                return is_bound(address, listening=listening)
+                if listening is not None:
+                    return is_bound(address, listening=listening)
+                return ready(address)
 
             wait_until(up, timeout, f"{address} from {args[0]}")
         return peer
@@ -179,14 +260,14 @@ class Peers:
 
     @staticmethod
     def as_nobody(*argv: str | os.PathLike[str]) -> list[str]:
-        """The argv to run a program as user nobody (for permission checks as root)."""
-        return [
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            *(os.fspath(a) for a in argv),
-        ]
+        """The argv to run a program as user nobody (for permission checks as root).
+
+        Our own interpreter becomes one that nobody can run (`nobody_python`), since
+        the checkout and its .venv may sit where nobody cannot enter (/root is 0700)."""
+        args = [os.fspath(a) for a in argv]
+        if args and args[0] == sys.executable:
+            args[0] = nobody_python()
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *args]
 
     def stop_all(self) -> None:
         for peer in reversed(self._started):

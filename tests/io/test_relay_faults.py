@@ -334,8 +334,15 @@ def test_sigterm_ends_the_commands_too(peers: Peers, sockdir: Path, sleeper: str
     """/bin/sh forks the real command (here because of the `; true`): it must not be
     left running, re-parented to init, after the relay exits."""
     front = sockdir / "f.sock"
-    relay = peers.udskit("relay", f"unix-listen:{front}", f"exec:sleep {sleeper}; true")
-    wait_until(front.exists, what="the relay's socket")
+    # The file appears at bind(), before listen(): wait for the listening state, or a
+    # connect in between is refused (seen once in a full run on a busy machine).
+    relay = peers.udskit(
+        "relay",
+        f"unix-listen:{front}",
+        f"exec:sleep {sleeper}; true",
+        wait_for=front,
+        listening=True,
+    )
     with socket.socket(socket.AF_UNIX) as client:
         client.connect(str(front))
         wait_until(lambda: _processes_with(sleeper), what="the command running")
