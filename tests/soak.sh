@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Soak the test suite: run it N times from a fresh clone and print the failures per test.
+#
+#   tests/soak.sh 30            # 30 runs on a quiet machine
+#   tests/soak.sh 30 --hog 10   # 30 runs, the last 10 with a busy loop pinned to another CPU
+#
+# A flaky test is a bug with a root cause: this script finds them, it never retries one.
+# The clone is of HEAD (commit first); it gets its own .venv, set up once with `make venv`.
+# Exit status: 0 when every run was green, 1 otherwise.
+set -euo pipefail
+
+usage() { echo "usage: tests/soak.sh N [--hog K] [--keep]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+runs=$1; shift
+hog_runs=0
+keep=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --hog) [ $# -ge 2 ] || usage; hog_runs=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    *) usage ;;
+  esac
+done
+[[ $runs =~ ^[0-9]+$ && $hog_runs =~ ^[0-9]+$ && $runs -ge 1 && $hog_runs -le $runs ]] || usage
+
+top=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
+work=$(mktemp -d /tmp/udskit-soak.XXXXXX)
+hog_pid=""
+cleanup() {
+  if [ -n "$hog_pid" ]; then kill "$hog_pid" 2>/dev/null || true; wait "$hog_pid" 2>/dev/null || true; fi
+  if [ "$keep" = 0 ]; then rm -rf "$work"; else echo "kept: $work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+git clone -q "$top" "$work/udskit"
+cd "$work/udskit"
+echo "soak: $runs runs of $(git log -1 --format='%h %s') in $work/udskit"
+make -s venv peers >"$work/setup.log" 2>&1 || { cat "$work/setup.log"; exit 1; }
+
+# The busy loop sits on the last CPU; the suite may run anywhere.
+hog_cpu=$(( $(nproc) - 1 ))
+green=0
+for i in $(seq 1 "$runs"); do
+  hog=""
+  if [ "$i" -gt $(( runs - hog_runs )) ]; then
+    taskset -c "$hog_cpu" sh -c 'while :; do :; done' &
+    hog_pid=$!
+    hog=" (busy loop on CPU $hog_cpu)"
+  fi
+  start=$(date +%s)
+  if .venv/bin/pytest -q -p no:cacheprovider --junitxml="$work/run-$i.xml" >"$work/run-$i.log" 2>&1; then
+    green=$(( green + 1 )); verdict=green
+  else
+    verdict=FAILED
+  fi
+  if [ -n "$hog_pid" ]; then kill "$hog_pid"; wait "$hog_pid" 2>/dev/null || true; hog_pid=""; fi
+  echo "run $i/$runs: $verdict in $(( $(date +%s) - start )) s$hog: $(tail -n 1 "$work/run-$i.log")"
+done
+
+echo "soak: $green of $runs runs green"
+python3 - "$work" "$runs" <<'PY'
+import collections
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+work, runs = Path(sys.argv[1]), int(sys.argv[2])
+failures: collections.Counter[str] = collections.Counter()
+for i in range(1, runs + 1):
+    path = work / f"run-{i}.xml"
+    if not path.exists():
+        failures["(the run wrote no report)"] += 1
+        continue
+    for case in ET.parse(path).iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failures[f"{case.get('classname')}::{case.get('name')}"] += 1
+for name, count in failures.most_common():
+    print(f"  {count:3d} of {runs}  {name}")
+PY
+[ "$green" -eq "$runs" ]
