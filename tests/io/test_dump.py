@@ -245,7 +245,8 @@ def test_hundred_clients_a_mebibyte_each_every_byte_delivered_and_recorded(
     recorded_bytes = 0
     for ev in decode_events(pcap.read_bytes()):
         if ev.kind is EventKind.DATA:
-            assert not ev.truncated
+            # A writer starved of CPU past BACKLOG_BYTES records lengths only, and says so.
+            assert not ev.truncated, f"a chunk was recorded as its length only: {err}"
             recorded_bytes += ev.length
             if ev.direction is Direction.C2S:
                 c2s[ev.conn].update(ev.data)
