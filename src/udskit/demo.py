@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TextIO, final
 
 from udskit.address import parse_address
+from udskit.errors import UsageError
 from udskit.probe import is_bound
 
 #: The sections in order; each names the module whose `demo(tour)` runs.
@@ -152,8 +153,16 @@ def section_functions(only: Sequence[str] = ()) -> list[tuple[str, Callable[[Tou
 
 
 def run_tour(out: TextIO, outdir: Path, only: Sequence[str] = ()) -> int:
-    """Run every section; returns how many ran. Raises on the first failing step."""
-    outdir.mkdir(parents=True, exist_ok=True)
+    """Run every section; returns how many ran. Raises on the first failing step, and
+    UsageError when `outdir` cannot be made."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UsageError(
+            f"--outdir {outdir}: cannot create it ({reason.lower()}): pick a directory "
+            "you may write to"
+        ) from None
     sections = section_functions(only)
     with Tour(out, outdir) as tour:
         for _name, func in sections:

@@ -22,8 +22,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, final
 
-from udskit.address import AddressKind, UnixAddress, decode_sockaddr, parse_address
-from udskit.errors import UsageError, socket_error
+from udskit.address import (
+    AddressKind,
+    UnixAddress,
+    decode_sockaddr,
+    format_address,
+    parse_address,
+)
+from udskit.errors import AddressError, UsageError, socket_error
 from udskit.probe import bound_owners, file_kind, os_errors
 from udskit.socktype import SocketType
 
@@ -392,6 +398,11 @@ def open_connection(
     own it could send but never receive a reply (unix(7), "autobind").
     """
     addr = as_address(address)
+    if addr.kind in (AddressKind.AUTOBIND, AddressKind.UNNAMED):
+        raise AddressError(
+            f"cannot connect to {format_address(addr)}: a client connects to a name; "
+            "'@' (autobind) and '*' (unnamed) only say how a socket binds"
+        )
     sock = _new_socket(sock_type)
     try:
         local = as_address(bind) if bind is not None else None

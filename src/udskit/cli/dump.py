@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
+from udskit.cli.options import positive_int, seconds
 
 if TYPE_CHECKING:
     from udskit.demo import Tour
@@ -92,14 +93,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     out.add_argument("--utc", action="store_true", help="times in UTC instead of local time")
     limits = parser.add_argument_group("filters and limits")
-    limits.add_argument("-c", "--count", type=int, metavar="N", help="stop after N data events")
-    limits.add_argument("--pid", type=int, metavar="PID", help="only clients with this pid")
     limits.add_argument(
-        "-s", "--snaplen", type=int, metavar="N", help="record at most N bytes of each chunk"
+        "-c", "--count", type=positive_int, metavar="N", help="stop after N data events"
+    )
+    limits.add_argument(
+        "--pid", type=positive_int, metavar="PID", help="only clients with this pid"
+    )
+    limits.add_argument(
+        "-s",
+        "--snaplen",
+        type=positive_int,
+        metavar="N",
+        help="record at most N bytes of each chunk",
     )
     limits.add_argument(
         "--grace",
-        type=float,
+        type=seconds(),
         default=2.0,
         metavar="SECONDS",
         help="on exit, how long open connections through the proxy may finish (default 2)",

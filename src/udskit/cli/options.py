@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
+
+#: The largest receive buffer a message option takes. A unix datagram or seqpacket
+#: record cannot be longer than its sender's SO_SNDBUF (net.core.wmem_max, 212,992 bytes
+#: by default; root can force more), so 64 MiB holds any message a real sender makes
+#: while a typo cannot make udskit allocate gigabytes per message.
+MAX_BUFFER = 64 * 1024 * 1024
+#: The longest wait any SECONDS option takes: a day. Longer is a typo or a wish for
+#: "for ever", which the options say differently.
+MAX_SECONDS = 86400.0
 
 
 def octal_mode(text: str) -> int:
-    """A file mode such as 0660."""
+    """A socket file mode such as 0660: permission bits only."""
     try:
         value = int(text, 8)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an octal mode: {text!r} (e.g. 0660)") from None
-    if not 0 <= value <= 0o7777:
-        raise argparse.ArgumentTypeError(f"mode out of range: {text}")
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(
+            f"mode {text} is out of range: 0000 to 0777 (setuid, setgid and sticky bits "
+            "mean nothing on a socket file)"
+        )
     return value
 
 
@@ -20,10 +34,47 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return value
+
+
+def buffer_size(text: str) -> int:
+    """A message buffer in bytes, 1 to MAX_BUFFER."""
+    value = positive_int(text)
+    if value > MAX_BUFFER:
+        raise argparse.ArgumentTypeError(
+            f"{text} bytes is more than the maximum, {MAX_BUFFER} (64 MiB): no unix "
+            "datagram or record is that long (see net.core.wmem_max)"
+        )
+    return value
+
+
+def seconds(*, allow_zero: bool = True) -> Callable[[str], float]:
+    """A duration in seconds: a finite number from 0 (or just above) to MAX_SECONDS."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a duration: give a finite number of seconds "
+                f"(at most {MAX_SECONDS:.0f})"
+            )
+        if value < 0 or (value == 0 and not allow_zero):
+            least = "0" if allow_zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"{text} seconds: must be {least}")
+        if value > MAX_SECONDS:
+            raise argparse.ArgumentTypeError(
+                f"{text} seconds is more than the maximum, {MAX_SECONDS:.0f} (a day)"
+            )
+        return value
+
+    parse.__name__ = "seconds"  # argparse names the type in its error line
+    return parse
 
 
 def add_listener_options(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ exit statuses:
   0    success
   1    a socket operation failed (the one-line message says what to do)
   2    bad arguments or a bad address (nothing was done)
+  129  ended by SIGHUP (the terminal closed; cleaned up likewise)
   130  interrupted by Ctrl-C (everything moved or created was cleaned up)
   143  terminated by SIGTERM (likewise cleaned up)
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from udskit.cli.env import Env, ExitStatus
-from udskit.cli.options import add_listener_options, positive_int
+from udskit.cli.options import add_listener_options, buffer_size, positive_int, seconds
 
 TYPES = ("stream", "dgram", "seqpacket")
 
@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--buffer",
-        type=positive_int,
+        type=buffer_size,
         default=65536,
         metavar="BYTES",
         help="receive buffer per message (dgram, seqpacket); longer ones are "
@@ -115,14 +115,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--buffer",
-        type=positive_int,
+        type=buffer_size,
         default=65536,
         metavar="BYTES",
         help="receive buffer per message (dgram, seqpacket)",
     )
     p.add_argument(
         "--wait",
-        type=float,
+        type=seconds(),
         default=0.5,
         metavar="SECONDS",
         help="dgram: how long to wait for late replies after stdin ends (0.5)",
@@ -146,7 +146,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--reply-size",
-        type=positive_int,
+        type=buffer_size,
         default=65536,
         metavar="BYTES",
         help="receive buffer for each reply (default: 65536)",
@@ -154,7 +154,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--no-reply", action="store_true", help="do not wait for replies")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds(allow_zero=False),
         default=2.0,
         metavar="SECONDS",
         help="how long to wait for each reply (default: 2)",
