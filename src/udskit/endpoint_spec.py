@@ -8,7 +8,8 @@ listen on, standard input and output, or a command. Unix addresses inside are re
 ``unix:PATH``, ``PATH``   connect to a socket file (a bare path is the same)
 ``@NAME``                 connect to an abstract name (``abstract:NAME`` likewise)
 ``unix-listen:PATH``      listen on a socket file (safe bind), one upstream per client
-``abstract-listen:NAME``  listen on an abstract name (``@NAME`` after the colon works too)
+``abstract-listen:NAME``  listen on an abstract name (``@NAME`` after the colon works too;
+                         ``abstract-listen:@`` autobinds: the kernel picks, udskit prints it)
 ``tcp:HOST:PORT``         connect over TCP (``[::1]:PORT`` for IPv6)
 ``tcp-listen:[HOST:]PORT`` listen over TCP; HOST defaults to 127.0.0.1, never all addresses
 ``-``                     standard input and output (``stdio`` likewise)
@@ -79,10 +80,10 @@ class EndpointSpec:
     def __post_init__(self) -> None:
         kind = self.kind
         if kind in (EndpointKind.UNIX, EndpointKind.UNIX_LISTEN):
-            if self.address is None or self.address.kind not in (
-                AddressKind.PATHNAME,
-                AddressKind.ABSTRACT,
-            ):
+            kinds: tuple[AddressKind, ...] = (AddressKind.PATHNAME, AddressKind.ABSTRACT)
+            if kind is EndpointKind.UNIX_LISTEN:
+                kinds += (AddressKind.AUTOBIND,)  # the kernel picks; the relay prints it
+            if self.address is None or self.address.kind not in kinds:
                 raise AddressError(f"{kind.value} needs a socket file path or an @abstract name")
         elif self.sock_type is not SocketType.STREAM:
             raise AddressError(
@@ -181,7 +182,7 @@ def _parse_untyped(text: str, match: re.Match[str] | None) -> EndpointSpec:
 
 def _unix(kind: EndpointKind, text: str) -> EndpointSpec:
     address = parse_address(text)
-    if address.kind is AddressKind.AUTOBIND:
+    if address.kind is AddressKind.AUTOBIND and kind is not EndpointKind.UNIX_LISTEN:
         raise AddressError(
             "a lone @ (autobind) names no socket to relay; give @NAME or a socket file path"
         )
@@ -228,6 +229,8 @@ def format_endpoint(spec: EndpointSpec) -> str:
     addr = format_address(spec.address)
     prefix = "" if spec.sock_type is SocketType.STREAM else f"{spec.sock_type.value}:"
     if kind is EndpointKind.UNIX_LISTEN:
+        if spec.address.kind is AddressKind.AUTOBIND:
+            return f"{prefix}abstract-listen:@"
         if spec.address.is_abstract:
             name = addr if spec.address.name else ""  # "@" alone would mean autobind
             return f"{prefix}abstract-listen:{name}"

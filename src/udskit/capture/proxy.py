@@ -556,6 +556,12 @@ class ProxyDump:
             assert self.listen is not None
             sock_type = checked_type(self.target, self.sock_type)
             self._listener = open_listener(self.listen, sock_type)
+            if self.listen.kind is AddressKind.AUTOBIND:
+                # The kernel picked the name: it is what clients must be pointed at, and
+                # what the events and the start line show.
+                self.listen = self._listener.address
+                if self.tap is not None and hasattr(self.tap, "path"):
+                    self.tap.path = str(self.listen)
             if sock_type is SocketType.DGRAM:
                 self._listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             front = self._listener

@@ -137,6 +137,12 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         default_type=default_type,
         stdio=(env.stdin, env.stdout),
     )
+    relay.open()
+    bound = relay.listen_endpoint
+    if str(bound) != str(left) and not (args.verbose or args.json):
+        # The kernel chose (tcp-listen:0, an autobound '@'): a user cannot connect to
+        # what they cannot see. -v and --json say it in their own listening event.
+        env.err(f"udskit relay: listening on {bound}")
     relay.serve_forever()
     return ExitStatus.OK
 

@@ -64,7 +64,9 @@ def open_listen_side(
             spec.address, spec.sock_type, backlog=backlog, mode=mode, owner=owner, group=group
         )
         listener.sock.setblocking(False)
-        return ListenSide(listener.sock, spec, listener, owned=True)
+        # As bound: an autobound name is the one the kernel picked.
+        real = EndpointSpec(spec.kind, address=listener.address, sock_type=spec.sock_type)
+        return ListenSide(listener.sock, real, listener, owned=True)
     if spec.kind is EndpointKind.TCP_LISTEN:  # (Relay checked --mode/--owner/--group)
         assert spec.host is not None and spec.port is not None
         family, sockaddr = resolve_tcp(spec, "listen")
