@@ -10,8 +10,9 @@ single Python thread, and every microsecond it spends per chunk is a microsecond
 client waits. Encoding a chunk as an EPB with IPv4 and TCP headers costs about as much
 as forwarding it (benchmarks/dump.py), so the proxy only appends a 22-byte record
 header and the bytes to a buffer and writes the buffer to a pipe every 256 KiB; a
-writer process (`writer_main`) turns the records into pcapng, at a lower priority
-(nice 10), so under load the CPU goes to the traffic first.
+writer process (`writer_main`) spools the records to disk at normal priority (so a
+busy machine cannot starve it into dropping them), and its child encodes pcapng from
+the spool at SCHED_IDLE and nice 10, so under load the CPU goes to the traffic first.
 
 The proxy never blocks on that pipe (it is non-blocking): a stalled or starved writer
 must not slow the traffic down, and a blocked write(2) would also keep Ctrl-C waiting
@@ -63,10 +64,13 @@ __all__ = ["DumpTap", "LineSink", "PcapngSink", "PcapngWriter", "writer_main"]
 #: Bytes gathered before one write(2): 256 KiB is a guess that keeps syscalls rare at
 #: redis-benchmark rates while a killed dump loses little; see benchmarks/dump.py.
 FLUSH_BYTES: Final = 256 * 1024
-#: The writer process's niceness (see writer_main) and how much it may hold unwritten.
-#: Not SCHED_IDLE: next to a busy process on the same CPU an idle-class writer gets
+#: The encoder's niceness (see writer_main). The writer itself keeps the normal
+#: priority: it only appends to spool files, but at nice 10, next to a busy loop on the
+#: same CPU, it got a tenth of that CPU and fell more than BACKLOG_BYTES behind, and a
+#: hundred clients' megabytes were recorded as lengths only (tests/io/test_dump.py).
+#: Not SCHED_IDLE for the writer either: an idle-class process next to a busy one gets
 #: almost no CPU at all, and the capture would only be lost instead of late.
-WRITER_NICE: Final = 10
+ENCODER_NICE: Final = 10
 #: How much the proxy keeps in memory while the pipe to the writer is full; beyond it
 #: chunks are recorded as lengths only, beyond twice it not at all (see the docstring).
 BACKLOG_BYTES: Final = 64 * 1024 * 1024
@@ -422,7 +426,7 @@ def _read_for(fd: int, seconds: float) -> bytes:
 def writer_main() -> None:
     """The writer: records on stdin -> pcapng on the fd in argv[1], in two processes.
 
-    This process (nice WRITER_NICE) only moves records from the pipe into spool files
+    This process (normal priority) only moves records from the pipe into spool files
     (`_spool_records`), which costs little CPU; its child, the encoder
     (`_encode_spool`), turns them into pcapng at SCHED_IDLE: while traffic flows it
     takes only CPU time nobody else wants. Encoding a chunk costs about what
@@ -433,14 +437,12 @@ def writer_main() -> None:
     at SPOOL_FILE_BYTES and freed once encoded. When the pipe ends, this process puts
     the encoder back in the normal class so that the rest is written promptly; where
     that would not be allowed (no root, no CAP_SYS_NICE, RLIMIT_NICE too low), the
-    encoder is never made SCHED_IDLE and just runs at this process's nice 10. A write
+    encoder is never made SCHED_IDLE and just runs at nice ENCODER_NICE. A write
     error ends it with one line on stderr (shared with this process) and status 1."""
     import socket
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    with suppress(OSError):
-        os.nice(WRITER_NICE)
     fd, port, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     new_spool = _spool_opener(fd)
     try:
@@ -474,8 +476,8 @@ def writer_main() -> None:
     sys.exit(1 if failed or status != 0 else 0)
 
 
-def _can_leave_idle_class() -> bool:
-    """May this process move a SCHED_IDLE child back to SCHED_OTHER at its nice value?
+def _can_leave_idle_class(nice: int = ENCODER_NICE) -> bool:
+    """May this process move a SCHED_IDLE child at `nice` back to SCHED_OTHER?
     CAP_SYS_NICE may (root has it, except in containers that drop it, as Docker does);
     others need RLIMIT_NICE >= 20 - nice (sched(7))."""
     import resource
@@ -485,7 +487,7 @@ def _can_leave_idle_class() -> bool:
             if line.startswith("CapEff:") and int(line.split()[1], 16) >> 23 & 1:
                 return True  # CAP_SYS_NICE
     soft, _hard = resource.getrlimit(resource.RLIMIT_NICE)
-    return soft == resource.RLIM_INFINITY or soft >= 20 - os.nice(0)
+    return soft == resource.RLIM_INFINITY or soft >= 20 - nice
 
 
 def _detach_encoder() -> None:
@@ -574,6 +576,8 @@ def _encode_spool(
     import select
     import socket
 
+    with suppress(OSError):
+        os.nice(ENCODER_NICE)
     if idle:
         with suppress(OSError, AttributeError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
