@@ -453,6 +453,12 @@ def writer_and_encoder() -> Iterator[Callable[[Path], tuple[sinks.PcapngWriter, 
         assert writer.proc is not None
         wait_for(lambda: len(_children(writer.proc.pid)) == 1, what="the encoder")
         (encoder,) = _children(writer.proc.pid)
+        # Its set-up done (PR_SET_PDEATHSIG comes before its nice value): a test that
+        # stopped it earlier froze it before it could arrange to die with the writer.
+        wait_for(
+            lambda: os.getpriority(os.PRIO_PROCESS, encoder) == sinks.ENCODER_NICE,
+            what="the encoder's set-up",
+        )
         return writer, encoder
 
     yield start

@@ -349,7 +349,8 @@ def test_sigterm_ends_the_commands_too(peers: Peers, sockdir: Path, sleeper: str
         relay.send_signal(signal.SIGTERM)
         # Only the relay's own exit: a leftover command would also hold its stderr.
         assert relay.wait(10) == 143
-        assert _processes_with(sleeper) == []
+        # SIGKILL was sent to the command's group; kill(2) returns before it has died.
+        wait_until(lambda: _processes_with(sleeper) == [], what="the killed command to end")
 
 
 def _open_fds() -> set[int]:
@@ -369,7 +370,8 @@ def test_no_pidfd_left_for_a_command_still_running(sockdir: Path, sleeper: str) 
         wait_until(lambda: _processes_with(sleeper), what="the command's sleep")
         relay.stop()
     assert _open_fds() - before == set()
-    assert _processes_with(sleeper) == []
+    # SIGKILL was sent to the command's group; kill(2) returns before it has died.
+    wait_until(lambda: _processes_with(sleeper) == [], what="the killed command to end")
 
 
 def _read_quietly(conn: socket.socket) -> None:
