@@ -324,12 +324,16 @@ def _check_bind(facts: Facts) -> Check:
     if not facts.directories or not all(
         d.exists and d.kind == "directory" for d in facts.directories
     ):
-        return Check("bind", NOTE, "a server binding here fails with ENOENT: a directory is missing")
+        return Check(
+            "bind", NOTE, "a server binding here fails with ENOENT: a directory is missing"
+        )
     parent = facts.directories[-1]
     user = facts.user
     parts = []
     if may_access(user, parent, _WRITE | _SEARCH):
-        parts.append(f"a server running as {_who(user)} may bind here (write and search on the directory)")
+        parts.append(
+            f"a server running as {_who(user)} may bind here (write and search on the directory)"
+        )
         fix = None
     else:
         parts.append(
@@ -483,8 +487,7 @@ def _check_backlog(facts: Facts) -> Check:
             f"the accept queue is full: {sock.pending} connections wait, the backlog is "
             f"{sock.backlog}; the server does not accept() (stuck or overloaded), so "
             "connect() blocks or fails with EAGAIN",
-            f"look at what {who} is doing; raise its listen() backlog "
-            "(net.core.somaxconn caps it)",
+            f"look at what {who} is doing; raise its listen() backlog (net.core.somaxconn caps it)",
         )
     return Check(
         "backlog", OK, f"{sock.pending} waiting to be accepted, backlog {sock.backlog}: not full"
@@ -536,13 +539,13 @@ def _check_namespace(facts: Facts) -> Check:
         )
     path = facts.absolute or address.path
     if facts.mount_ns:
-        found = facts.mount_ns[0]
-        mnt = f" ({found.holder.mntns})" if found.holder.mntns else ""
+        away = facts.mount_ns[0]
+        mnt = f" ({away.holder.mntns})" if away.holder.mntns else ""
         return Check(
             "namespace",
             PROBLEM,
-            f"the socket is in another mount namespace{mnt}: {_process(found.holder)} sees "
-            f"{show(path)} at {show(found.via)} from here, this process does not; pathname "
+            f"the socket is in another mount namespace{mnt}: {_process(away.holder)} sees "
+            f"{show(path)} at {show(away.via)} from here, this process does not; pathname "
             "sockets are found through the file system, so a private /tmp or a chroot hides them",
             _mount_fix(facts, path),
         )
@@ -566,9 +569,7 @@ def _check_namespace(facts: Facts) -> Check:
                 f"{facts.own_netns}: fine for a socket file (an abstract name would not cross)",
             )
     if owners:
-        return Check(
-            "namespace", OK, "the server shares our root and network namespace"
-        )
+        return Check("namespace", OK, "the server shares our root and network namespace")
     return Check(
         "namespace",
         NOTE,
@@ -651,6 +652,7 @@ def _check_connect(facts: Facts, before: Sequence[Check]) -> Check:
     what = result.error or name
     found = f"{result.type.value} connect as {user} failed after {ms:.2f} ms: {what} ({name}){note}"
     cause = next((c for c in before if c.verdict is PROBLEM), None)
+    fix: str | None
     if cause is not None:
         fix = f"see the {cause.name} check above"
     else:

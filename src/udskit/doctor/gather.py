@@ -222,9 +222,7 @@ def _other_netns(address: UnixAddress, own: str | None) -> list[tuple[str, list[
             continue
         matching = [e for e in entries if e.name == wanted]
         if matching:
-            found.append(
-                (netns, [e.inode for e in matching], any(e.listening for e in matching))
-            )
+            found.append((netns, [e.inode for e in matching], any(e.listening for e in matching)))
     return found
 
 
@@ -429,9 +427,7 @@ def gather_facts(
     owners = scan_socket_owners(inodes) if inodes else {}
 
     by_inode = {info.inode: info for info in infos or ()}
-    bound = tuple(
-        _socket_facts(info, owners, labels, by_inode) for info in _servers_first(here)
-    )
+    bound = tuple(_socket_facts(info, owners, labels, by_inode) for info in _servers_first(here))
     mount_ns: list[MountNsFacts] = []
     unlinked: list[SocketFacts] = []
     for info in _servers_first(by_name):

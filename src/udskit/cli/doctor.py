@@ -1,0 +1,103 @@
+"""`udskit doctor ADDR`: why does this unix socket address not work?"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from udskit.cli.env import Env, ExitStatus
+
+DESCRIPTION = """\
+Check ADDR step by step and say, for each step, ok / problem / note / skipped and
+the fix: the address itself (fits sun_path?), every directory on the path, the file
+(a socket? a regular file?), permissions for USER (search on each directory, write on
+the socket; write+search on the directory for a server that binds), the socket bound
+to the file (sock_diag UNIX_DIAG_VFS) or a stale file, its type, its accept queue, the
+process holding it, other mount namespaces (a container's private /tmp, found through
+/proc/PID/root) and network namespaces (abstract names), a connected datagram socket
+that refuses other senders, AppArmor/SELinux, and finally one real connect.
+
+doctor never disturbs the service: it reads /proc and sock_diag, and its one connect
+is opened and closed without sending a byte (a datagram connect() sends nothing;
+--send-test sends one empty datagram).
+"""
+
+EPILOG = """\
+examples:
+  udskit doctor /run/app.sock                    why does connect fail?
+  udskit doctor /run/app.sock --as-user www-data can user www-data connect? (root
+                                                 connects as that user for real)
+  udskit doctor @myservice                       an abstract name: which network
+                                                 namespace has it?
+  udskit doctor /tmp/d.sock --type dgram --send-test
+  udskit doctor /run/app.sock --json | jq '.checks[] | select(.verdict=="problem")'
+
+exit statuses:
+  0    the final connect worked
+  1    it did not (the problem lines say why)
+  2    bad arguments or a bad address (nothing was connected to)
+  130  interrupted by Ctrl-C
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    p = subparsers.add_parser(
+        "doctor",
+        help="explain why a unix socket address does not work",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("address", metavar="ADDR", help="socket path or @abstract-name")
+    p.add_argument(
+        "-t",
+        "--type",
+        choices=("stream", "dgram", "seqpacket"),
+        help="the type the client wants (default: whatever is bound there)",
+    )
+    p.add_argument(
+        "-u",
+        "--as-user",
+        metavar="USER",
+        help="check permissions for USER (name or uid), and connect as USER when root",
+    )
+    p.add_argument("--json", action="store_true", help="every check's verdict as one JSON object")
+    p.add_argument(
+        "--send-test",
+        action="store_true",
+        help="dgram: also send one empty datagram (and wait --timeout for a reply)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="--send-test: how long to wait for a reply (default: 1)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also print skipped checks")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, env: Env) -> int:
+    import json
+
+    from udskit.doctor import diagnose, diagnosis_lines, diagnosis_to_json, gather_facts
+    from udskit.socktype import SocketType
+
+    facts = gather_facts(
+        args.address,
+        wanted=SocketType(args.type) if args.type else None,
+        as_user=args.as_user,
+        send_test=args.send_test,
+        timeout=args.timeout,
+    )
+    diagnosis = diagnose(facts)
+    if args.json:
+        text = json.dumps(diagnosis_to_json(diagnosis), ensure_ascii=False, indent=1)
+        env.write((text + "\n").encode("utf-8"))
+    else:
+        for line in diagnosis_lines(diagnosis, verbose=args.verbose):
+            env.write((line + "\n").encode("utf-8"))
+    if facts.address is None:
+        return ExitStatus.USAGE
+    return ExitStatus.OK if diagnosis.connected else ExitStatus.FAILED
