@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
@@ -73,13 +74,21 @@ def _client_type(given: str | None, address: UnixAddress) -> SocketType:
     return bound_type(address) or SocketType.STREAM
 
 
+#: errnos of a send that say the address, not the message, is the trouble.
+_ADDRESS_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EACCES, errno.EPERM})
+
+
 def _doctor_hint(err: SocketError, address: UnixAddress) -> SocketError:
     """The same SocketError, pointing at `udskit doctor ADDR` for the whole story."""
     import shlex
 
     from udskit.errors import PeerClosed, SocketError
 
-    if isinstance(err, PeerClosed):
+    # Only where the address itself may be at fault: not a too-big message, a slow
+    # reader or a peer that hung up mid-conversation.
+    if isinstance(err, PeerClosed) or (
+        err.op not in ("connect", "bind") and err.errno not in _ADDRESS_ERRNOS
+    ):
         return err
     hint = f"{err.message} (`udskit doctor {shlex.quote(str(address))}` explains more)"
     return SocketError(err.op, err.address, err.errno, hint)
