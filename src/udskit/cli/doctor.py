@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
+
+if TYPE_CHECKING:
+    from udskit.demo import Tour
 
 DESCRIPTION = """\
 Check ADDR step by step and say, for each step, ok / problem / note / skipped and
@@ -101,3 +104,26 @@ def handle(args: argparse.Namespace, env: Env) -> int:
     if facts.address is None:
         return ExitStatus.USAGE
     return ExitStatus.OK if diagnosis.connected else ExitStatus.FAILED
+
+
+def demo(tour: Tour) -> None:
+    """Three addresses that do not work, and doctor saying why; then one that does."""
+    import socket
+
+    tour.section("doctor: why an address does not work")
+    stale = tour.path("doctor-stale.sock")
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(stale)
+    leftover.close()
+    tour.say("a socket file whose server died (connect says ECONNREFUSED; doctor says why):")
+    tour.show("doctor", stale, check=False)
+    tour.say("a missing directory:")
+    tour.show("doctor", tour.path("no-such-dir/app.sock"), check=False)
+    dgram = tour.path("doctor-dgram.sock")
+    server = tour.spawn("listen", dgram, "--type", "dgram", "--echo", wait_for=dgram)
+    tour.say("a datagram server, asked for a stream:")
+    tour.show("doctor", dgram, "--type", "stream", check=False)
+    tour.say("without --type, doctor (like connect and send) uses the type bound there:")
+    tour.show("doctor", dgram)
+    tour.show("send", dgram, "no --type needed")
+    tour.stop(server)
