@@ -220,7 +220,14 @@ def _check_path(facts: Facts) -> Check:
             )
     target = facts.target
     if target is not None and target.error is not None:
-        return Check("path", PROBLEM, f"cannot stat {show(target.path)}: {target.error}")
+        # Typically EACCES for doctor's own user: the permissions check says which
+        # directory, so this is a note, not the cause.
+        return Check(
+            "path",
+            NOTE,
+            f"cannot stat {show(target.path)}: {target.error.lower()}",
+            "run doctor as root to see the file itself",
+        )
     if target is None or not target.exists:
         if facts.mount_ns:
             return Check(
@@ -293,8 +300,8 @@ def _check_permissions(facts: Facts) -> Check:
                 PROBLEM,
                 f"{_who(user)} lacks search (x) permission on directory {_describe(d)}: "
                 "connect() fails with EACCES",
-                f"{_grant_search(user, d)}; or put the socket in a directory {show(user.name)} "
-                "may enter",
+                f"{_grant_search(user, d)}; or put the socket where user {show(user.name)} "
+                "may search every directory",
             )
     target = facts.target
     if target is not None and target.kind == "socket":

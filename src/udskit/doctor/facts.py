@@ -10,7 +10,7 @@ No I/O here, so every combination of facts can be tested without a socket.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import final
 
 from udskit.address import UnixAddress
@@ -247,5 +247,3 @@ class Facts:
     own_root: str = "/"
     lsm: tuple[LsmFacts, ...] = ()
     connect: ConnectFacts | None = None
-    #: Extra notes from gathering (a /proc that could not be read...).
-    notes: tuple[str, ...] = field(default=())
