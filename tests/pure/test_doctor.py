@@ -275,9 +275,19 @@ def test_security_modules_are_hinted_only_when_active() -> None:
     assert "journalctl -k" in (check.fix or "")
 
 
-def test_invalid_address_skips_the_rest() -> None:
-    d = diagnose(Facts("@bad\\q", None, "bad escape"))
+@pytest.mark.parametrize(
+    "facts",
+    [
+        Facts("@bad\\q", None, "bad escape"),
+        Facts("*", UnixAddress.unnamed()),
+        Facts("@", UnixAddress.autobind()),
+    ],
+    ids=["bad-escape", "unnamed", "autobind"],
+)
+def test_no_address_to_connect_to_skips_the_rest(facts: Facts) -> None:
+    d = diagnose(facts)
     assert d.check("address").verdict is Verdict.PROBLEM
+    assert d.check("address").fix
     assert all(c.verdict is Verdict.SKIPPED for c in d.checks[1:])
     assert not d.connected
 

@@ -101,7 +101,7 @@ def handle(args: argparse.Namespace, env: Env) -> int:
     else:
         for line in diagnosis_lines(diagnosis, verbose=args.verbose):
             env.write((line + "\n").encode("utf-8"))
-    if facts.address is None:
+    if facts.address is None or facts.connect is None:  # bad text, or `*` / `@`
         return ExitStatus.USAGE
     return ExitStatus.OK if diagnosis.connected else ExitStatus.FAILED
 

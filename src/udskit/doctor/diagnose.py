@@ -686,9 +686,12 @@ _CHECKS: Final[tuple[Callable[[Facts], Check], ...]] = (
 def diagnose(facts: Facts) -> Diagnosis:
     """Every check of `CHECK_NAMES`, in order, each with its verdict and fix."""
     text = show_address(facts.address) if facts.address is not None else show(facts.text)
-    if facts.address is None:
+    if facts.address is None or facts.address.kind not in (
+        AddressKind.PATHNAME,
+        AddressKind.ABSTRACT,
+    ):
         first = _check_address(facts)
-        rest = tuple(Check(name, SKIPPED, "no valid address") for name in CHECK_NAMES[1:])
+        rest = tuple(Check(name, SKIPPED, "no address to connect to") for name in CHECK_NAMES[1:])
         return Diagnosis(text, (first, *rest))
     checks = [check(facts) for check in _CHECKS]
     checks.append(_check_connect(facts, checks))
