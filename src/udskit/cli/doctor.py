@@ -72,13 +72,24 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=1.0,
         metavar="SECONDS",
         help="--send-test: how long to wait for a reply (default: 1)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also print skipped checks")
     p.set_defaults(handler=handle)
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds, 0 or more and finite (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more: {text}")
+    return value
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
