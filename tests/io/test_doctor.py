@@ -221,7 +221,7 @@ def test_socket_in_another_mount_namespace(peers: Peers) -> None:
     # A container's private /tmp: a tmpfs over /tmp, seen by the listener alone.
     path = f"/tmp/udskit-doctor-{os.getpid()}.sock"
     script = f"mount -t tmpfs private /tmp && exec socat UNIX-LISTEN:{path},fork EXEC:cat"
-    socat = peers.start("unshare", "-m", "sh", "-c", script)
+    socat = peers.start("unshare", "-m", "--propagation", "private", "sh", "-c", script)
     wait_until(
         lambda: any(e.name == path.encode() and e.listening for e in read_proc_net_unix()),
         what="socat in its mount namespace",
