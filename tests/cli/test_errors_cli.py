@@ -26,7 +26,8 @@ def test_enoent_names_the_missing_directory(peers: Peers, sockdir: Path) -> None
     assert out.returncode == 1
     assert one_line(out) == (
         f"udskit connect: connect {sockdir}/nodir/x.sock: no such file (ENOENT): "
-        f"directory {sockdir}/nodir does not exist; create it or fix the path"
+        f"directory {sockdir}/nodir does not exist; create it or fix the path "
+        f"(`udskit doctor {sockdir}/nodir/x.sock` explains more)"
     )
 
 
@@ -59,7 +60,7 @@ def test_eacces_on_the_socket_file_as_nobody(peers: Peers, sockdir: Path) -> Non
         f"udskit connect: connect {path}: permission denied (EACCES): uid 65534 (nobody) "
         f"lacks write permission on socket file {path} (mode 0600, owner root:root), which "
         "connect needs; have the server grant it (`udskit listen --mode 0660 --group "
-        "GROUP`) or run as an allowed user"
+        f"GROUP`) or run as an allowed user (`udskit doctor {path}` explains more)"
     )
 
 
@@ -84,10 +85,10 @@ def test_eacces_when_binding_in_a_directory_nobody_may_not_write(
 def test_eprototype_names_the_real_type(peers: Peers, sockdir: Path) -> None:
     path = sockdir / "dgram.sock"
     peers.start("socat", f"UNIX-RECVFROM:{path},fork", "EXEC:cat", wait_for=path)
-    out = peers.udskit_run("connect", path)
+    out = peers.udskit_run("connect", path, "--type", "stream")
     assert one_line(out) == (
         f"udskit connect: connect {path}: wrong socket type (EPROTOTYPE): {path} is a "
-        "datagram socket; use --type dgram"
+        f"datagram socket; use --type dgram (`udskit doctor {path}` explains more)"
     )
     seq = one_line(peers.udskit_run("send", path, "--type", "seqpacket", "x"))
     assert "is a datagram socket; use --type dgram" in seq

@@ -93,6 +93,10 @@ def test_eprototype_through_a_symlink_names_the_real_type(peers: Peers, sockdir:
     peers.start("socat", f"UNIX-RECVFROM:{real},fork", "EXEC:cat", wait_for=real)
     link = sockdir / "link.sock"
     link.symlink_to(real)
-    out = peers.udskit_run("connect", link)
+    out = peers.udskit_run("connect", link, "--type", "stream")
     assert out.returncode == 1
     assert f"{link} is a datagram socket; use --type dgram" in out.stderr.decode()
+    # Without --type, the type bound behind the symlink is used: cat sends it back.
+    echoed = peers.udskit_run("send", link, "through the link")
+    assert echoed.returncode == 0, echoed.stderr
+    assert echoed.stdout == b"through the link\n"

@@ -16,7 +16,7 @@ from udskit.cli.env import Env, ExitStatus
 __all__ = ["COMMANDS", "COMMAND_MODULES", "Handler", "build_parser"]
 
 #: Command modules in the order `udskit --help` lists them.
-COMMAND_MODULES = ("talk", "relay", "dump", "ls", "bench", "demo")
+COMMAND_MODULES = ("talk", "relay", "dump", "ls", "doctor", "bench", "demo")
 #: Which module registers each command, so a run of one command imports only its module.
 COMMANDS = {
     "listen": "talk",
@@ -25,6 +25,7 @@ COMMANDS = {
     "relay": "relay",
     "dump": "dump",
     "ls": "ls",
+    "doctor": "doctor",
     "bench": "bench",
     "demo": "demo",
 }
@@ -62,7 +63,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     spares `udskit ls` the import of every other command module)."""
     parser = _Parser(
         prog="udskit",
-        description="A toolkit for UNIX domain sockets: talk, relay, dump, ls, bench.",
+        description="A toolkit for UNIX domain sockets: talk, relay, dump, ls, doctor, bench.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

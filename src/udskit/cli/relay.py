@@ -11,7 +11,9 @@ from udskit.cli.options import add_listener_options, positive_int
 
 if TYPE_CHECKING:
     from udskit.demo import Tour
+    from udskit.endpoint_spec import EndpointSpec
     from udskit.relay import RelayEvent
+    from udskit.socktype import SocketType
     from udskit.tap import ConnectionInfo, Direction
 
 DESCRIPTION = """\
@@ -71,8 +73,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "-t",
         "--type",
         choices=("stream", "seqpacket", "dgram"),
-        default="stream",
-        help="socket type of unix endpoints without a type word (default: stream)",
+        default=None,
+        help="socket type of unix endpoints without a type word (default: the type of "
+        "the socket bound at a unix connect side, else stream)",
     )
     p.add_argument("--max-clients", type=positive_int, metavar="N", help="at most N at once")
     add_listener_options(p)
@@ -114,9 +117,11 @@ def handle(args: argparse.Namespace, env: Env) -> int:
     from udskit.relay import Relay
     from udskit.socktype import SocketType
 
-    default_type = SocketType.parse(args.type)
+    default_type = SocketType.parse(args.type or "stream")
     left = parse_endpoint(args.left, default_type)
     right = parse_endpoint(args.right, default_type)
+    if args.type is None:
+        left, right = _bound_types(args.left, left, args.right, right)
     uses_stdout = EndpointKind.STDIO in (left.kind, right.kind)
     log = _Log(env, json=args.json, to_stdout=args.json and not uses_stdout)
     tap = _ChunkLog(log) if args.verbose >= 2 else None
@@ -145,6 +150,42 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         env.err(f"udskit relay: listening on {bound}")
     relay.serve_forever()
     return ExitStatus.OK
+
+
+def _typed(text: str) -> bool:
+    """Does the endpoint text carry its own type (`dgram:`, `unix-sendto:`...)?"""
+    from udskit.endpoint_spec import parse_endpoint
+    from udskit.socktype import SocketType
+
+    as_stream = parse_endpoint(text, SocketType.STREAM).sock_type
+    return parse_endpoint(text, SocketType.DGRAM).sock_type is as_stream
+
+
+def _bound_types(
+    left_text: str, left: EndpointSpec, right_text: str, right: EndpointSpec
+) -> tuple[EndpointSpec, EndpointSpec]:
+    """Without --type: a unix connect side without a type word takes the type of the
+    socket bound there (read from sock_diag, no connection made), and an untyped unix
+    listen side on the other end follows it, so `relay unix-listen:A unix:DGRAM` relays
+    datagrams instead of failing with EPROTOTYPE."""
+    from dataclasses import replace
+
+    from udskit.endpoint_spec import EndpointKind
+    from udskit.probe import bound_type
+
+    def connect_type(text: str, spec: EndpointSpec) -> SocketType | None:
+        if spec.kind is EndpointKind.UNIX and spec.address is not None and not _typed(text):
+            return bound_type(spec.address)
+        return None
+
+    found = connect_type(right_text, right) or connect_type(left_text, left)
+    if found is None:
+        return left, right
+
+    def follow(text: str, spec: EndpointSpec) -> EndpointSpec:
+        return replace(spec, sock_type=found) if spec.is_unix and not _typed(text) else spec
+
+    return follow(left_text, left), follow(right_text, right)
 
 
 class _Log:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import errno
+from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
 from udskit.cli.options import add_listener_options, buffer_size, positive_int, seconds
+
+if TYPE_CHECKING:
+    from udskit.address import UnixAddress
+    from udskit.errors import SocketError
+    from udskit.socktype import SocketType
 
 TYPES = ("stream", "dgram", "seqpacket")
 
@@ -45,14 +51,47 @@ and reported on stderr with its real length (MSG_TRUNC).
 """
 
 
-def _add_type(parser: argparse.ArgumentParser) -> None:
+def _add_type(parser: argparse.ArgumentParser, *, client: bool = False) -> None:
     parser.add_argument(
         "-t",
         "--type",
         choices=TYPES,
-        default="stream",
-        help="socket type (default: stream); must match the other side's",
+        default=None if client else "stream",
+        help="socket type (default: the type of the socket bound at ADDR, else stream)"
+        if client
+        else "socket type (default: stream); must match the other side's",
     )
+
+
+def _client_type(given: str | None, address: UnixAddress) -> SocketType:
+    """--type, or else the type of the socket bound at the address (probe.bound_type,
+    read from sock_diag: no connection is made), or else stream."""
+    from udskit.probe import bound_type
+    from udskit.socktype import SocketType
+
+    if given is not None:
+        return SocketType(given)
+    return bound_type(address) or SocketType.STREAM
+
+
+#: errnos of a send that say the address, not the message, is the trouble.
+_ADDRESS_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EACCES, errno.EPERM})
+
+
+def _doctor_hint(err: SocketError, address: UnixAddress) -> SocketError:
+    """The same SocketError, pointing at `udskit doctor ADDR` for the whole story."""
+    import shlex
+
+    from udskit.errors import PeerClosed, SocketError
+
+    # Only where the address itself may be at fault: not a too-big message, a slow
+    # reader or a peer that hung up mid-conversation.
+    if isinstance(err, PeerClosed) or (
+        err.op not in ("connect", "bind") and err.errno not in _ADDRESS_ERRNOS
+    ):
+        return err
+    hint = f"{err.message} (`udskit doctor {shlex.quote(str(address))}` explains more)"
+    return SocketError(err.op, err.address, err.errno, hint)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -109,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         formatter_class=fmt,
     )
     p.add_argument("address", metavar="ADDR")
-    _add_type(p)
+    _add_type(p, client=True)
     p.add_argument(
         "--bind", metavar="ADDR", help="bind the client first (default for dgram: autobind)"
     )
@@ -138,7 +177,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("address", metavar="ADDR")
     p.add_argument("messages", metavar="MSG", nargs="+")
-    _add_type(p)
+    _add_type(p, client=True)
     p.add_argument(
         "--bind",
         metavar="ADDR",
@@ -211,12 +250,22 @@ def handle_listen(args: argparse.Namespace, env: Env) -> int:
 
 
 def handle_connect(args: argparse.Namespace, env: Env) -> int:
-    from udskit.endpoints import as_address, open_connection
+    from udskit.endpoints import as_address
+    from udskit.errors import SocketError
+
+    address = as_address(args.address)
+    try:
+        return _connect(args, env, address)
+    except SocketError as err:
+        raise _doctor_hint(err, address) from err
+
+
+def _connect(args: argparse.Namespace, env: Env, address: UnixAddress) -> int:
+    from udskit.endpoints import open_connection
     from udskit.socktype import SocketType
     from udskit.talk import pump_messages, pump_stream
 
-    sock_type = SocketType(args.type)
-    address = as_address(args.address)
+    sock_type = _client_type(args.type, address)
     with open_connection(address, sock_type, bind=args.bind) as sock:
         if sock_type is SocketType.STREAM:
             pump_stream(sock, address, env.stdin, env.write)
@@ -235,14 +284,24 @@ def handle_connect(args: argparse.Namespace, env: Env) -> int:
 
 
 def handle_send(args: argparse.Namespace, env: Env) -> int:
+    from udskit.endpoints import as_address
+    from udskit.errors import SocketError
+
+    address = as_address(args.address)
+    try:
+        return _send(args, env, address)
+    except SocketError as err:
+        raise _doctor_hint(err, address) from err
+
+
+def _send(args: argparse.Namespace, env: Env, address: UnixAddress) -> int:
     import os
 
-    from udskit.endpoints import as_address, open_connection
+    from udskit.endpoints import open_connection
     from udskit.socktype import SocketType
     from udskit.talk import send_messages
 
-    sock_type = SocketType(args.type)
-    address = as_address(args.address)
+    sock_type = _client_type(args.type, address)
     messages = [os.fsencode(m) for m in args.messages]
     if sock_type is SocketType.STREAM:
         messages = [m + b"\n" for m in messages]
