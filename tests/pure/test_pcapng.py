@@ -19,6 +19,7 @@ from udskit.capture.pcapng import (
     FALLBACK_PORT,
     PcapngEncoder,
     PcapngError,
+    ReadReport,
     decode_events,
     format_comment,
     guess_port,
@@ -26,7 +27,7 @@ from udskit.capture.pcapng import (
     parse_comment,
     parse_decode_as,
 )
-from udskit.errors import UsageError
+from udskit.errors import UdskitError, UsageError
 from udskit.socktype import SocketType
 
 T0 = 1_763_000_000_123_456_789
@@ -179,7 +180,7 @@ def test_mangled_files_give_one_line_errors_never_a_traceback() -> None:
             blob[rng.randrange(len(blob))] = rng.randrange(256)
         try:
             list(decode_events(bytes(blob)))
-        except UsageError as err:
+        except UdskitError as err:
             assert "\n" not in str(err)
 
 
@@ -207,9 +208,17 @@ def test_a_file_cut_short_reads_up_to_the_last_whole_block() -> None:
     assert cut == whole[: len(cut)] and len(cut) < len(whole)
 
 
-def test_not_pcapng_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="not a pcapng"):
-        list(decode_events(b"\xd4\xc3\xb2\xa1" + bytes(40)))
+def test_not_a_capture_is_one_error() -> None:
+    with pytest.raises(PcapngError, match="not a pcapng or pcap file"):
+        list(decode_events(b"GET / HTTP/1.1\r\n" + bytes(40)))
+
+
+def test_an_empty_classic_pcap_has_no_events() -> None:
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)
+    report = ReadReport()
+    assert list(decode_events(header, report)) == []
+    assert report.cut_at is None
+    assert list(decode_events(header + bytes(10), report)) == [] and report.cut_at == 24
 
 
 # -- ports and comments ----------------------------------------------------------------------

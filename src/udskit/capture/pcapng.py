@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Final, final
 
 from udskit.capture.events import Event, EventKind
-from udskit.errors import UsageError
+from udskit.errors import UdskitError, UsageError
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, Direction
 
@@ -57,6 +57,8 @@ __all__ = [
     "PROTOCOL_PORTS",
     "Packet",
     "PcapngEncoder",
+    "PcapngError",
+    "ReadReport",
     "decode_events",
     "format_comment",
     "guess_port",
@@ -555,24 +557,59 @@ class Packet:
     comment: str | None
 
 
-class PcapngError(UsageError):
-    """The file is not pcapng, or is cut short in a way we cannot read past."""
+class PcapngError(UdskitError):
+    """The file is neither pcapng nor pcap, or is damaged before its first packet."""
 
 
-def iter_packets(buf: bytes | memoryview) -> Iterator[Packet]:
-    """Every packet of every section of a pcapng file, in file order.
+@final
+@dataclass(slots=True)
+class ReadReport:
+    """What reading a capture found besides packets: where it was cut short (a capture
+    still being written, or killed mid-write), as tshark reports "cut short"."""
+
+    size: int = 0
+    cut_at: int | None = None  # the byte offset of the first incomplete record
+    damaged: bool = False  # a record header that makes no sense, rather than a cut
+
+
+_PCAP_MAGIC: Final = {
+    b"\xa1\xb2\xc3\xd4": (">", 1000),  # classic pcap, microseconds
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),
+    b"\xa1\xb2\x3c\x4d": (">", 1),  # nanoseconds
+    b"\x4d\x3c\xb2\xa1": ("<", 1),
+}
+_SHB_MIN: Final = 28  # the smallest section header block
+
+
+def iter_packets(buf: bytes | memoryview, report: ReadReport | None = None) -> Iterator[Packet]:
+    """Every packet of every section of a pcapng file, in file order, or of a classic
+    pcap file (what Debian's tcpdump -w writes).
 
     Both byte orders are read (each section says its own). A file cut off in the
-    middle of a block (a capture killed while writing) ends quietly at the last whole
-    block."""
+    middle of a record ends at the last whole one, and `report` says where; a file that
+    is neither format, or ends inside its first header, raises PcapngError."""
     view = memoryview(buf)
     size = len(view)
+    report = report if report is not None else ReadReport()
+    report.size = size
+    head = bytes(view[:4])
+    if head in _PCAP_MAGIC:
+        yield from _iter_pcap(view, report)
+        return
+    if head != b"\x0a\x0d\x0d\x0a":
+        what = "it is empty" if size == 0 else "no section header block at the start"
+        raise PcapngError(
+            f"not a pcapng or pcap file ({what}); udskit dump -w, tshark -w and tcpdump -w "
+            "write one"
+        )
+    first_endian = "<" if bytes(view[8:12]) == b"\x4d\x3c\x2b\x1a" else ">"
+    if size < _SHB_MIN or struct.unpack_from(first_endian + "I", view, 4)[0] > size:
+        raise PcapngError(
+            f"not a readable pcapng file: it ends inside its section header block ({size} bytes)"
+        )
     pos = 0
     endian = ">"
     interfaces: list[tuple[int, int, int]] = []  # (linktype, units per second base, exp)
-    if bytes(view[:4]) != b"\x0a\x0d\x0d\x0a":
-        what = "it is empty" if size == 0 else "no section header block at the start"
-        raise PcapngError(f"not a pcapng file ({what}); udskit dump -w and tshark -w write one")
     while pos + 12 <= size:
         raw_type = bytes(view[pos : pos + 4])
         if raw_type == b"\x0a\x0d\x0d\x0a":
@@ -585,7 +622,11 @@ def iter_packets(buf: bytes | memoryview) -> Iterator[Packet]:
                 raise PcapngError("bad byte-order magic in a section header block")
             interfaces = []
         block_type, block_len = struct.unpack_from(endian + "II", view, pos)
-        if block_len < 12 or block_len % 4 or pos + block_len > size:
+        if block_len < 12 or block_len % 4:
+            report.cut_at, report.damaged = pos, True
+            return
+        if pos + block_len > size:
+            report.cut_at = pos
             return
         body = view[pos + 8 : pos + block_len - 4]
         need = {IDB_TYPE: 8, EPB_TYPE: 20}.get(block_type, 0)
@@ -616,6 +657,28 @@ def iter_packets(buf: bytes | memoryview) -> Iterator[Packet]:
                         comment = value.decode("utf-8", errors="replace")
                 yield Packet(linktype, ns, data, orig, comment)
         pos += block_len
+    if pos < size:
+        report.cut_at = pos
+
+
+def _iter_pcap(view: memoryview, report: ReadReport) -> Iterator[Packet]:
+    """Classic pcap: a 24-byte file header, then a 16-byte header per packet."""
+    endian, ns_per_unit = _PCAP_MAGIC[bytes(view[:4])]
+    size = len(view)
+    if size < 24:
+        raise PcapngError(f"not a readable pcap file: it ends inside its header ({size} bytes)")
+    linktype = struct.unpack_from(endian + "I", view, 20)[0] & 0x0FFFFFFF
+    pos = 24
+    while pos + 16 <= size:
+        sec, frac, caplen, orig = struct.unpack_from(endian + "IIII", view, pos)
+        if pos + 16 + caplen > size:
+            report.cut_at = pos
+            return
+        data = bytes(view[pos + 16 : pos + 16 + caplen])
+        yield Packet(linktype, sec * 1_000_000_000 + frac * ns_per_unit, data, orig, None)
+        pos += 16 + caplen
+    if pos < size:
+        report.cut_at = pos
 
 
 def _options(raw: memoryview, endian: str) -> Iterator[tuple[int, bytes]]:
@@ -719,13 +782,15 @@ def _endpoint_text(endpoint: tuple[int, int]) -> str:
     return f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}:{port}"
 
 
-def decode_events(buf: bytes | memoryview) -> Generator[Event, None, None]:
+def decode_events(
+    buf: bytes | memoryview, report: ReadReport | None = None
+) -> Generator[Event, None, None]:
     """The events of a capture: ours exactly (from comments and flows), and plain TCP
     and UDP captures (tcpdump on lo, say) as well as their headers allow. TCP data
     segments are joined up to one with PSH (the end of a chunk, or of a send)."""
     flows: dict[tuple[tuple[int, int], tuple[int, int], int], _Tracked] = {}
     next_conn = 1
-    for packet in iter_packets(buf):
+    for packet in iter_packets(buf, report):
         seg = _segment(packet)
         if seg is None:
             continue

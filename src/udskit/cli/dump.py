@@ -163,7 +163,7 @@ def _read(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
     from collections.abc import Callable
 
     from udskit.capture.events import Event
-    from udskit.capture.reader import replay
+    from udskit.capture.reader import ReadReport, cut_short_warning, replay
     from udskit.capture.sinks import LineSink, PcapngSink
     from udskit.errors import UsageError
 
@@ -183,13 +183,18 @@ def _read(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
         port = parse_decode_as(args.decode_as) if args.decode_as else None
         writer = PcapngSink(args.write, port)
         sinks.append(writer.encoder.event)
+    report = ReadReport()
     try:
-        replay(args.read, sinks, selection)
+        replay(args.read, sinks, selection, report)
     except BrokenPipeError:
         _quiet_stdout(env)  # `udskit dump -r F | head`: the reader has what it wanted
+        return ExitStatus.OK
     finally:
         if writer is not None:
             writer.close()
+    warning = cut_short_warning(args.read, report)
+    if warning is not None:
+        env.err(f"udskit dump: {warning}")
     return ExitStatus.OK
 
 
