@@ -121,6 +121,7 @@ def _serve_connections(
     threads: list[threading.Thread] = []
     lock = threading.Lock()  # keeps concurrent clients' printed chunks whole
     live = _Live()
+    failures = _FailureLog(log)
     try:
         while options.count is None or served < options.count:
             try:
@@ -142,13 +143,14 @@ def _serve_connections(
                 "UDSKIT_PEER_UID": str(uid),
                 "UDSKIT_PEER_GID": str(gid),
             }
-            args = (conn, listener, options, out, log, lock, env, live)
+            args = (conn, listener, options, out, log, lock, env, live, failures)
             if options.concurrent:
                 threads.append(start_worker(_handle_in_thread, *args))
                 threads = [t for t in threads if t.is_alive()]
             else:
                 _handle_connection(*args)
     except BaseException:
+        failures.summary()
         # A signal or a failure: idle clients and exec children would keep the joins
         # below waiting for ever, so end them first.
         live.end_all()
@@ -160,6 +162,7 @@ def _serve_connections(
         raise
     for thread in threads:
         thread.join()
+    failures.summary()
     return served
 
 
@@ -204,6 +207,7 @@ def _handle_connection(
     lock: threading.Lock,
     env: dict[str, str],
     live: _Live,
+    failures: _FailureLog,
 ) -> None:
     live.add(conn)
     try:
@@ -214,12 +218,46 @@ def _handle_connection(
                 _serve_records(conn, listener, options, out, log, lock)
             else:
                 _serve_stream(conn, options, out, lock)
-    except PeerClosed as err:
-        log(f"a client went away: {err}")
     except OSError as err:  # a reset mid-stream ends that client, not the server
-        log(f"a client failed: {err}")
+        failures.failed(err)
     finally:
         live.discard(conn)
+
+
+@final
+class _FailureLog:
+    """Client failures without the noise: the first of each kind is logged in full,
+    repeats are counted, with a line at 10, 100, 1000... and a total when the server
+    stops (1,000 reset clients used to make 1,000 identical lines)."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    @staticmethod
+    def _kind(err: OSError) -> str:
+        if isinstance(err, PeerClosed):
+            return str(err)
+        if err.errno:
+            name = errno.errorcode.get(err.errno, str(err.errno))
+            return f"{os.strerror(err.errno).lower()} ({name})"
+        return str(err)
+
+    def failed(self, err: OSError) -> None:
+        kind = self._kind(err)
+        with self._lock:
+            count = self._counts[kind] = self._counts.get(kind, 0) + 1
+        if count == 1:
+            self._log(f"a client failed: {kind}")
+        elif count in (10, 100, 1000, 10_000, 100_000):
+            self._log(f"{count} clients have failed so far: {kind}")
+
+    def summary(self) -> None:
+        with self._lock:
+            repeated = {kind: n for kind, n in self._counts.items() if n > 1}
+        for kind, count in repeated.items():
+            self._log(f"{count} clients failed in all: {kind}")
 
 
 def _serve_stream(

@@ -260,9 +260,10 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
             for note in notes:
                 env.err(f"udskit dump: {note}")
             if started:
+                events, conns = tap.data_events, dump.connections
                 env.err(
-                    f"udskit dump: {tap.data_events} data events on {dump.connections} "
-                    f"connections; {dump.restored_text()}"
+                    f"udskit dump: {events} data event{'' if events == 1 else 's'} on "
+                    f"{conns} connection{'' if conns == 1 else 's'}; {dump.restored_text()}"
                 )
             loss = writer.loss() if writer is not None else None
             if loss is not None:
