@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PEERS_DEB := socat netcat-openbsd curl redis-server redis-tools tshark tcpdump postgresql iproute2 lsof util-linux gcc strace
 PEER_BINS := socat nc curl redis-server redis-cli redis-benchmark tshark tcpdump psql ss lsof setpriv unshare gcc
 
-.PHONY: demo test lint typecheck unit peers venv clean
+.PHONY: demo test lint typecheck unit peers venv clean docs
 
 demo: venv
 	$(BIN)/udskit demo
@@ -42,6 +42,15 @@ typecheck: venv
 
 unit: venv
 	$(BIN)/pytest -q
+
+# The man page and completions are generated from the parsers; a test fails when these
+# files lag behind them (run `make docs` after changing an option).
+docs: venv
+	mkdir -p share/man/man1 share/bash-completion/completions share/zsh/site-functions share/fish/vendor_completions.d
+	$(BIN)/udskit manpage > share/man/man1/udskit.1
+	$(BIN)/udskit completion bash > share/bash-completion/completions/udskit
+	$(BIN)/udskit completion zsh > share/zsh/site-functions/_udskit
+	$(BIN)/udskit completion fish > share/fish/vendor_completions.d/udskit.fish
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

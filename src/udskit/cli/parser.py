@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from udskit.cli.env import Env, ExitStatus
 
-__all__ = ["COMMANDS", "COMMAND_MODULES", "Handler", "build_parser"]
+__all__ = ["COMMANDS", "COMMAND_MODULES", "Handler", "build_parser", "package_version"]
 
 #: Command modules in the order `udskit --help` lists them.
-COMMAND_MODULES = ("talk", "relay", "dump", "ls", "doctor", "bench", "demo")
+COMMAND_MODULES = ("talk", "relay", "dump", "ls", "doctor", "bench", "demo", "docs")
 #: Which module registers each command, so a run of one command imports only its module.
 COMMANDS = {
     "listen": "talk",
@@ -28,6 +28,8 @@ COMMANDS = {
     "doctor": "doctor",
     "bench": "bench",
     "demo": "demo",
+    "completion": "docs",
+    "manpage": "docs",
 }
 
 Handler = Callable[[argparse.Namespace, Env], int]
@@ -82,10 +84,10 @@ class _VersionAction(argparse.Action):
     """--version, looked up only when asked (importlib.metadata costs ~10 ms at start)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
-        parser.exit(ExitStatus.OK, f"udskit {_version()}\n")
+        parser.exit(ExitStatus.OK, f"udskit {package_version()}\n")
 
 
-def _version() -> str:
+def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
