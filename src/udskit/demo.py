@@ -24,7 +24,7 @@ from udskit.address import parse_address
 from udskit.probe import is_bound
 
 #: The sections in order; each names the module whose `demo(tour)` runs.
-SECTIONS = ("talk", "relay", "dump", "ls", "bench")
+SECTIONS = ("talk", "relay", "dump", "ls", "bench", "activate")
 
 
 @final

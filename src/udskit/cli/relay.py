@@ -49,6 +49,10 @@ examples:
   udskit relay - unix:/run/app.sock                    like nc -U
   udskit relay --type seqpacket unix-listen:/tmp/a unix:/tmp/b
   udskit relay unix-recvfrom:/tmp/front.dgram unix-sendto:/tmp/back.dgram
+  udskit relay unix-listen:/run/web.sock tcp:127.0.0.1:8000 --handoff /run/web.ctl
+                                                       run it again to restart with no
+                                                       refused client (the first drains)
+  udskit relay systemd:web unix:/run/app.sock          LEFT inherited (LISTEN_FDS, name web)
 
 -v prints one line per connection (client pid, uid, command for unix clients) and the
 copy mode; -vv also one line per chunk; --json prints the same as JSON lines.
@@ -94,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="-v: a line per connection and its copy mode; -vv: also per chunk",
     )
     p.add_argument("--json", action="store_true", help="events as JSON lines")
+    from udskit.cli.activate import add_handoff_option
+
+    add_handoff_option(p)
     p.set_defaults(handler=handle)
 
 
@@ -109,15 +116,19 @@ def positive_seconds(text: str) -> float:
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
+    from udskit.cli.activate import relay_left, serve_relay_handing_off
     from udskit.endpoint_spec import EndpointKind, parse_endpoint
     from udskit.endpoints import resolve_group, resolve_user
     from udskit.relay import Relay
     from udskit.socktype import SocketType
 
     default_type = SocketType.parse(args.type)
-    left = parse_endpoint(args.left, default_type)
     right = parse_endpoint(args.right, default_type)
-    uses_stdout = EndpointKind.STDIO in (left.kind, right.kind)
+    adopted, side = relay_left(args, env)  # systemd:NAME, or --handoff
+    left = parse_endpoint(args.left, default_type) if adopted is None else adopted
+    uses_stdout = EndpointKind.STDIO is right.kind or (
+        adopted is None and left.kind is EndpointKind.STDIO
+    )
     log = _Log(env, json=args.json, to_stdout=args.json and not uses_stdout)
     tap = _ChunkLog(log) if args.verbose >= 2 else None
     relay = Relay(
@@ -129,15 +140,18 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         allow_uids=[resolve_user(u) for u in args.allow_uid],
         allow_gids=[resolve_group(g) for g in args.allow_gid],
         backlog=args.backlog,
-        mode=args.mode,
-        owner=args.owner,
-        group=args.group,
+        mode=args.mode if adopted is None else None,  # (applied when we bound it)
+        owner=args.owner if adopted is None else None,
+        group=args.group if adopted is None else None,
         splice=not args.no_splice,
         connect_timeout=args.connect_timeout,
         default_type=default_type,
         stdio=(env.stdin, env.stdout),
     )
-    relay.serve_forever()
+    if side is not None:
+        serve_relay_handing_off(relay, side, args.handoff, env)
+    else:
+        relay.serve_forever()
     return ExitStatus.OK
 
 
