@@ -306,12 +306,13 @@ class HandoffOffer:
     def _exchange(self, conn: socket.socket, before_release: Callable[[], None]) -> bool:
         where = str(self.address)
         who = peer_credentials(conn, pidfd=False)
-        if who.uid not in (os.geteuid(), 0):
-            _send(conn, {"op": "refuse", "reason": f"uid {who.uid} may not take these"})
-            raise HandoffError(f"pid {who.pid} uid {who.uid} asked for the listeners; refused")
         message, _ = _recv(conn, where)
         if message.get("op") != "take":
             raise HandoffError(f"expected a take, got {message.get('op')!r}")
+        if who.uid not in (os.geteuid(), 0):
+            reason = f"uid {who.uid} may not take the listeners of uid {os.geteuid()}"
+            _send(conn, {"op": "refuse", "reason": reason})
+            raise HandoffError(f"pid {who.pid}: {reason}; refused")
         _send(
             conn,
             {"op": "offer", "pid": os.getpid(), "listeners": [i.as_json() for i in self.infos]},
