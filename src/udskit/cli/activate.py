@@ -360,16 +360,12 @@ def demo(tour: Tour) -> None:
         "udskit binds the socket and runs a plain Python server with it as fd 3 "
         "(LISTEN_FDS=1, LISTEN_PID = the server's own pid); it answers with its pid:"
     )
+    server = tour.path("server.py")
+    with open(server, "w") as f:
+        f.write(_PLAIN_SERVER)
+    tour.say(f"({server}: socket.socket(fileno=3), accept, answer; on SIGTERM, finish and exit)")
     proc = tour.spawn(
-        "activate",
-        "-l",
-        path,
-        "--",
-        sys.executable,
-        "-c",
-        _PLAIN_SERVER,
-        wait_for=path,
-        listening=True,
+        "activate", "-l", path, "--", sys.executable, server, wait_for=path, listening=True
     )
     first = tour.show("send", path, "hello").stdout
     tour.say("SIGHUP: a second server starts on the same socket, then the first gets SIGTERM:")
@@ -394,20 +390,20 @@ def demo(tour: Tour) -> None:
     backend = tour.path("activated-backend.sock")
     tour.say("Two relays in turn on one front socket: the second takes the listening socket")
     tour.say("from the first (--handoff), which stops accepting, drains and exits:")
-    server = tour.spawn(
-        "listen", backend, "--echo", "--concurrent", wait_for=backend, listening=True
-    )
+    echo = tour.spawn("listen", backend, "--echo", "--concurrent", wait_for=backend, listening=True)
     old = tour.spawn(
         "relay", f"unix-listen:{front}", backend, "--handoff", control, wait_for=control
     )
     tour.show("relay", "-", front, input=b"served by the first relay\n")
     new = tour.spawn("relay", f"unix-listen:{front}", backend, "--handoff", control)
     _old_out, old_err = old.communicate(timeout=30)
-    tour.say(f"the first relay exited with status {old.returncode}: {old_err.decode().strip()}")
+    tour.say(f"the first relay exited with status {old.returncode}; it said:")
+    for line in old_err.decode(errors="replace").splitlines():
+        tour.say(f"  {line}")
     tour.show("relay", "-", front, input=b"served by the second relay\n")
     _out, err = tour.stop(new)
     tour.say(f"the second relay said: {err.decode().strip()}")
-    tour.stop(server)
+    tour.stop(echo)
 
 
 def _ask(path: str) -> bytes:
@@ -439,14 +435,22 @@ print(f"pid {os.getpid()} sent fd {w}; the pipe says: {os.read(r, 100).decode()}
 """
 
 
-#: A server that only knows the LISTEN_FDS convention: answers with its pid.
-_PLAIN_SERVER = """
-import os, socket
+#: A server that only knows the LISTEN_FDS convention: answers with its pid; on SIGTERM
+#: it finishes the client in hand and exits (what a reload without errors needs).
+_PLAIN_SERVER = """\
+import os, signal, socket
 assert os.environ["LISTEN_PID"] == str(os.getpid())
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 srv = socket.socket(fileno=3)
-while True:
-    conn, _ = srv.accept()
+srv.settimeout(0.2)
+while not stop:
+    try:
+        conn, _ = srv.accept()
+    except (TimeoutError, BlockingIOError, InterruptedError):
+        continue
     with conn:
+        conn.settimeout(5)
         data = conn.recv(1024)
         conn.sendall(b"pid %d got %s" % (os.getpid(), data.strip()))
 """
