@@ -38,7 +38,7 @@ def test_a_plain_listen_fds_server_runs_under_activate(peers: Peers, sockdir: Pa
         "--fdname", "admin", "--", sys.executable, "-c", _REPORTER,
         wait_for=web, listening=True,
     )  # fmt: skip
-    reply = peers.run("socat", "-", f"UNIX-CONNECT:{web}", input=b"hi").stdout.decode()
+    reply = peers.run("socat", "-t5", "-", f"UNIX-CONNECT:{web}", input=b"hi").stdout.decode()
     assert "pid_ok=True n=2 names=web:admin" in reply
     assert str(web) in reply and str(admin) in reply
     activate.stop(signal.SIGTERM)
@@ -54,7 +54,7 @@ def test_udskit_serves_under_systemd_socket_activate(peers: Peers, sockdir: Path
         wait_for=path, listening=True,
     )  # fmt: skip
     for word in (b"first\n", b"second\n"):
-        assert peers.run("socat", "-", f"UNIX-CONNECT:{path}", input=word).stdout == word
+        assert peers.run("socat", "-t5", "-", f"UNIX-CONNECT:{path}", input=word).stdout == word
     server.stop(signal.SIGTERM)
 
 
@@ -67,7 +67,9 @@ def test_ready_timeout_waits_for_ready_and_udskit_listen_sends_it(
         "-m", "udskit", "listen", "--from-systemd", "--upper",
         wait_for=path, listening=True,
     )  # fmt: skip
-    assert peers.run("socat", "-", f"UNIX-CONNECT:{path}", input=b"loud\n").stdout == b"LOUD\n"
+    assert (
+        peers.run("socat", "-t5", "-", f"UNIX-CONNECT:{path}", input=b"loud\n").stdout == b"LOUD\n"
+    )
     _out, err = activate.stop(signal.SIGTERM)
     assert b"is ready" in err
 
@@ -142,3 +144,44 @@ def test_reload_on_sighup_under_load_refuses_nobody(peers: Peers, sockdir: Path)
                 pids.append(pid)
         assert len(pids) == 2, pids  # the old server, then the new one
         assert len(loop.outcomes) > 10
+
+
+def test_relay_serves_an_inherited_socket_by_name(peers: Peers, sockdir: Path) -> None:
+    back = sockdir / "back.sock"
+    front = sockdir / "front.sock"
+    admin = sockdir / "admin.sock"
+    peers.udskit("listen", str(back), "--upper", "--concurrent", wait_for=back, listening=True)
+    activate = peers.udskit(
+        "activate", "-l", str(admin), "-l", str(front), "--fdname", "admin", "--fdname", "web",
+        "--ready-timeout", "20", "--", sys.executable, "-m", "udskit", "relay", "systemd:web",
+        str(back),
+        wait_for=front, listening=True,
+    )  # fmt: skip
+    reply = peers.run("socat", "-t5", "-", f"UNIX-CONNECT:{front}", input=b"relayed\n")
+    assert reply.stdout == b"RELAYED\n"
+    activate.stop(signal.SIGTERM)
+    assert not front.exists() and not admin.exists()
+
+
+_LIBRARY = textwrap.dedent(
+    """
+    import os
+    from udskit.activation import listen_fds
+    found = listen_fds()
+    print([(s.name, str(s.address), s.type.value if s.type else "tcp") for s in found])
+    print("LISTEN_FDS" in os.environ, os.get_inheritable(found[0].sock.fileno()))
+    """
+)
+
+
+def test_the_library_takes_inherited_sockets(peers: Peers, sockdir: Path) -> None:
+    path = sockdir / "lib.sock"
+    result = peers.udskit_run(
+        "activate", "-l", f"dgram:{path}", "--fdname", "metrics", "--", sys.executable, "-c",
+        _LIBRARY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        f"[('metrics', '{path}', 'dgram')]",
+        "False False",  # the variables are unset and the fd is close-on-exec now
+    ]

@@ -30,10 +30,12 @@ def test_listen_allow_gid_matches_supplementary_groups(peers: Peers, sockdir: Pa
         wait_for=path, listening=True,
     )  # fmt: skip
     member = peers.run(
-        *_as_nobody_with("4,24", "socat", "-", f"UNIX-CONNECT:{path}"), input=b"in\n"
+        *_as_nobody_with("4,24", "socat", "-t5", "-", f"UNIX-CONNECT:{path}"), input=b"in\n"
     )
     assert member.stdout == b"in\n"
-    outsider = peers.run(*_as_nobody_with("4", "socat", "-", f"UNIX-CONNECT:{path}"), input=b"x\n")
+    outsider = peers.run(
+        *_as_nobody_with("4", "socat", "-t5", "-", f"UNIX-CONNECT:{path}"), input=b"x\n"
+    )
     assert outsider.stdout == b""
     _out, err = server.stop()
     assert b"refused a client" in err and b"uid 65534 gid 65534" in err
@@ -48,10 +50,12 @@ def test_relay_allow_gid_matches_supplementary_groups(peers: Peers, sockdir: Pat
         "relay", "-v", f"unix-listen:{front}", str(back), "--mode", "0666", "--allow-gid", "24",
         wait_for=front, listening=True,
     )  # fmt: skip
-    member = peers.run(*_as_nobody_with("24", "socat", "-", f"UNIX-CONNECT:{front}"), input=b"ok\n")
+    member = peers.run(
+        *_as_nobody_with("24", "socat", "-t5", "-", f"UNIX-CONNECT:{front}"), input=b"ok\n"
+    )
     assert member.stdout == b"ok\n"
     outsider = peers.run(
-        *_as_nobody_with("4", "socat", "-", f"UNIX-CONNECT:{front}"), input=b"no\n"
+        *_as_nobody_with("4", "socat", "-t5", "-", f"UNIX-CONNECT:{front}"), input=b"no\n"
     )
     assert outsider.stdout == b""
     _out, err = relay.stop()

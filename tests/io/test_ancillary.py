@@ -329,7 +329,7 @@ def test_peer_pidfd_polls_readable_once_the_peer_exits(peers: Peers, sockdir: Pa
     server.bind(path)
     server.listen()
     server.settimeout(10)
-    client = peers.start("socat", "-", f"UNIX-CONNECT:{path}", stdin=subprocess.PIPE)
+    client = peers.start("socat", "-t5", "-", f"UNIX-CONNECT:{path}", stdin=subprocess.PIPE)
     with server:
         conn, _ = server.accept()
         with conn:

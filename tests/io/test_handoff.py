@@ -138,12 +138,12 @@ def test_listen_handoff_hands_over_an_echo_server(peers: Peers, sockdir: Path) -
     first = peers.udskit("listen", str(path), "--echo", "--concurrent", "--handoff", ctl)
     wait_until(lambda: is_bound(path_address(path), listening=True), what="the first listener")
     wait_until(lambda: is_bound(path_address(ctl), listening=True), what="the control socket")
-    assert peers.run("socat", "-", f"UNIX-CONNECT:{path}", input=b"one\n").stdout == b"one\n"
+    assert peers.run("socat", "-t5", "-", f"UNIX-CONNECT:{path}", input=b"one\n").stdout == b"one\n"
     second = peers.udskit("listen", str(path), "--echo", "--handoff", ctl, "--must-take")
     assert first.wait(30) == 0
     _out, err = first.stop()
     assert b"handed the listeners" in err
-    assert peers.run("socat", "-", f"UNIX-CONNECT:{path}", input=b"two\n").stdout == b"two\n"
+    assert peers.run("socat", "-t5", "-", f"UNIX-CONNECT:{path}", input=b"two\n").stdout == b"two\n"
     second.stop(signal.SIGTERM)
     assert not path.exists()
 

@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--owner", help="socket file owner (name or uid)")
     p.add_argument("--group", help="socket file group (name or gid)")
     p.add_argument("-v", "--verbose", action="store_true", help="log starts, readiness, exits")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     p.set_defaults(handler=handle)
 
 
@@ -147,7 +147,7 @@ def open_activation_sides(
 def handle(args: argparse.Namespace, env: Env) -> int:
     from udskit.activation import Activator
 
-    command = list(args.command)
+    command = list(args.argv)
     if command[:1] == ["--"]:
         command = command[1:]
     sides = open_activation_sides(
@@ -472,6 +472,8 @@ def relay_left(args: argparse.Namespace, env: Env) -> tuple[Any, ListenSide | No
         if args.handoff:
             raise UsageError("systemd:NAME and --handoff do not mix: the manager keeps the socket")
         inherited = inherited_socket(text[len("systemd:") :] or None, "udskit relay")
+        # Clients already queue in its backlog, so it is ready for them now.
+        tell_ready(env, "relay")
         return inherited.sock, None
     if not args.handoff:
         return None, None
