@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from udskit.activation import Activator, listen_fds, notify
     from udskit.address import (
         AddressKind,
         UnixAddress,
@@ -55,14 +56,17 @@ if TYPE_CHECKING:
         UdskitError,
         UsageError,
     )
+    from udskit.handoff import HandoffOffer, offer_listeners, take_listeners
 
 _EXPORTS = {
     "ActivationError": "udskit.errors",
+    "Activator": "udskit.activation",
     "AddressError": "udskit.errors",
     "AddressKind": "udskit.address",
     "ControlTruncated": "udskit.errors",
     "Credentials": "udskit.ancillary",
     "HandoffError": "udskit.errors",
+    "HandoffOffer": "udskit.handoff",
     "Listener": "udskit.endpoints",
     "PassError": "udskit.errors",
     "PeerClosed": "udskit.errors",
@@ -77,6 +81,9 @@ _EXPORTS = {
     "decode_sockaddr": "udskit.address",
     "enable_passcred": "udskit.ancillary",
     "format_address": "udskit.address",
+    "listen_fds": "udskit.activation",
+    "notify": "udskit.activation",
+    "offer_listeners": "udskit.handoff",
     "open_connection": "udskit.endpoints",
     "open_connection_async": "udskit.endpoints",
     "open_listener": "udskit.endpoints",
@@ -89,16 +96,19 @@ _EXPORTS = {
     "send_fds": "udskit.ancillary",
     "send_message": "udskit.ancillary",
     "start_server_async": "udskit.endpoints",
+    "take_listeners": "udskit.handoff",
 }
 
 __all__ = [
     "SCM_MAX_FD",
     "ActivationError",
+    "Activator",
     "AddressError",
     "AddressKind",
     "ControlTruncated",
     "Credentials",
     "HandoffError",
+    "HandoffOffer",
     "Listener",
     "PassError",
     "PeerClosed",
@@ -112,6 +122,9 @@ __all__ = [
     "decode_sockaddr",
     "enable_passcred",
     "format_address",
+    "listen_fds",
+    "notify",
+    "offer_listeners",
     "open_connection",
     "open_connection_async",
     "open_listener",
@@ -124,6 +137,7 @@ __all__ = [
     "send_fds",
     "send_message",
     "start_server_async",
+    "take_listeners",
 ]
 
 

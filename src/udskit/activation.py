@@ -201,6 +201,8 @@ class Activator:
         self.names = [check_fdname(n) for n in names] + ["unknown"] * (len(sockets) - len(names))
         self.sockets = list(sockets)
         self.argv = list(argv)
+        import ctypes  # noqa: F401  (die_with_parent uses it in the child: import it now)
+
         self.program = shutil.which(self.argv[0])
         if self.program is None:
             raise UsageError(

@@ -78,15 +78,16 @@ def test_a_child_that_never_sends_ready_is_one_line(peers: Peers, sockdir: Path)
     path = sockdir / "never.sock"
     marker = sockdir / "child.pid"
     result = peers.udskit_run(
-        "activate", "--ready-timeout", "1", "-l", str(path), "--", "sh", "-c",
+        "activate", "--ready-timeout", "2", "-l", str(path), "--", "sh", "-c",
         f"echo $$ > {marker}; exec sleep 60",
     )  # fmt: skip
     lines = result.stderr.decode().splitlines()
     assert result.returncode == 1
     assert len(lines) == 1 and "did not send READY=1" in lines[0], lines
     assert not path.exists()
-    child = int(marker.read_text())
-    wait_until(lambda: not Path(f"/proc/{child}").exists(), what="the child to be gone")
+    if marker.exists():  # (on a very busy machine the shell may not have run yet)
+        child = int(marker.read_text())
+        wait_until(lambda: not Path(f"/proc/{child}").exists(), what="the child to be gone")
 
 
 def test_listen_pid_for_another_process_is_refused(peers: Peers) -> None:

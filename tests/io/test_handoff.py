@@ -52,7 +52,7 @@ class CurlLoop:
         deadline = time.monotonic() + LOAD_SECONDS
         while time.monotonic() < deadline:
             proc = subprocess.run(
-                ["curl", "-sS", "--fail", "--max-time", "10", *self.target],
+                ["curl", "-sS", "--fail", "--max-time", "30", *self.target],
                 capture_output=True,
                 timeout=30,
                 check=False,
@@ -185,7 +185,9 @@ def test_an_offer_of_the_wrong_type_is_refused_and_nothing_leaks(
     assert len(result.stderr.decode().splitlines()) == 1, result.stderr
     # The old server keeps serving, and its socket file is still there.
     assert old.proc.poll() is None
-    reply = peers.udskit_run("send", str(path), "--type", "seqpacket", "still here")
+    reply = peers.udskit_run(
+        "send", str(path), "--type", "seqpacket", "--timeout", "30", "still here"
+    )
     assert reply.stdout == b"still here\n"
 
 
