@@ -412,6 +412,14 @@ class Activator:
                 raise
             sender = got.credentials.pid if got.credentials is not None else None
             child = self._child_of(sender)
+            if child is None and got.credentials is not None and _gone(sender):
+                # A helper like systemd-notify may be gone (reaped) before we read its
+                # message, so its parent cannot be looked up. Only our own user can
+                # reach the socket (a 0700 directory): give it to the newest child
+                # that is not ready yet.
+                waiting = [c for c in self.children.values() if not c.ready]
+                if waiting and got.credentials.uid in (os.geteuid(), 0):
+                    child = max(waiting, key=lambda c: c.started)
             if child is None:
                 if self.verbose:
                     self.log(f"ignored a notification from pid {sender}, not our child")
@@ -489,6 +497,10 @@ class Activator:
         old.retiring = True
         self.log(f"reloaded: pid {new.pid} serves; pid {old.pid} was sent SIGTERM")
         self._signal(old, signal.SIGTERM)
+
+
+def _gone(pid: int | None) -> bool:
+    return pid is not None and pid > 0 and not os.path.exists(f"/proc/{pid}")
 
 
 def _parent_of(pid: int) -> int | None:

@@ -186,3 +186,32 @@ def test_the_library_takes_inherited_sockets(peers: Peers, sockdir: Path) -> Non
         f"[('metrics', '{path}', 'dgram')]",
         "False False",  # the variables are unset and the fd is close-on-exec now
     ]
+
+
+def test_a_reload_whose_new_child_never_gets_ready_keeps_the_old(
+    peers: Peers, sockdir: Path
+) -> None:
+    """systemd-notify (systemd's own client) says READY=1 for the first child only; on
+    SIGHUP the second never does, is stopped, and the first keeps serving: curl meets
+    no failure throughout."""
+    path = sockdir / "keep.sock"
+    marker = sockdir / "first"
+    script = (
+        f"if [ ! -e {marker} ]; then touch {marker}; systemd-notify --ready; fi; "
+        f"exec {sys.executable} {HTTP_SERVER} web --listen-fds"
+    )
+    activate = peers.udskit(
+        "activate", "--ready-timeout", "3", "-l", str(path), "--", "sh", "-c", script,
+        wait_for=path, listening=True,
+    )  # fmt: skip
+    wait_until(marker.exists, what="the first child")
+    activate.send_signal(signal.SIGHUP)
+    loop = CurlLoop("--unix-socket", str(path), "http://web/").start()
+    loop.join()
+    assert loop.failures == [] and len(loop.outcomes) > 10
+    first, last = (body.split()[-1] for _code, body, _err in (loop.outcomes[0], loop.outcomes[-1]))
+    _out, err = activate.stop(signal.SIGTERM)
+    # The new child shares the socket while it is given its chance, so it may answer
+    # some requests; once it is stopped the first one serves on, and nobody failed.
+    assert first == last
+    assert b"reload failed" in err and b"keeps serving" in err, err
