@@ -26,10 +26,14 @@ from typing import Final, final
 
 from udskit.address import UnixAddress, decode_sockaddr, parse_address
 from udskit.cmsg import (
+    MSG_CTRUNC,
     SCM_MAX_FD,
+    SCM_RIGHTS,
+    SOL_SOCKET,
     Ancillary,
     decode_ancillary,
     decode_groups,
+    decode_rights,
     decode_ucred,
     encode_credentials,
     encode_rights,
@@ -61,7 +65,8 @@ SO_PEERSEC: Final = getattr(socket, "SO_PEERSEC", 31)
 SO_PEERGROUPS: Final = 59
 SO_PASSPIDFD: Final = 76  # Linux >= 6.5
 SO_PEERPIDFD: Final = 77  # Linux >= 6.5
-MSG_CMSG_CLOEXEC: Final = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
+# A plain int: the socket module's is an enum, whose operators cost a call each.
+MSG_CMSG_CLOEXEC: Final = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000))
 #: A label longer than this is not one anybody uses (SELinux contexts are < 256 bytes).
 _LABEL_MAX: Final = 4096
 #: NGROUPS_MAX is 65536; start small and grow on ERANGE.
@@ -208,13 +213,6 @@ def enable_passpidfd(sock: socket.socket) -> bool:
     return True
 
 
-def _passes(sock: socket.socket, option: int) -> bool:
-    try:
-        return bool(sock.getsockopt(socket.SOL_SOCKET, option))
-    except OSError:
-        return False
-
-
 # -- sending ------------------------------------------------------------------------------
 def _target(sock: socket.socket, address: AddressLike | None) -> UnixAddress | None:
     if address is None:
@@ -260,17 +258,15 @@ def send_message(
             raise UsageError(str(exc)) from None
     if credentials is not None:
         ancillary.append(encode_credentials(credentials.pid, credentials.uid, credentials.gid))
-    stream = sock.type == socket.SOCK_STREAM
-    if stream and not data and ancillary:
+    if not data and ancillary and sock.type == socket.SOCK_STREAM:
         data = b"\0"
     to = _target(sock, address)
-    where = str(to) if to is not None else _where(sock)
     try:
         if to is not None:
             sent = sock.sendmsg([data], ancillary, 0, to.to_sockaddr())
         else:
             sent = sock.sendmsg([data], ancillary)
-        if stream and sent < len(data):
+        if sent < len(data) and sock.type == socket.SOCK_STREAM:
             sock.sendall(memoryview(data)[sent:])
             sent = len(data)
     except OSError as exc:
@@ -288,6 +284,7 @@ def send_message(
                 "too many descriptors in flight (RLIMIT_NOFILE of the sender bounds the "
                 "unix sockets being passed); let the receiver read"
             )
+        where = str(to) if to is not None else _where(sock)
         raise socket_error("send", where, err, detail) from exc
     return sent
 
@@ -303,27 +300,43 @@ def recv_message(sock: socket.socket, bufsize: int, maxfds: int = SCM_MAX_FD) ->
     """Receive one message with room for `maxfds` descriptors, its credentials (when
     SO_PASSCRED is on) and its pidfd (SO_PASSPIDFD). Descriptors arrive close-on-exec.
 
-    MSG_CTRUNC (more descriptors than room) raises ControlTruncated after closing every
-    descriptor that arrived. EOF on a stream gives data b"" and no descriptors.
+    More descriptors than `maxfds` (MSG_CTRUNC, or more than asked for where the room
+    kept for credentials took them) raise ControlTruncated after every descriptor that
+    arrived was closed. EOF on a stream gives data b"" and no descriptors.
+    BlockingIOError and TimeoutError pass through as the socket raised them.
     """
     if not 0 <= maxfds <= SCM_MAX_FD:
         raise UsageError(f"maxfds must be 0 to {SCM_MAX_FD}, not {maxfds}")
-    wants_creds = _passes(sock, SO_PASSCRED)
-    wants_pidfd = wants_creds and _passes(sock, SO_PASSPIDFD)
-    # With no room at all a message that carries fds is still seen as truncated.
-    space = max(receive_space(maxfds, credentials=wants_creds, pidfd=wants_pidfd), 1)
+    # Room for credentials and a pidfd too, whether or not SO_PASSCRED is on: asking
+    # the socket would cost two more syscalls per message.
+    space = _SPACE[maxfds]
     try:
         data, items, flags, raw = sock.recvmsg(bufsize, space, MSG_CMSG_CLOEXEC)
+    except (BlockingIOError, TimeoutError, InterruptedError):
+        raise
     except OSError as exc:
         raise socket_error("recv", _where(sock), exc.errno or errno.EIO) from exc
-    got = decode_ancillary(items, flags)
     address = decode_sockaddr(raw) if raw else None
-    if got.truncated:
+    flags &= ~MSG_CMSG_CLOEXEC
+    if not items:
+        return Received(data, (), None, None, flags, address)
+    if len(items) == 1 and not flags & MSG_CTRUNC:  # the common case: fds alone
+        level, kind, payload = items[0]
+        if level == SOL_SOCKET and kind == SCM_RIGHTS:
+            fds = decode_rights(payload)
+            if len(fds) <= maxfds:
+                return Received(data, fds, None, None, flags, address)
+    got = decode_ancillary(items, flags)
+    if got.truncated or len(got.fds) > maxfds:
         close_fds(got.opened)
+        if got.truncated:
+            what = f"the kernel dropped what did not fit (MSG_CTRUNC) and the {len(got.fds)}"
+        else:
+            what = f"all {len(got.fds)}"
         raise ControlTruncated(
             f"recv {_where(sock)}: the message carried more descriptors than the "
-            f"{maxfds} there was room for (MSG_CTRUNC); the kernel dropped the rest and "
-            f"the {len(got.fds)} that arrived were closed: receive with a larger maxfds",
+            f"{maxfds} there was room for; {what} that arrived were closed: receive with "
+            "a larger maxfds",
             len(got.fds),
         )
     if got.unknown:
@@ -332,7 +345,13 @@ def recv_message(sock: socket.socket, bufsize: int, maxfds: int = SCM_MAX_FD) ->
             f"recv {_where(sock)}: unexpected control messages {list(got.unknown)}; "
             "closed the descriptors that came with them"
         )
-    return _received(data, got, flags & ~MSG_CMSG_CLOEXEC, address)
+    return _received(data, got, flags, address)
+
+
+#: The control buffer for each maxfds: room for that many fds, credentials and a pidfd.
+_SPACE: Final = tuple(
+    max(receive_space(n, credentials=True, pidfd=True), 1) for n in range(SCM_MAX_FD + 1)
+)
 
 
 def _received(data: bytes, got: Ancillary, flags: int, address: UnixAddress | None) -> Received:

@@ -14,6 +14,7 @@ carries is the I/O side's job; the decoder only says which numbers they are.
 
 from __future__ import annotations
 
+import array
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -98,9 +99,9 @@ def encode_rights(fds: Sequence[int]) -> tuple[int, int, bytes]:
         raise ValueError("SCM_RIGHTS needs at least one descriptor")
     if len(fds) > SCM_MAX_FD:
         raise ValueError(f"{len(fds)} descriptors in one message; the kernel takes {SCM_MAX_FD}")
-    if any(fd < 0 for fd in fds):
+    if min(fds) < 0:
         raise ValueError(f"not a descriptor: {min(fds)}")
-    return SOL_SOCKET, SCM_RIGHTS, struct.pack(f"={len(fds)}i", *fds)
+    return SOL_SOCKET, SCM_RIGHTS, array.array("i", fds).tobytes()
 
 
 def encode_credentials(pid: int, uid: int, gid: int) -> tuple[int, int, bytes]:
@@ -112,8 +113,8 @@ def encode_credentials(pid: int, uid: int, gid: int) -> tuple[int, int, bytes]:
 def decode_rights(data: bytes) -> tuple[int, ...]:
     """The descriptor numbers of an SCM_RIGHTS payload; a cut trailing int is dropped
     (recvmsg hands back a truncated payload when the buffer was short)."""
-    count = len(data) // _INT.size
-    return struct.unpack_from(f"={count}i", data) if count else ()
+    cut = len(data) % _INT.size
+    return tuple(array.array("i", data[: len(data) - cut] if cut else data))
 
 
 def decode_ucred(data: bytes) -> Ucred:
