@@ -13,7 +13,8 @@ message, each a UTF-8 JSON object with "proto": "udskit-handoff/1"):
    descriptor per listener, in order, in the same record (SCM_RIGHTS)
 3. taker -> offerer  {"op": "accept"} or {"op": "refuse", "reason": "..."}
 4. offerer -> taker  {"op": "released"}: it has stopped accepting, closed its copies
-   and its control socket (so the taker may bind the control address next)
+   and its control socket (so the taker may bind the control address next). A taker
+   that accepted keeps the sockets even if this never comes (the offerer died).
 
 A LISTENER is {"family": "unix"|"tcp", "type": "stream"|"seqpacket"|"dgram",
 "address": ADDR}, ADDR as `format_address` prints it (unix) or HOST:PORT (tcp). Both
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import Final, final
 
 from udskit.address import UnixAddress, decode_sockaddr, format_address, parse_address
-from udskit.ancillary import close_fds, peer_credentials, recv_message, send_fds
+from udskit.ancillary import SCM_MAX_FD, close_fds, peer_credentials, recv_message, send_fds
 from udskit.endpoints import Listener, open_listener
 from udskit.errors import HandoffError, PassError, SocketError, UdskitError
 from udskit.socktype import SocketType
@@ -170,7 +171,7 @@ def take_listeners(
         fds: tuple[int, ...] = ()
         try:
             _send(sock, {"op": "take", "pid": os.getpid(), "want": [w.as_json() for w in want]})
-            message, fds = _recv(sock, where, maxfds=len(want) or 1)
+            message, fds = _recv(sock, where, maxfds=SCM_MAX_FD)
             if message.get("op") == "refuse":
                 raise HandoffError(f"hand-off on {where}: refused: {message.get('reason')}")
             raw = message.get("listeners")
@@ -196,13 +197,15 @@ def take_listeners(
                         f"{why}; it keeps serving"
                     )
                 _send(sock, {"op": "accept"})
-                done, _ = _recv(sock, where)
-                if done.get("op") != "released":
-                    raise HandoffError(f"hand-off on {where}: the offerer did not release")
             except BaseException:
                 for s in socks:
                     s.close()
                 raise
+            # From here on the sockets are ours whatever happens: an offerer that died
+            # or hangs before saying "released" must not take the service down with
+            # it. Sharing the listeners with a hung offerer for a moment is harmless.
+            with suppress(HandoffError, PassError, OSError):
+                _recv(sock, where)
         finally:
             close_fds(fds)
     except (PassError, SocketError, OSError) as exc:
