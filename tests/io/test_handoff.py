@@ -210,3 +210,37 @@ def test_a_different_user_may_not_take_the_listeners(peers: Peers, sockdir: Path
     assert result.returncode == 1
     assert b"refused" in result.stderr
     assert old.proc.poll() is None
+
+
+def test_the_library_moves_the_very_socket(sockdir: Path) -> None:
+    """offer_listeners in one thread, take_listeners here: the same kernel socket (one
+    inode) changes hands, and before_release runs before the taker goes on."""
+    from udskit import offer_listeners
+    from udskit.endpoints import open_listener
+
+    ctl = sockdir / "lib.ctl"
+    released = threading.Event()
+    with open_listener(sockdir / "lib.sock") as listener:
+        inode = os.fstat(listener.fileno()).st_ino
+        offering = threading.Thread(
+            target=offer_listeners, args=(str(ctl), [listener.sock]),
+            kwargs={"before_release": released.set}, daemon=True,
+        )  # fmt: skip
+        offering.start()
+        wait_until(lambda: is_bound(path_address(ctl), listening=True), what="the offer")
+        [taken] = take_listeners(str(ctl), [ListenerInfo("unix", "stream", str(listener.address))])
+        offering.join(10)
+        with taken:
+            assert released.is_set() and not offering.is_alive()
+            assert os.fstat(taken.fileno()).st_ino == inode
+            assert not ctl.exists()  # the control address is free for the taker
+
+
+def test_datagram_handoff_is_refused_in_one_line(peers: Peers, sockdir: Path) -> None:
+    result = peers.udskit_run(
+        "listen", str(sockdir / "d.sock"), "--type", "dgram", "--handoff", str(sockdir / "c")
+    )
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and "not datagrams" in lines[0], lines
+    assert not (sockdir / "d.sock").exists()
