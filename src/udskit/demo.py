@@ -25,7 +25,7 @@ from udskit.errors import UsageError
 from udskit.probe import is_bound
 
 #: The sections in order; each names the module whose `demo(tour)` runs.
-SECTIONS = ("talk", "relay", "dump", "ls", "doctor", "bench")
+SECTIONS = ("talk", "relay", "dump", "ls", "doctor", "bench", "activate")
 
 
 @final

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -18,11 +19,11 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Final, final
+from typing import Any, BinaryIO, Final, Protocol, final
 
 from udskit.address import AddressKind, UnixAddress
 from udskit.endpoints import Listener, peer_credentials, recv_message, send_message
-from udskit.errors import PeerClosed, SocketError, socket_error
+from udskit.errors import PeerClosed, SocketError, UsageError, socket_error
 from udskit.inspect.owners import process_command
 from udskit.probe import explain, os_errors
 from udskit.signals import start_worker
@@ -63,15 +64,23 @@ class Action(enum.Enum):
 @final
 @dataclass(frozen=True, slots=True)
 class PeerFilter:
-    """Accept only peers whose SO_PEERCRED uid or gid is listed (empty: everybody)."""
+    """Accept only peers whose SO_PEERCRED uid or gid is listed (empty: everybody).
+    A gid matches the peer's primary group or, given the connection, any of its
+    supplementary groups (SO_PEERGROUPS), as file permissions would."""
 
     uids: frozenset[int] = frozenset()
     gids: frozenset[int] = frozenset()
 
-    def allows(self, uid: int, gid: int) -> bool:
+    def allows(self, uid: int, gid: int, conn: socket.socket | None = None) -> bool:
         if not self.uids and not self.gids:
             return True
-        return uid in self.uids or gid in self.gids
+        if uid in self.uids or gid in self.gids:
+            return True
+        if self.gids and conn is not None:
+            from udskit.ancillary import peer_groups
+
+            return not self.gids.isdisjoint(peer_groups(conn))
+        return False
 
 
 @final
@@ -92,8 +101,27 @@ class OutputClosed(Exception):
     Not a client's failure, and not an error to report: the server just stops."""
 
 
-def serve(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
+class StopFlag(Protocol):
+    """What tells a server to stop accepting (e.g. `udskit.handoff.Stopper`)."""
+
+    def fileno(self) -> int: ...
+    def is_set(self) -> bool: ...
+
+
+def serve(
+    listener: Listener,
+    options: ServeOptions,
+    out: Out,
+    log: Log,
+    *,
+    stop: StopFlag | None = None,
+) -> int:
     """Serve until `options.count` is reached (or forever). Returns how many were served.
+
+    With `stop`, serving ends once it is set: no more clients are accepted, and the
+    ones being served are finished first (a hand-off drains this way). The listener
+    may then be shared with another process, so accepting waits in poll() and takes
+    EAGAIN (the other process was quicker) in its stride.
 
     Raises OutputClosed when writing to `out` fails."""
     closed = threading.Event()
@@ -103,35 +131,62 @@ def serve(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
             out(data)
         except OSError as exc:
             closed.set()
-            # Wake the accept() of the main thread when a connection thread hit it.
-            with suppress(OSError):
-                listener.sock.shutdown(socket.SHUT_RDWR)
+            # Wake the accept() of the main thread when a connection thread hit it
+            # (not a listener that may be shared with a successor: that one polls).
+            if stop is None:
+                with suppress(OSError):
+                    listener.sock.shutdown(socket.SHUT_RDWR)
             raise OutputClosed from exc
 
     if listener.type is SocketType.DGRAM:
+        if stop is not None:
+            raise UsageError("a datagram server has no connections to drain; no hand-off")
         return _serve_datagrams(listener, options, guarded, log)
-    return _serve_connections(listener, options, guarded, log, closed)
+    return _serve_connections(listener, options, guarded, log, closed, stop)
 
 
 # -- connection servers (stream, seqpacket) ------------------------------------------------
 def _serve_connections(
-    listener: Listener, options: ServeOptions, out: Out, log: Log, closed: threading.Event
+    listener: Listener,
+    options: ServeOptions,
+    out: Out,
+    log: Log,
+    closed: threading.Event,
+    stop: StopFlag | None = None,
 ) -> int:
     served = 0
     threads: list[threading.Thread] = []
     lock = threading.Lock()  # keeps concurrent clients' printed chunks whole
     live = _Live()
     failures = _FailureLog(log)
+    poller = None
+    if stop is not None:
+        listener.sock.setblocking(False)
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        poller.register(stop.fileno(), select.POLLIN)
     try:
         while options.count is None or served < options.count:
+            if stop is not None and poller is not None:
+                if stop.is_set():
+                    break
+                poller.poll(500)  # also looks at `closed` now and then
+                if closed.is_set():
+                    raise OutputClosed
+                if stop.is_set():
+                    break
             try:
                 conn, _addr = listener.accept()
-            except SocketError:
+            except SocketError as err:
                 if closed.is_set():
                     raise OutputClosed from None
+                if stop is not None and err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    continue  # another process sharing the listener took that client
                 raise
+            if stop is not None:
+                conn.setblocking(True)
             pid, uid, gid = peer_credentials(conn)
-            if not options.peers.allows(uid, gid):
+            if not options.peers.allows(uid, gid, conn):
                 log(f"refused a client: pid {pid} uid {uid} gid {gid} is not allowed")
                 conn.close()
                 continue

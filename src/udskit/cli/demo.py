@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="append",
         default=[],
         metavar="SECTION",
-        help="run only this section (talk, relay, dump, ls, doctor, bench); repeatable",
+        help="run only this section (talk, relay, dump, ls, doctor, bench, activate); repeatable",
     )
     parser.set_defaults(handler=handle)
 

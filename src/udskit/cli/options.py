@@ -102,5 +102,6 @@ def add_listener_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="GROUP",
-        help="accept only clients of this group (name or gid); repeatable",
+        help="accept only clients of this group, primary or supplementary (SO_PEERGROUPS; "
+        "name or gid); repeatable",
     )

@@ -16,7 +16,7 @@ from udskit.cli.env import Env, ExitStatus
 __all__ = ["COMMANDS", "COMMAND_MODULES", "Handler", "build_parser", "package_version"]
 
 #: Command modules in the order `udskit --help` lists them.
-COMMAND_MODULES = ("talk", "relay", "dump", "ls", "doctor", "bench", "demo", "docs")
+COMMAND_MODULES = ("talk", "relay", "dump", "ls", "doctor", "bench", "activate", "demo", "docs")
 #: Which module registers each command, so a run of one command imports only its module.
 COMMANDS = {
     "listen": "talk",
@@ -27,6 +27,7 @@ COMMANDS = {
     "ls": "ls",
     "doctor": "doctor",
     "bench": "bench",
+    "activate": "activate",
     "demo": "demo",
     "completion": "docs",
     "manpage": "docs",

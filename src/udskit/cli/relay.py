@@ -51,6 +51,10 @@ examples:
   udskit relay - unix:/run/app.sock                    like nc -U
   udskit relay --type seqpacket unix-listen:/tmp/a unix:/tmp/b
   udskit relay unix-recvfrom:/tmp/front.dgram unix-sendto:/tmp/back.dgram
+  udskit relay unix-listen:/run/web.sock tcp:127.0.0.1:8000 --handoff /run/web.ctl
+                                                       run it again to restart with no
+                                                       refused client (the first drains)
+  udskit relay systemd:web unix:/run/app.sock          LEFT inherited (LISTEN_FDS, name web)
 
 -v prints one line per connection (client pid, uid, command for unix clients) and the
 copy mode; -vv also one line per chunk; --json prints the same as JSON lines.
@@ -97,6 +101,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="-v: a line per connection and its copy mode; -vv: also per chunk",
     )
     p.add_argument("--json", action="store_true", help="events as JSON lines")
+    from udskit.cli.activate import add_handoff_option
+
+    add_handoff_option(p)
     p.set_defaults(handler=handle)
 
 
@@ -112,17 +119,21 @@ def positive_seconds(text: str) -> float:
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
+    from udskit.cli.activate import relay_left, serve_relay_handing_off
     from udskit.endpoint_spec import EndpointKind, parse_endpoint
     from udskit.endpoints import resolve_group, resolve_user
     from udskit.relay import Relay
     from udskit.socktype import SocketType
 
     default_type = SocketType.parse(args.type or "stream")
-    left = parse_endpoint(args.left, default_type)
     right = parse_endpoint(args.right, default_type)
-    if args.type is None:
+    adopted, side = relay_left(args, env)  # systemd:NAME, or --handoff
+    left = parse_endpoint(args.left, default_type) if adopted is None else adopted
+    if args.type is None and adopted is None:
         left, right = _bound_types(args.left, left, args.right, right)
-    uses_stdout = EndpointKind.STDIO in (left.kind, right.kind)
+    uses_stdout = EndpointKind.STDIO is right.kind or (
+        adopted is None and left.kind is EndpointKind.STDIO
+    )
     log = _Log(env, json=args.json, to_stdout=args.json and not uses_stdout)
     tap = _ChunkLog(log) if args.verbose >= 2 else None
     relay = Relay(
@@ -134,17 +145,20 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         allow_uids=[resolve_user(u) for u in args.allow_uid],
         allow_gids=[resolve_group(g) for g in args.allow_gid],
         backlog=args.backlog,
-        mode=args.mode,
-        owner=args.owner,
-        group=args.group,
+        mode=args.mode if adopted is None else None,  # (applied when we bound it)
+        owner=args.owner if adopted is None else None,
+        group=args.group if adopted is None else None,
         splice=not args.no_splice,
         connect_timeout=args.connect_timeout,
         default_type=default_type,
         stdio=(env.stdin, env.stdout),
     )
+    if side is not None:
+        serve_relay_handing_off(relay, side, args.handoff, env)
+        return ExitStatus.OK
     relay.open()
     bound = relay.listen_endpoint
-    if str(bound) != str(left) and not (args.verbose or args.json):
+    if adopted is None and str(bound) != str(left) and not (args.verbose or args.json):
         # The kernel chose (tcp-listen:0, an autobound '@'): a user cannot connect to
         # what they cannot see. -v and --json say it in their own listening event.
         env.err(f"udskit relay: listening on {bound}")

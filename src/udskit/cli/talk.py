@@ -103,7 +103,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         epilog=LISTEN_EXAMPLES,
         formatter_class=fmt,
     )
-    p.add_argument("address", metavar="ADDR", help="socket path, @abstract-name, or @ (autobind)")
+    p.add_argument(
+        "address",
+        metavar="ADDR",
+        nargs="?",
+        help="socket path, @abstract-name, or @ (autobind); not with --from-systemd",
+    )
     _add_type(p)
     action = p.add_mutually_exclusive_group()
     action.add_argument("--echo", action="store_true", help="send back what is received")
@@ -138,6 +143,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--no-replace", action="store_true", help="fail rather than replace a stale socket file"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log each client to stderr")
+    from udskit.cli.activate import add_from_systemd_option, add_handoff_option
+
+    add_from_systemd_option(p)
+    add_handoff_option(p)
     p.set_defaults(handler=handle_listen)
 
     p = subparsers.add_parser(
@@ -204,7 +213,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def handle_listen(args: argparse.Namespace, env: Env) -> int:
     from contextlib import suppress
 
-    from udskit.endpoints import open_listener, resolve_group, resolve_user
+    from udskit.endpoints import resolve_group, resolve_user
     from udskit.socktype import SocketType
     from udskit.talk import Action, OutputClosed, PeerFilter, ServeOptions, serve
 
@@ -230,22 +239,22 @@ def handle_listen(args: argparse.Namespace, env: Env) -> int:
         ),
         verbose=args.verbose,
     )
-    with open_listener(
-        args.address,
-        sock_type,
-        backlog=args.backlog,
-        mode=args.mode,
-        owner=args.owner,
-        group=args.group,
-        replace_stale=not args.no_replace,
-    ) as listener:
+    from udskit.cli.activate import serving_listener
+
+    with serving_listener(args, env, sock_type) as (listener, stop):
         if listener.replaced_stale:
             env.err(f"udskit listen: replaced a stale socket file at {listener.address}")
         if args.address == "@" or args.verbose:
             env.err(f"udskit listen: listening on {listener.address} ({sock_type.value})")
         # stdout closed (`| head`): done, as any filter would be.
         with suppress(OutputClosed):
-            serve(listener, options, env.write, lambda line: env.err(f"udskit listen: {line}"))
+            serve(
+                listener,
+                options,
+                env.write,
+                lambda line: env.err(f"udskit listen: {line}"),
+                stop=stop,
+            )
     return ExitStatus.OK
 
 

@@ -398,6 +398,18 @@ class Relay:
             gid is not None and gid in self.allow_gids
         )
 
+    def _in_allowed_group(self, sock: socket.socket) -> bool:
+        """A member of an --allow-gid group through a supplementary group
+        (SO_PEERGROUPS), as file permissions would let it in."""
+        if not self.allow_gids or sock.family != socket.AF_UNIX:
+            return False
+        from udskit.ancillary import peer_groups
+
+        try:
+            return not self.allow_gids.isdisjoint(peer_groups(sock))
+        except OSError:
+            return False
+
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         client = ClientInfo()
@@ -409,7 +421,7 @@ class Relay:
         conn = ConnectionInfo(
             self.new_id(), self.left.sock_type, str(self.listen_endpoint), str(self.right), client
         )
-        if not self.allowed(client.uid, client.gid):
+        if not self.allowed(client.uid, client.gid) and not self._in_allowed_group(sock):
             self.stats.refused += 1
             sock.close()
             self.emit(
