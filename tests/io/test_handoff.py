@@ -51,14 +51,18 @@ class CurlLoop:
     def _run(self) -> None:
         deadline = time.monotonic() + LOAD_SECONDS
         while time.monotonic() < deadline:
-            proc = subprocess.run(
-                ["curl", "-sS", "--fail", "--max-time", "30", *self.target],
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-            self.outcomes.append((proc.returncode, proc.stdout.decode(), proc.stderr.decode()))
+            self.run_once()
             self.started.set()
+
+    def run_once(self) -> None:
+        """One request, its outcome kept."""
+        proc = subprocess.run(
+            ["curl", "-sS", "--fail", "--max-time", "30", *self.target],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        self.outcomes.append((proc.returncode, proc.stdout.decode(), proc.stderr.decode()))
 
     def start(self) -> CurlLoop:
         self.thread.start()
