@@ -133,7 +133,7 @@ class Peer:
         self.stop()
 
 
-NOBODY_RUNTIME = ("udskit", "rich", "pygments", "markdown_it", "mdurl")
+NOBODY_RUNTIME = ("udskit_start", "udskit", "rich", "pygments", "markdown_it", "mdurl")
 _nobody: dict[str, str] = {}
 
 
@@ -156,9 +156,13 @@ def nobody_python() -> str:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             continue
-        shutil.copytree(
-            Path(spec.origin).parent, site / name, ignore=shutil.ignore_patterns("__pycache__")
-        )
+        origin = Path(spec.origin)
+        if origin.name == "__init__.py":
+            shutil.copytree(
+                origin.parent, site / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:  # a top-level module
+            shutil.copy2(origin, site / origin.name)
     (top / "bin").mkdir()
     tried: list[str] = []
     candidates = [

@@ -1,5 +1,5 @@
 """`python -m udskit` runs the command line."""
 
-from udskit.cli import run
+import udskit_start
 
-run()
+udskit_start.main()

@@ -9,6 +9,7 @@ neither argparse nor typing at the top: `udskit ls` starts its /proc scan before
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
@@ -86,16 +87,45 @@ def _run_command(argv: list[str], env: Env) -> int:
         return ExitStatus.OK
 
 
+def _rethrow_swallowed_stops() -> None:
+    """A stop signal's exception must never be lost. When the handler's exception is
+    raised inside a callback that CPython runs without a caller to pass it to (a weakref
+    callback of the import system's module locks, say), CPython prints "Exception
+    ignored" and goes on: a Ctrl-C 84 ms into `udskit listen` was lost so, and the
+    server never stopped. The unraisable hook keeps such an exception and a 1 ms timer
+    raises it again in ordinary code."""
+    pending: list[BaseException] = []
+    previous = sys.unraisablehook
+
+    def rethrow(_signum: int, _frame: FrameType | None) -> None:
+        if pending:
+            raise pending.pop()
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            pending.append(unraisable.exc_value)
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
+            return
+        previous(unraisable)
+
+    signal.signal(signal.SIGALRM, rethrow)
+    sys.unraisablehook = hook
+
+
 def run() -> None:
     """Console-script entry point: signals become exceptions so cleanup always runs."""
     # A non-interactive shell starts background jobs with SIGINT ignored, and Python then
     # leaves it ignored: `udskit listen ... &` in a script would not stop on SIGINT.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGHUP, _raise_terminated)
-    status = main()
-    import contextlib
-
-    with contextlib.suppress(BrokenPipeError):
-        sys.stdout.flush()
+    try:  # from the first handler on: a stop signal may strike on the very next line
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGHUP, _raise_terminated)
+        _rethrow_swallowed_stops()
+        status = main()
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.flush()
+    except (KeyboardInterrupt, Terminated) as exc:
+        # Between the handlers and a command's own try (imports, the parser): nothing
+        # to clean up yet, and no traceback for a Ctrl-C.
+        status = _interrupted(exc)
     sys.exit(status)
