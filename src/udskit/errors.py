@@ -7,6 +7,7 @@
       UsageError(ValueError)      options that do not fit together; no syscall was made
       SocketError(OSError)        a syscall on an address failed; keeps .errno
         PeerClosed                the other side went away (EPIPE, ECONNRESET)
+      TransferError               a file transfer was refused or failed (udskit.files)
 
 Only what a user can cause inherits from UdskitError: the command line prints it as
 one line and exits non-zero. Bugs stay ordinary exceptions with their tracebacks.
@@ -54,6 +55,16 @@ class SocketError(UdskitError, OSError):
 
 class PeerClosed(SocketError):
     """The other end closed or reset the connection."""
+
+
+class TransferError(UdskitError):
+    """A file transfer (udskit.files) was refused or failed: the server's one-line
+    reason, a digest mismatch, a broken stream. `.code` is the protocol's error code
+    (`udskit.files.protocol.ErrorCode`), or None for a failure found on this side."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 #: Short words for the errnos users meet on unix sockets.

@@ -16,7 +16,7 @@ from udskit.cli.env import Env, ExitStatus
 __all__ = ["COMMANDS", "COMMAND_MODULES", "Handler", "build_parser"]
 
 #: Command modules in the order `udskit --help` lists them.
-COMMAND_MODULES = ("talk", "relay", "dump", "ls", "bench", "demo")
+COMMAND_MODULES = ("talk", "relay", "dump", "ls", "files", "bench", "demo")
 #: Which module registers each command, so a run of one command imports only its module.
 COMMANDS = {
     "listen": "talk",
@@ -25,6 +25,10 @@ COMMANDS = {
     "relay": "relay",
     "dump": "dump",
     "ls": "ls",
+    "serve-files": "files",
+    "get": "files",
+    "put": "files",
+    "files": "files",
     "bench": "bench",
     "demo": "demo",
 }
