@@ -119,9 +119,11 @@ def open_beneath(
     flags: int,
     mode: int = 0,
     resolver: Resolver = Resolver.AUTO,
+    requested: tuple[bytes, ...] | None = None,
 ) -> int:
     """An fd for `parts` beneath `root_fd`, opened with `flags`; no symbolic link on the
-    way, never outside the root. TransferError (with the reason) otherwise."""
+    way, never outside the root. TransferError (with the reason) otherwise; its message
+    names `requested` (the path the client asked for, when `parts` is its directory)."""
     # openat2 rejects any flag O_PATH ignores (EINVAL), O_NOCTTY among them.
     flags |= os.O_CLOEXEC if flags & os.O_PATH else os.O_CLOEXEC | os.O_NOCTTY
     use_openat2 = resolver is Resolver.OPENAT2 or (
@@ -132,7 +134,7 @@ def open_beneath(
             return _openat2(root_fd, join_parts(parts), flags, mode)
         return _walk(root_fd, parts, flags, mode)
     except OSError as exc:
-        raise describe_os_error(root_fd, parts, exc) from None
+        raise describe_os_error(root_fd, parts, exc, requested) from None
 
 
 def _first_symlink(root_fd: int, parts: tuple[bytes, ...]) -> tuple[bytes, bytes] | None:
@@ -152,9 +154,14 @@ def _first_symlink(root_fd: int, parts: tuple[bytes, ...]) -> tuple[bytes, bytes
     return None
 
 
-def describe_os_error(root_fd: int, parts: tuple[bytes, ...], exc: OSError) -> TransferError:
+def describe_os_error(
+    root_fd: int,
+    parts: tuple[bytes, ...],
+    exc: OSError,
+    requested: tuple[bytes, ...] | None = None,
+) -> TransferError:
     """The TransferError for a failed open or rename beneath the root."""
-    shown = show_path(join_parts(parts))
+    shown = show_path(join_parts(requested or parts))
     err = exc.errno or 0
     if err in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
         link = _first_symlink(root_fd, parts)

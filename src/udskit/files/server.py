@@ -247,7 +247,11 @@ class FileServer:
         parts = split_remote_path(request.path)
         self._check_size(request.size, parts)
         dir_fd = open_beneath(
-            self.root_fd, parts[:-1], os.O_PATH | os.O_DIRECTORY, resolver=self.resolver
+            self.root_fd,
+            parts[:-1],
+            os.O_PATH | os.O_DIRECTORY,
+            resolver=self.resolver,
+            requested=parts,
         )
         try:
             return self._put_into(conn, request, dir_fd, parts)
