@@ -7,7 +7,9 @@ server), then `udskit get @NAME big out` timed from its start to its exit, which
 includes its Python start-up, the SHA-256 of both ends and the rename.
 socat: `socat -u ABSTRACT-LISTEN:NAME OPEN:out,creat` started first, then
 `socat -u OPEN:big ABSTRACT-CONNECT:NAME` timed from its start until both have exited
-(socat's default 8 KiB buffer: the tool as people run it). The two alternate, round
+(socat's default 8 KiB buffer: the tool as people run it). CPU time (user + system of
+both ends) is printed too: on a shared machine it varies less than the wall clock.
+The two alternate, round
 after round, on the same file in the page cache; the output file is deleted after
 each run, and its size checked. Prints the medians and the ratio (goal: >= 0.8x).
 """
@@ -46,8 +48,8 @@ def _wait_bound(name: str, timeout: float = 10.0) -> None:
     """Until @name shows in /proc/net/unix (no connection is made to find out)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open("/proc/net/unix") as f:
-            if any(line.rstrip().endswith("@" + name) for line in f):
+        with open("/proc/net/unix", "rb") as f:  # other programs' names need not be UTF-8
+            if any(line.rstrip().endswith(b"@" + name.encode()) for line in f):
                 return
         time.sleep(0.01)
     raise SystemExit(f"@{name} did not appear in {timeout}s")
@@ -59,17 +61,38 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def run_udskit(server_name: str, big: Path, out: Path) -> float:
+def _cpu_of(pid: int) -> float:
+    """utime + stime of a running process, in seconds (/proc/PID/stat fields 14, 15)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> float:
+    """Wait for a child; its CPU time (user + system) in seconds. Fails unless it exited 0."""
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_udskit(
+    server: subprocess.Popen[bytes], server_name: str, big: Path, out: Path
+) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of client and server) for one `udskit get`."""
+    server_cpu = _cpu_of(server.pid)
     start = time.perf_counter()
-    subprocess.run(
-        [*UDSKIT, "get", f"@{server_name}", big.name, str(out)],
-        check=True,
-        stdin=subprocess.DEVNULL,
+    client = subprocess.Popen(
+        [*UDSKIT, "get", f"@{server_name}", big.name, str(out)], stdin=subprocess.DEVNULL
     )
-    return time.perf_counter() - start
+    cpu = _reap(client)
+    took = time.perf_counter() - start
+    return took, cpu + _cpu_of(server.pid) - server_cpu
 
 
-def run_socat(big: Path, out: Path) -> float:
+def run_socat(big: Path, out: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of both socats) for one copy."""
     name = f"udskit-bench-socat-{uuid.uuid4().hex[:12]}"
     receiver = subprocess.Popen(
         ["socat", "-u", f"ABSTRACT-LISTEN:{name}", f"OPEN:{out},creat"],
@@ -78,13 +101,11 @@ def run_socat(big: Path, out: Path) -> float:
     try:
         _wait_bound(name)
         start = time.perf_counter()
-        subprocess.run(
-            ["socat", "-u", f"OPEN:{big}", f"ABSTRACT-CONNECT:{name}"],
-            check=True,
-            stdin=subprocess.DEVNULL,
+        sender = subprocess.Popen(
+            ["socat", "-u", f"OPEN:{big}", f"ABSTRACT-CONNECT:{name}"], stdin=subprocess.DEVNULL
         )
-        receiver.wait(timeout=120)
-        return time.perf_counter() - start
+        cpu = _reap(sender) + _reap(receiver)
+        return time.perf_counter() - start, cpu
     finally:
         _kill(receiver)
 
@@ -112,24 +133,32 @@ def main() -> int:
         )
         _wait_bound(server_name)
         times: dict[str, list[float]] = {"udskit": [], "socat": []}
+        cpus: dict[str, list[float]] = {"udskit": [], "socat": []}
         for round_no in range(args.rounds):
             order = ("udskit", "socat") if round_no % 2 == 0 else ("socat", "udskit")
             for tool in order:
-                took = (
-                    run_udskit(server_name, big, out) if tool == "udskit" else run_socat(big, out)
+                took, cpu = (
+                    run_udskit(server, server_name, big, out)
+                    if tool == "udskit"
+                    else run_socat(big, out)
                 )
                 size = out.stat().st_size
                 out.unlink()
                 if size != args.size:
                     raise SystemExit(f"{tool} wrote {size} bytes, not {args.size}")
                 times[tool].append(took)
+                cpus[tool].append(cpu)
                 print(
-                    f"round {round_no + 1} {tool:7} {args.size / took / 1e6:8.0f} MB/s", flush=True
+                    f"round {round_no + 1} {tool:7} {args.size / took / 1e6:8.0f} MB/s"
+                    f"  {cpu:6.2f} s CPU",
+                    flush=True,
                 )
         rates = {tool: args.size / statistics.median(t) / 1e6 for tool, t in times.items()}
-        print(f"udskit get   median {rates['udskit']:8.0f} MB/s")
-        print(f"socat        median {rates['socat']:8.0f} MB/s")
+        cpu_s = {tool: statistics.median(c) for tool, c in cpus.items()}
+        print(f"udskit get   median {rates['udskit']:8.0f} MB/s  {cpu_s['udskit']:6.2f} s CPU")
+        print(f"socat        median {rates['socat']:8.0f} MB/s  {cpu_s['socat']:6.2f} s CPU")
         print(f"ratio udskit/socat: {rates['udskit'] / rates['socat']:.2f}x (goal >= 0.8x)")
+        print(f"CPU time udskit/socat: {cpu_s['udskit'] / cpu_s['socat']:.2f}x")
     finally:
         if server is not None:
             _kill(server)

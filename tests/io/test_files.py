@@ -54,7 +54,7 @@ class Watch:
         assert _libc.inotify_add_watch(self.fd, os.fsencode(directory), mask) >= 0
 
     def events(self) -> list[tuple[int, bytes]]:
-        found = []
+        found: list[tuple[int, bytes]] = []
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -92,9 +92,7 @@ class Setup:
 
 
 @pytest.fixture(params=RESOLVERS, ids=lambda r: r.value)
-def setup(
-    request: pytest.FixtureRequest, tmp_path: Path, abstract_name: str
-) -> Iterator[Setup]:
+def setup(request: pytest.FixtureRequest, tmp_path: Path, abstract_name: str) -> Iterator[Setup]:
     root = tmp_path / "root"
     outside = tmp_path / "outside"
     (root / "sub").mkdir(parents=True)
@@ -105,9 +103,7 @@ def setup(
     (root / "dir-out").symlink_to(outside)
     log: list[str] = []
     name = abstract_name + request.param.value
-    server = FileServer(
-        open_listener(name), root, resolver=request.param, log=log.append
-    ).start()
+    server = FileServer(open_listener(name), root, resolver=request.param, log=log.append).start()
     try:
         yield Setup(tmp_path, name, server, log)
     finally:
@@ -148,9 +144,7 @@ def test_empty_file(setup: Setup, tmp_path: Path) -> None:
     assert (tmp_path / "empty2").read_bytes() == b""
 
 
-def test_escapes_are_refused_and_nothing_outside_is_touched(
-    setup: Setup, tmp_path: Path
-) -> None:
+def test_escapes_are_refused_and_nothing_outside_is_touched(setup: Setup, tmp_path: Path) -> None:
     watch = Watch(setup.outside)
     local = tmp_path / "payload"
     local.write_bytes(b"payload\n")

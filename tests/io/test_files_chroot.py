@@ -65,9 +65,7 @@ def chroot(tmp_path: Path) -> Iterator[Path]:
 
 def _in_chroot(base: Path, *argv: str) -> list[str]:
     """argv to run `argv` in the chroot: private mount namespace, read-only binds."""
-    mounts = " && ".join(
-        f"mount --bind -o ro {tree} {base}{tree}" for tree in _needed_trees()
-    )
+    mounts = " && ".join(f"mount --bind -o ro {tree} {base}{tree}" for tree in _needed_trees())
     # The command proves where it runs: the host's /etc is not there.
     inner = f"test ! -e /etc/hostname && exec {' '.join(argv)}"
     return [

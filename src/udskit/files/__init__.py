@@ -19,10 +19,31 @@ in a thread), the clients in `udskit.files.client`.
 
 from __future__ import annotations
 
-from udskit.files.client import Transfer, get_file, list_files, put_file
-from udskit.files.confine import Resolver
-from udskit.files.protocol import Entry, EntryKind, ErrorCode
-from udskit.files.server import FileServer, serve_files
+import importlib
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from udskit.files.client import Transfer, get_file, list_files, put_file
+    from udskit.files.confine import Resolver
+    from udskit.files.protocol import Entry, EntryKind, ErrorCode
+    from udskit.files.server import FileServer, serve_files
+
+# Imported on first use: a client inside a chroot should not pay for the server's
+# imports (udskit.endpoints brings asyncio) before its transfer starts.
+_EXPORTS = {
+    "Entry": "udskit.files.protocol",
+    "EntryKind": "udskit.files.protocol",
+    "ErrorCode": "udskit.files.protocol",
+    "FileServer": "udskit.files.server",
+    "Resolver": "udskit.files.confine",
+    "Transfer": "udskit.files.client",
+    "get_file": "udskit.files.client",
+    "list_files": "udskit.files.client",
+    "put_file": "udskit.files.client",
+    "serve_files": "udskit.files.server",
+}
 
 __all__ = [
     "Entry",
@@ -36,3 +57,12 @@ __all__ = [
     "put_file",
     "serve_files",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'udskit.files' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

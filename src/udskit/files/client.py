@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import socket
 import stat
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import final
 
-from udskit.endpoints import AddressLike, as_address, open_connection
+from udskit.address import UnixAddress, parse_address
 from udskit.errors import TransferError, UdskitError, UsageError
 from udskit.files.paths import show_path, temporary_name
 from udskit.files.protocol import (
@@ -74,12 +73,32 @@ def _umask() -> int:
     return mask
 
 
+AddressLike = UnixAddress | str
+
+
+def _connect(addr: UnixAddress) -> socket.socket:
+    """A stream connection to `addr`. Not udskit.endpoints.open_connection: that module
+    imports asyncio, a third of a client's start-up; the error still goes through the
+    one boundary, `probe.os_errors`, imported only when there is an error to explain."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(addr.to_sockaddr())
+    except OSError:
+        sock.close()
+        from udskit.probe import os_errors
+        from udskit.socktype import SocketType
+
+        with os_errors("connect", addr, SocketType.STREAM):
+            raise
+    return sock
+
+
 @contextmanager
 def _session(address: AddressLike, request: Message) -> Iterator[tuple[socket.socket, Welcome]]:
     """A connection with the greeting and `request` sent (in one write) and the
     server's WELCOME read; the server's ERROR (e.g. NOT_ALLOWED) as TransferError."""
-    addr = as_address(address)
-    sock = open_connection(addr)
+    addr = address if isinstance(address, UnixAddress) else parse_address(address)
+    sock = _connect(addr)
     try:
         tune(sock)
         sock.sendall(encode(Hello()) + encode(request))
@@ -90,6 +109,12 @@ def _session(address: AddressLike, request: Message) -> Iterator[tuple[socket.so
     except OSError as exc:
         if isinstance(exc, UdskitError):
             raise
+        if exc.errno in _GONE:
+            # The server refused and closed before our bytes arrived (NOT_ALLOWED is
+            # sent at once); its reason is still waiting in our receive queue.
+            reply = _reason(sock)
+            if reply is not None:
+                raise TransferError(f"{addr}: {_printable(reply.message)}", reply.code) from None
         what = errno.errorcode.get(exc.errno or 0, "?")
         raise TransferError(
             f"{addr}: {(exc.strerror or str(exc)).lower()} ({what})"
@@ -136,9 +161,7 @@ def get_file(
         directory = os.path.dirname(target) or "."
         temp = os.path.join(
             directory,
-            os.fsdecode(
-                temporary_name(os.fsencode(os.path.basename(target)), secrets.token_hex(6))
-            ),
+            os.fsdecode(temporary_name(os.fsencode(os.path.basename(target)), os.urandom(6).hex())),
         )
         try:
             fd = os.open(
@@ -206,12 +229,7 @@ def put_file(
         request = PutRequest(path, st.st_size, st.st_mode & 0o777)
         with _session(address, request) as (sock, _welcome):
             expect(read_message(sock), Ready)
-            try:
-                digest = send_contents(sock, fd, st.st_size, _scaled(progress, st.st_size))
-            except OSError as exc:
-                if exc.errno in _GONE:  # the server gave up: it said why before closing
-                    _raise_reason(sock)
-                raise
+            digest = send_contents(sock, fd, st.st_size, _scaled(progress, st.st_size))
             send_message(sock, Digest(digest))
             done = expect(read_message(sock), Done)
             if done.sha256 != digest or done.size != st.st_size:
@@ -221,11 +239,13 @@ def put_file(
     return Transfer(path, local_path, st.st_size, digest.hex())
 
 
-def _raise_reason(sock: socket.socket) -> None:
-    with suppress(OSError):
+def _reason(sock: socket.socket) -> ErrorReply | None:
+    """The ERROR a server sent before it closed, if it sent one."""
+    with suppress(OSError, TransferError):
         message = read_message(sock, eof_ok=True)
         if isinstance(message, ErrorReply):
-            raise TransferError(message.message, message.code)
+            return message
+    return None
 
 
 def list_files(address: AddressLike, directory: str | bytes = "") -> list[Entry]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import socket
 import stat
 import threading
@@ -276,7 +275,7 @@ class FileServer:
                     ErrorCode.SYMLINK,
                 )
             refuse_unless_regular(existing.st_mode, parts)
-        temp = temporary_name(name, secrets.token_hex(6))
+        temp = temporary_name(name, os.urandom(6).hex())
         try:
             fd = os.open(
                 temp,

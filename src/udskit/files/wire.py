@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import socket
 from collections.abc import Callable
 from contextlib import suppress
@@ -49,6 +50,8 @@ T = TypeVar("T")
 CHUNK: Final = 1 << 20
 #: Socket buffer asked for on both ends: fewer wake-ups per MiB than the default 208 KiB.
 SOCKET_BUFFER: Final = 4 << 20
+#: Buffers in rotation between the receiving and the hashing thread.
+_BUFFERS: Final = 4
 
 Progress = Callable[[int], None]  # called with the bytes moved so far
 
@@ -149,26 +152,52 @@ def send_contents(
     return outcome
 
 
+def _hash_buffers(
+    buffers: list[memoryview],
+    filled: queue.SimpleQueue[tuple[int, int] | None],
+    free: queue.SimpleQueue[int],
+    result: list[bytes],
+) -> None:
+    h = hashlib.sha256()
+    while (item := filled.get()) is not None:
+        index, length = item
+        h.update(buffers[index][:length])
+        free.put(index)
+    result.append(h.digest())
+
+
 def receive_contents(
     sock: socket.socket, fd: int, size: int, progress: Progress | None = None
 ) -> bytes:
-    """Receive exactly `size` bytes into `fd`; return their SHA-256."""
-    h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+    """Receive exactly `size` bytes into `fd`; return their SHA-256.
+
+    The hash runs in a second thread over the chunk just written while the next one is
+    received (a few rotating buffers), so receiving, writing and hashing overlap."""
+    buffers = [memoryview(bytearray(CHUNK)) for _ in range(_BUFFERS)]
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    filled: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    for index in range(_BUFFERS):
+        free.put(index)
+    result: list[bytes] = []
+    hasher = start_worker(_hash_buffers, buffers, filled, free, result, name="udskit-files-hash")
     done = 0
-    while done < size:
-        n = sock.recv_into(view, min(CHUNK, size - done), socket.MSG_WAITALL)
-        if n == 0:
-            raise TransferError(
-                f"the connection closed after {done} of {size} bytes; nothing was kept"
-            )
-        chunk = view[:n]
-        h.update(chunk)
-        written = 0
-        while written < n:
-            written += os.write(fd, chunk[written:])
-        done += n
-        if progress is not None:
-            progress(done)
-    return h.digest()
+    try:
+        while done < size:
+            index = free.get()
+            view = buffers[index]
+            n = sock.recv_into(view, min(CHUNK, size - done), socket.MSG_WAITALL)
+            if n == 0:
+                raise TransferError(
+                    f"the connection closed after {done} of {size} bytes; nothing was kept"
+                )
+            written = 0
+            while written < n:
+                written += os.write(fd, view[written:n])
+            filled.put((index, n))
+            done += n
+            if progress is not None:
+                progress(done)
+    finally:
+        filled.put(None)
+        hasher.join()
+    return result[0]
