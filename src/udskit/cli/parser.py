@@ -65,7 +65,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     spares `udskit ls` the import of every other command module)."""
     parser = _Parser(
         prog="udskit",
-        description="A toolkit for UNIX domain sockets: talk, relay, dump, ls, bench.",
+        description="A toolkit for UNIX domain sockets: talk, relay, dump, ls, files, bench.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
