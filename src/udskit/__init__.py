@@ -1,4 +1,5 @@
-"""udskit: UNIX domain sockets on Linux, addressed, talked to, relayed, dumped and listed.
+"""udskit: UNIX domain sockets on Linux, addressed, talked to, relayed, dumped, listed,
+and files moved through them.
 
 The names below are imported on first use, so `import udskit` (and `udskit --help`)
 stays fast; the modules themselves are `udskit.address`, `udskit.errors`,
@@ -35,9 +36,11 @@ if TYPE_CHECKING:
         AddressError,
         PeerClosed,
         SocketError,
+        TransferError,
         UdskitError,
         UsageError,
     )
+    from udskit.files import get_file, list_files, put_file, serve_files
 
 _EXPORTS = {
     "AddressError": "udskit.errors",
@@ -46,16 +49,21 @@ _EXPORTS = {
     "PeerClosed": "udskit.errors",
     "SocketError": "udskit.errors",
     "SocketType": "udskit.endpoints",
+    "TransferError": "udskit.errors",
     "UdskitError": "udskit.errors",
     "UnixAddress": "udskit.address",
     "UsageError": "udskit.errors",
     "decode_sockaddr": "udskit.address",
     "format_address": "udskit.address",
+    "get_file": "udskit.files.client",
+    "list_files": "udskit.files.client",
     "open_connection": "udskit.endpoints",
     "open_connection_async": "udskit.endpoints",
     "open_listener": "udskit.endpoints",
     "open_socketpair": "udskit.endpoints",
     "parse_address": "udskit.address",
+    "put_file": "udskit.files.client",
+    "serve_files": "udskit.files.server",
     "start_server_async": "udskit.endpoints",
 }
 
@@ -66,16 +74,21 @@ __all__ = [
     "PeerClosed",
     "SocketError",
     "SocketType",
+    "TransferError",
     "UdskitError",
     "UnixAddress",
     "UsageError",
     "decode_sockaddr",
     "format_address",
+    "get_file",
+    "list_files",
     "open_connection",
     "open_connection_async",
     "open_listener",
     "open_socketpair",
     "parse_address",
+    "put_file",
+    "serve_files",
     "start_server_async",
 ]
 

@@ -425,3 +425,38 @@ def test_get_from_another_network_namespace_fails_clearly(
 
 def _udskit() -> list[str]:
     return list(UDSKIT)
+
+
+def test_ctrl_c_during_get_leaves_nothing(peers: Peers, sockdir: Path, abstract_name: str) -> None:
+    """A server that announces 1000 bytes and sends 10 keeps `udskit get` waiting with its
+    temporary file open; Ctrl-C then ends it with 130 and the temporary file is gone."""
+    release = threading.Event()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(b"\0" + abstract_name[1:].encode())
+    listener.listen()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                encode(Welcome(1, False, None)) + encode(FileHeader(1000, 0o644, 0)) + b"x" * 10
+            )
+            release.wait()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    out = sockdir / "out"
+    out.mkdir()
+    try:
+        client = peers.udskit("get", abstract_name, "f", out)
+        wait_until(lambda: len(os.listdir(out)) == 1, what="the temporary file")
+        assert os.listdir(out)[0].startswith(".f.udskit-")
+        client.send_signal(signal.SIGINT)
+        assert client.wait() == 130
+        assert os.listdir(out) == []
+        assert b"Traceback" not in client.stop()[1]
+    finally:
+        release.set()
+        thread.join()
+        listener.close()
