@@ -45,6 +45,7 @@ from udskit.files.wire import (
     send_message,
     tune,
 )
+from udskit.signals import signals_held
 
 __all__ = ["Transfer", "get_file", "list_files", "put_file"]
 
@@ -163,14 +164,20 @@ def get_file(
             directory,
             os.fsdecode(temporary_name(os.fsencode(os.path.basename(target)), os.urandom(6).hex())),
         )
-        try:
-            fd = os.open(
-                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise _local_error(directory, exc, "cannot create a file in") from None
         renamed = False
+        fd = -1
         try:
+            # Ctrl-C is held while the file is created: it then interrupts inside this
+            # try, whose finally removes the file, never between the two.
+            with signals_held():
+                try:
+                    fd = os.open(
+                        temp,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o600,
+                    )
+                except OSError as exc:
+                    raise _local_error(directory, exc, "cannot create a file in") from None
             digest = receive_contents(sock, fd, header.size, _scaled(progress, header.size))
             sent = expect(read_message(sock), Digest)
             if sent.sha256 != digest:
@@ -185,10 +192,11 @@ def get_file(
                 raise _local_error(target, exc, "cannot rename into") from None
             renamed = True
         finally:
-            os.close(fd)
-            if not renamed:
-                with suppress(OSError):
-                    os.unlink(temp)
+            if fd >= 0:
+                os.close(fd)
+                if not renamed:
+                    with suppress(OSError):
+                        os.unlink(temp)
     return Transfer(path, target, header.size, digest.hex())
 
 
