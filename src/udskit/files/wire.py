@@ -7,7 +7,9 @@ on two CPUs the hash costs little time. What the receiver hashes is what arrived
 the sender hashes is what the file held; if the file changed in between, the digests
 differ and the receiver throws its copy away.
 
-`receive_contents` reads into one reused buffer (`recv_into`), hashes and writes it.
+`receive_contents` reads into a few rotating buffers (`recv_into`) and writes them,
+while a second thread hashes each one written. Under heavy CPU contention this measured
+faster than hashing in the receiving thread (2-3 s against 2-4.5 s for 256 MiB).
 """
 
 from __future__ import annotations
