@@ -87,7 +87,7 @@ def openat2_available() -> bool:
     global _openat2_known
     if _openat2_known is None:
         try:
-            os.close(_openat2(-100, b"/", os.O_PATH | os.O_CLOEXEC, 0))  # AT_FDCWD
+            os.close(_openat2(-100, b".", os.O_PATH | os.O_CLOEXEC, 0))  # AT_FDCWD
             _openat2_known = True
         except OSError as exc:
             _openat2_known = exc.errno not in (errno.ENOSYS, errno.EPERM)
