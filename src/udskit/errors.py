@@ -11,6 +11,7 @@
         ControlTruncated          MSG_CTRUNC: more fds arrived than there was room for
       HandoffError                a listener hand-off between processes failed
       ActivationError             socket activation (LISTEN_FDS, NOTIFY_SOCKET) failed
+      TransferError               a file transfer was refused or failed (udskit.files)
 
 Only what a user can cause inherits from UdskitError: the command line prints it as
 one line and exits non-zero. Bugs stay ordinary exceptions with their tracebacks.
@@ -79,6 +80,16 @@ class HandoffError(UdskitError):
 
 class ActivationError(UdskitError):
     """Socket activation failed: inherited sockets (LISTEN_FDS) or readiness (READY=1)."""
+
+
+class TransferError(UdskitError):
+    """A file transfer (udskit.files) was refused or failed: the server's one-line
+    reason, a digest mismatch, a broken stream. `.code` is the protocol's error code
+    (`udskit.files.protocol.ErrorCode`), or None for a failure found on this side."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 #: Short words for the errnos users meet on unix sockets.

@@ -16,7 +16,18 @@ from udskit.cli.env import Env, ExitStatus
 __all__ = ["COMMANDS", "COMMAND_MODULES", "Handler", "build_parser", "package_version"]
 
 #: Command modules in the order `udskit --help` lists them.
-COMMAND_MODULES = ("talk", "relay", "dump", "ls", "doctor", "bench", "activate", "demo", "docs")
+COMMAND_MODULES = (
+    "talk",
+    "relay",
+    "dump",
+    "ls",
+    "doctor",
+    "files",
+    "bench",
+    "activate",
+    "demo",
+    "docs",
+)
 #: Which module registers each command, so a run of one command imports only its module.
 COMMANDS = {
     "listen": "talk",
@@ -26,6 +37,10 @@ COMMANDS = {
     "dump": "dump",
     "ls": "ls",
     "doctor": "doctor",
+    "serve-files": "files",
+    "get": "files",
+    "put": "files",
+    "files": "files",
     "bench": "bench",
     "activate": "activate",
     "demo": "demo",
@@ -66,7 +81,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     spares `udskit ls` the import of every other command module)."""
     parser = _Parser(
         prog="udskit",
-        description="A toolkit for UNIX domain sockets: talk, relay, dump, ls, doctor, bench.",
+        description="A toolkit for UNIX domain sockets: talk, relay, dump, ls, doctor, files, "
+        "bench, activate.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
