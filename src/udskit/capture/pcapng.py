@@ -178,15 +178,26 @@ def format_comment(conn: int, path: str, sock_type: SocketType, client: ClientIn
     if client.pid is not None:
         parts.append(f"pid={client.pid}")
     if client.command is not None:
-        parts.append(f"command={json.dumps(client.command, ensure_ascii=False)}")
+        parts.append(f"command={_comment_text(client.command)}")
     if client.uid is not None:
         parts.append(f"uid={client.uid}")
     if client.gid is not None:
         parts.append(f"gid={client.gid}")
-    parts.append(f"path={json.dumps(path, ensure_ascii=False)}")
+    parts.append(f"path={_comment_text(path)}")
     parts.append(f"conn={conn}")
     parts.append(f"type={sock_type.value}")
     return " ".join(parts)
+
+
+def _comment_text(text: str) -> str:
+    """A JSON string for a comment, which pcapng wants in UTF-8: readable as it is when
+    it is UTF-8, with `\\udcXX` escapes (which json.loads turns back into the exact
+    bytes) when it holds bytes that are not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(text)
+    return json.dumps(text, ensure_ascii=False)
 
 
 @final

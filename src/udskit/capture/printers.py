@@ -21,6 +21,7 @@ import time
 from typing import Final
 
 from udskit.capture.events import Event, EventKind
+from udskit.safetext import escape_text, safe_line
 from udskit.tap import Direction
 
 __all__ = [
@@ -63,7 +64,7 @@ def iso_time(time_ns: int) -> str:
 def _who(event: Event) -> str:
     client = event.client
     pid = "?" if client.pid is None else str(client.pid)
-    return f"pid {pid} ({client.command or '?'})"
+    return f"pid {pid} ({escape_text(client.command) if client.command else '?'})"
 
 
 def _closer(first: Direction | None) -> str:
@@ -77,7 +78,8 @@ def _closer(first: Direction | None) -> str:
 def line(event: Event, utc: bool = False) -> str:
     """The one-line summary of an event."""
     head = f"{clock(event.time_ns, utc)} {_who(event)}"
-    where = f"{event.path} conn {event.conn}"
+    # The path is address notation already; read back from a file it may be anything.
+    where = f"{safe_line(event.path)} conn {event.conn}"
     if event.kind is EventKind.DATA:
         assert event.direction is not None
         text = f"{head} {event.direction.value} {where} length {event.length}"
@@ -128,10 +130,26 @@ def json_line(event: Event) -> str:
         "command": client.command,
         "length": event.length,
     }
+    _strict_text(record, "command")
+    _strict_text(record, "path")
     if event.kind is EventKind.DATA:
         record["data"] = base64.b64encode(event.data).decode("ascii")
         record["truncated"] = event.truncated
     return json.dumps(record, ensure_ascii=False)
+
+
+def _strict_text(record: dict[str, object], key: str) -> None:
+    """JSON lines are strict UTF-8: a text with bytes that are not UTF-8 (a process
+    name is any 15 bytes) is written escaped, with its exact bytes in KEY_b64."""
+    value = record[key]
+    if not isinstance(value, str):
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", errors="surrogateescape")
+        record[key] = escape_text(value)
+        record[f"{key}_b64"] = base64.b64encode(raw).decode("ascii")
 
 
 def render(event: Event, fmt: Format, utc: bool = False) -> list[str]:

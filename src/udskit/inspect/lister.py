@@ -173,7 +173,11 @@ class _Matcher:
 
     def __call__(self, info: UnixSocketInfo) -> bool:
         if self.regex is not None:
-            return self.regex.match(format_address(info.address)) is not None
+            if self.regex.match(format_address(info.address)) is not None:
+                return True
+            # A glob a shell expanded holds the raw name, not its escaped notation.
+            raw = info.address
+            return raw.is_pathname and self.regex.match(os.fsdecode(raw.name)) is not None
         address = info.address
         if address == self.address:
             return True
