@@ -19,17 +19,22 @@ unread for that long are dropped (and counted) from then on, until it reads agai
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, final
 
 from udskit.address import UnixAddress, decode_sockaddr
+from udskit.credswitch import connect_as, process_groups
 from udskit.errors import errno_name
+from udskit.identity import Identity
 from udskit.relay.events import CopyMode, EventKind, RelayEvent
 from udskit.relay.loop import IN, OUT, Timer
 from udskit.relay.sides import ListenSide, Target
+from udskit.relay.stream import Credentials
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
 
 if TYPE_CHECKING:
@@ -51,6 +56,7 @@ class _Association:
     __slots__ = (
         "c2s",
         "conn",
+        "creds",
         "deaf",
         "dropped",
         "fd",
@@ -60,6 +66,7 @@ class _Association:
         "replies",
         "retry",
         "s2c",
+        "send",
         "sock",
         "stuck_since",
         "waiting",
@@ -69,6 +76,9 @@ class _Association:
         self.key = key
         self.peer = peer  # what sendto takes; None for an unbound sender
         self.sock = sock
+        #: With identities carried: the SCM_CREDENTIALS each datagram goes on with.
+        self.creds: Credentials | None = None
+        self.send: Callable[[bytes | memoryview], int] = sock.send
         self.fd = sock.fileno()
         self.conn = conn
         self.last = time.monotonic()
@@ -134,9 +144,19 @@ class DatagramRelay:
                 relay.tap.data(assoc.conn, Direction.C2S, chunk, time.time_ns())
             assoc.last = time.monotonic()
             assoc.c2s += n
+            creds = assoc.creds
+            if (
+                creds is not None
+                and (creds.pid, creds.uid, creds.gid) != (pid, uid, gid)
+                and pid is not None
+                and uid is not None
+                and gid is not None
+            ):
+                assoc.creds = Credentials(pid, uid, gid)  # this datagram's own sender
+                assoc.send = assoc.creds.sender(assoc.sock)
             # (No datagram waits for upstream here: self.blocked stops this loop first.)
             try:
-                assoc.sock.send(chunk)
+                assoc.send(chunk)
             except BlockingIOError:
                 self._wait_upstream(assoc, bytes(chunk))
             except OSError as exc:
@@ -185,9 +205,19 @@ class DatagramRelay:
             )
             self._pause_reading()
             return None
+        creds: Credentials | None = None
         try:
             sock.bind(UnixAddress.autobind().to_sockaddr())
-            sock.connect(self.target.sockaddr)  # type: ignore[arg-type]
+            if relay.carry_identity:
+                if client.pid is None or client.uid is None or client.gid is None:
+                    raise OSError(errno.EPERM, "the sender's credentials are unknown")
+                identity = Identity(client.uid, client.gid, process_groups(client.pid))
+                err = connect_as(identity, sock, self.target.sockaddr)  # type: ignore[arg-type]
+                if err:
+                    raise OSError(err, os.strerror(err))
+                creds = Credentials(client.pid, client.uid, client.gid)
+            else:
+                sock.connect(self.target.sockaddr)  # type: ignore[arg-type]
         except OSError as exc:
             sock.close()
             relay.stats.failed += 1
@@ -196,6 +226,9 @@ class DatagramRelay:
             )
             return None
         assoc = _Association(key, raw, sock, conn)
+        if creds is not None:
+            assoc.creds = creds
+            assoc.send = creds.sender(sock)
         self.assocs[key] = assoc
         relay.loop.register(assoc.fd, IN, lambda events: self._on_upstream(assoc, events))
         relay.stats.accepted += 1
@@ -318,7 +351,7 @@ class DatagramRelay:
     def _flush_waiting(self, assoc: _Association) -> None:
         while assoc.waiting:
             try:
-                assoc.sock.send(assoc.waiting[0])
+                assoc.send(assoc.waiting[0])
             except BlockingIOError:
                 return
             except OSError as exc:

@@ -27,6 +27,7 @@ import errno
 import fcntl
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -61,6 +62,40 @@ _TIMESTAMP_SPACE: Final = socket.CMSG_SPACE(16)  # struct timeval (64-bit)
 SPLICE_SNDBUF: Final = 1 << 20
 #: struct linger {l_onoff=1, l_linger=0}: close() sends RST (socket(7), SO_LINGER).
 _LINGER_RESET: Final = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+
+
+_UCRED: Final = struct.Struct("3i")
+
+
+@final
+class Credentials:
+    """SCM_CREDENTIALS to attach to each chunk one way (pid, uid, gid of the original
+    sender). The kernel wants the pid to exist (__scm_send: ESRCH otherwise): once the
+    sender has exited its chunks go on with the proxy's own pid and its uid and gid."""
+
+    __slots__ = ("ancillary", "gid", "pid", "uid")
+
+    def __init__(self, pid: int, uid: int, gid: int) -> None:
+        self.pid, self.uid, self.gid = pid, uid, gid
+        self.ancillary = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, _UCRED.pack(pid, uid, gid))]
+
+    def sender(self, sock: socket.socket) -> Callable[[bytes | memoryview], int]:
+        """`sock.send` with these credentials attached."""
+        sendmsg = sock.sendmsg
+        ancillary = self.ancillary
+
+        def send(chunk: bytes | memoryview) -> int:
+            try:
+                return sendmsg((chunk,), ancillary)
+            except ProcessLookupError:  # ESRCH: the sender has gone
+                ancillary[0] = (
+                    socket.SOL_SOCKET,
+                    socket.SCM_CREDENTIALS,
+                    _UCRED.pack(os.getpid(), self.uid, self.gid),
+                )
+                return sendmsg((chunk,), ancillary)
+
+        return send
 
 
 class _Pump:
@@ -183,7 +218,7 @@ class SplicePump(_Pump):
 
 @final
 class CopyPump(_Pump):
-    __slots__ = ("flags", "general", "limit", "pending", "read_stream", "record")
+    __slots__ = ("flags", "general", "limit", "pending", "read_stream", "record", "send")
 
     def __init__(
         self,
@@ -194,8 +229,11 @@ class CopyPump(_Pump):
         *,
         record: bool,
         limit: int,
+        credentials: Credentials | None = None,
     ) -> None:
         super().__init__(session, src, dst, direction)
+        #: How a chunk goes out: plain send, or sendmsg with SCM_CREDENTIALS.
+        self.send = dst.send if credentials is None else credentials.sender(dst)
         self.record = record
         self.flags = socket.MSG_TRUNC if record else 0
         self.limit = limit
@@ -215,7 +253,7 @@ class CopyPump(_Pump):
         view = core.view
         limit = self.limit
         recv_into = self.src.recv_into
-        send = self.dst.send
+        send = self.send
         direction = self.direction
         time_ns = time.time_ns
 
@@ -286,7 +324,7 @@ class CopyPump(_Pump):
             tap.data(session.conn, self.direction, chunk, time.time_ns())
         self.count += n
         try:
-            sent = self.dst.send(chunk)
+            sent = self.send(chunk)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -301,7 +339,7 @@ class CopyPump(_Pump):
         if pending is None:
             return
         try:
-            sent = self.dst.send(pending)
+            sent = self.send(pending)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -341,6 +379,7 @@ class Session:
         upstream: socket.socket,
         mode: CopyMode,
         child: subprocess.Popen[bytes] | None = None,
+        credentials: tuple[Credentials, Credentials] | None = None,
     ) -> None:
         self.core = core
         self.conn = conn
@@ -365,8 +404,10 @@ class Session:
                 self.c2s.close()
                 raise
         else:
-            self.c2s = _copy_pump(self, client, upstream, Direction.C2S, core.view_size)
-            self.s2c = _copy_pump(self, upstream, client, Direction.S2C, core.view_size)
+            c2s_creds, s2c_creds = credentials or (None, None)
+            size = core.view_size
+            self.c2s = _copy_pump(self, client, upstream, Direction.C2S, size, c2s_creds)
+            self.s2c = _copy_pump(self, upstream, client, Direction.S2C, size, s2c_creds)
 
     def start(self) -> None:
         loop = self.core.loop
@@ -476,7 +517,12 @@ class Session:
 
 
 def _copy_pump(
-    session: Session, src: socket.socket, dst: socket.socket, direction: Direction, size: int
+    session: Session,
+    src: socket.socket,
+    dst: socket.socket,
+    direction: Direction,
+    size: int,
+    credentials: Credentials | None = None,
 ) -> CopyPump:
     record = socket_type(src) is SocketType.SEQPACKET
     limit = size if record else STREAM_CHUNK
@@ -484,7 +530,9 @@ def _copy_pump(
         # Each chunk of a byte stream becomes one record; keep it well below the
         # record size limit (SO_SNDBUF) so send never fails with EMSGSIZE.
         limit = min(limit, 64 * 1024)
-    return CopyPump(session, src, dst, direction, record=record, limit=limit)
+    return CopyPump(
+        session, src, dst, direction, record=record, limit=limit, credentials=credentials
+    )
 
 
 #: Bytes read per recv from a stream source (asyncio reads 256 KiB too).
