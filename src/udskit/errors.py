@@ -7,6 +7,10 @@
       UsageError(ValueError)      options that do not fit together; no syscall was made
       SocketError(OSError)        a syscall on an address failed; keeps .errno
         PeerClosed                the other side went away (EPIPE, ECONNRESET)
+      PassError                   descriptors or credentials could not be passed
+        ControlTruncated          MSG_CTRUNC: more fds arrived than there was room for
+      HandoffError                a listener hand-off between processes failed
+      ActivationError             socket activation (LISTEN_FDS, NOTIFY_SOCKET) failed
 
 Only what a user can cause inherits from UdskitError: the command line prints it as
 one line and exits non-zero. Bugs stay ordinary exceptions with their tracebacks.
@@ -54,6 +58,27 @@ class SocketError(UdskitError, OSError):
 
 class PeerClosed(SocketError):
     """The other end closed or reset the connection."""
+
+
+class PassError(UdskitError):
+    """Descriptors or credentials could not be sent or received as asked."""
+
+
+class ControlTruncated(PassError):
+    """The control data of a message did not fit (MSG_CTRUNC); every descriptor that
+    did arrive has been closed. `.received` is how many that were."""
+
+    def __init__(self, message: str, received: int = 0) -> None:
+        super().__init__(message)
+        self.received = received
+
+
+class HandoffError(UdskitError):
+    """A listener hand-off between two processes failed; nothing changed hands."""
+
+
+class ActivationError(UdskitError):
+    """Socket activation failed: inherited sockets (LISTEN_FDS) or readiness (READY=1)."""
 
 
 #: Short words for the errnos users meet on unix sockets.
