@@ -37,8 +37,8 @@ __all__ = [
 
 #: SO_PEERGROUPS (asm-generic/socket.h), which the socket module does not export.
 SO_PEERGROUPS: Final = 59
-#: Enough for the groups of nearly every user; ERANGE asks for the real size.
-_GROUPS_GUESS: Final = 64 * 4
+#: The most CPython's getsockopt takes: 256 groups (ERANGE beyond).
+_GROUPS_MAX: Final = 1024
 _UCRED: Final = struct.Struct("3i")
 
 #: (setgroups, setresuid, setresgid) per architecture (unistd.h of each).
@@ -104,19 +104,16 @@ def switching_possible() -> bool:
     return can_switch(cap_eff, allowed)
 
 
-def peer_groups(sock: socket.socket) -> tuple[int, ...]:
-    """SO_PEERGROUPS: the connecting process's supplementary groups at connect()."""
-    size = _GROUPS_GUESS
-    for _ in range(2):
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
-        except OSError as exc:
-            if exc.errno != errno.ERANGE:
-                raise
-            size = 65536 * 4  # NGROUPS_MAX gids
-            continue
-        return struct.unpack(f"{len(raw) // 4}I", raw)
-    return ()
+def peer_groups(sock: socket.socket) -> tuple[int, ...] | None:
+    """SO_PEERGROUPS: the connecting process's supplementary groups at connect();
+    None when there are more than CPython's getsockopt can hold (1024 bytes)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _GROUPS_MAX)
+    except OSError as exc:
+        if exc.errno != errno.ERANGE:
+            raise
+        return None
+    return struct.unpack(f"{len(raw) // 4}I", raw)
 
 
 def process_groups(pid: int) -> tuple[int, ...]:
@@ -137,7 +134,10 @@ def peer_identity(sock: socket.socket) -> tuple[int, Identity]:
     """(pid, Identity) of a connected unix socket's peer (SO_PEERCRED, SO_PEERGROUPS)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return pid, Identity(uid, gid, peer_groups(sock))
+    groups = peer_groups(sock)
+    if groups is None:  # a user in more than 256 groups: /proc has them all
+        groups = process_groups(pid)
+    return pid, Identity(uid, gid, groups)
 
 
 def connect_as(identity: Identity, sock: socket.socket, address: str | bytes) -> int:

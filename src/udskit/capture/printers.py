@@ -86,6 +86,10 @@ def line(event: Event, utc: bool = False) -> str:
         if event.truncated:
             text += f" [captured {len(event.data)}]"
         return text
+    if event.kind is EventKind.FDS:
+        assert event.direction is not None
+        kinds = ", ".join(escape_text(kind) for kind in event.fds)
+        return f"{head} {event.direction.value} {where} fds {len(event.fds)}: {kinds}"
     if event.kind is EventKind.OPEN:
         client = event.client
         uid = "?" if client.uid is None else client.uid
@@ -135,6 +139,9 @@ def json_line(event: Event) -> str:
     if event.kind is EventKind.DATA:
         record["data"] = base64.b64encode(event.data).decode("ascii")
         record["truncated"] = event.truncated
+    elif event.kind is EventKind.FDS:
+        # Each as escaped text (a file name is any bytes), so the line stays strict UTF-8.
+        record["fds"] = [escape_text(kind) for kind in event.fds]
     return json.dumps(record, ensure_ascii=False)
 
 

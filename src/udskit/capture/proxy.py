@@ -630,9 +630,9 @@ class ProxyDump:
             )
         if plan is IdentityPlan.CHANGE:
             self.warnings.append(
-                f"WARNING: the server sees every client of {where} as uid {euid} "
-                f"({current_user()}), not as itself (--allow-identity-change): access "
-                "checks by peer credentials (SO_PEERCRED) now judge the proxy's user"
+                f"WARNING: the server sees every client of {where} as {current_user()}, "
+                "not as itself (--allow-identity-change): its access checks by peer "
+                "credentials (SO_PEERCRED) now judge the proxy's user"
             )
 
     def _count_earlier_connections(self, st: os.stat_result) -> None:

@@ -790,6 +790,23 @@ class DumpTap:
             if self.on_limit is not None:
                 self.on_limit()
 
+    def fds(
+        self, conn: ConnectionInfo, direction: Direction, kinds: tuple[str, ...], time_ns: int
+    ) -> None:
+        """Descriptors were passed with the last chunk: a line (and JSON object) says
+        how many and what each was. (Not in the pcapng file yet.)"""
+        client = self._clients.get(conn.id)
+        if client is None or self._done or self.printer is None:
+            return
+        try:
+            self.printer(
+                Event.passed_fds(
+                    time_ns, conn.id, self.path, conn.sock_type, client, direction, kinds
+                )
+            )
+        except Exception as exc:
+            self._fail(exc)
+
     def _lean_data(self, pcapng: PcapngWriter) -> Callable[..., None]:
         """`data` when only a file is written, with no filter: the per-chunk hot path,
         as a closure over everything it touches (no attribute lookups). The writer
