@@ -265,7 +265,7 @@ def test_dbus_through_dump_sees_nobody_and_passes_descriptors(
         "org.freedesktop.DBus.ListNames",
     ]
     whoami = [*NOBODY, sys.executable, "-c", DBUS_WHOAMI, address]
-    claim = [*NOBODY, sys.executable, "-c", DBUS_CLAIM, sock]
+    claim = [*NOBODY, sys.executable, "-c", DBUS_CLAIM, str(sock)]
     assert peers.run(*claim).stdout == b"REJECTED\n"
     dump = start_dump(peers, sock, "--json")
     try:

@@ -124,7 +124,7 @@ def test_hostile_comm_and_path_through_every_output(
     # relay -v and listen -v: a hostile client's name in their log lines.
     front = sockdir / "front.sock"
     relay = peers.udskit("relay", "-v", f"unix-listen:{front}", address, stdout=subprocess.PIPE)
-    wait_for(lambda: front.exists(), what="the relay's socket")
+    wait_for(front.exists, what="the relay's socket")
     assert client(peers, os.fsencode(front)) == b"HELLO\n"
     os.kill(relay.pid, signal.SIGINT)
     out, err = relay.proc.communicate(timeout=30)
@@ -134,7 +134,7 @@ def test_hostile_comm_and_path_through_every_output(
 
     echo = sockdir / "echo.sock"
     listen = peers.udskit("listen", "-v", "--echo", echo, stdout=subprocess.PIPE)
-    wait_for(lambda: echo.exists(), what="the listener's socket")
+    wait_for(echo.exists, what="the listener's socket")
     client(peers, os.fsencode(echo))
     os.kill(listen.pid, signal.SIGINT)
     out, err = listen.proc.communicate(timeout=30)
