@@ -380,3 +380,45 @@ def test_without_capabilities_dump_refuses_other_users_clients(peers: Peers, soc
     assert head[0].startswith("udskit dump: WARNING: the server sees every client of ")
     assert "as uid 65534 (nobody)" in head[0] and head[1].endswith("Ctrl-C to stop\n")
     assert "WARNING" not in err.decode()  # one WARNING line, not more
+
+
+DGRAM_FD_SERVER = """\
+import os, socket, sys
+from udskit.ancillary import recv_message
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind(sys.argv[1])
+while True:
+    m = recv_message(srv, 1000, 4)
+    text = b"|".join(os.read(fd, 100) for fd in m.fds)
+    for fd in m.fds:
+        os.close(fd)
+    srv.sendto(m.data + b":" + text, os.fsencode(str(m.address)).replace(b"@", b"\\0", 1))
+"""
+
+DGRAM_FD_CLIENT = """\
+import os, socket, sys
+from udskit.ancillary import send_message
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(b"")
+s.settimeout(10)
+s.connect(sys.argv[1])
+ends = []
+for word in (b"one", b"two"):
+    r, w = os.pipe()
+    os.write(w, word)
+    os.close(w)
+    ends.append(r)
+send_message(s, b"pipes", fds=ends)
+print(s.recv(100).decode())
+"""
+
+
+def test_datagram_with_descriptors_through_dump(peers: Peers, sockdir: Path) -> None:
+    sock = sockdir / "dgfd.sock"
+    peers.start(sys.executable, "-c", DGRAM_FD_SERVER, sock, wait_for=sock)
+    dump = start_dump(peers, sock)
+    result = peers.run(sys.executable, "-c", DGRAM_FD_CLIENT, sock)
+    status, out, err = stop_dump(dump)
+    assert status == 130, err
+    assert result.stdout == b"pipes:one|two\n", result.stderr
+    assert " fds 2: pipe:[" in out

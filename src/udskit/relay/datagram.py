@@ -28,20 +28,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, final
 
 from udskit.address import UnixAddress, decode_sockaddr
+from udskit.cmsg import SCM_MAX_FD, decode_ancillary, encode_rights, receive_space
 from udskit.credswitch import connect_as, process_groups
 from udskit.errors import errno_name
 from udskit.identity import Identity
 from udskit.relay.events import CopyMode, EventKind, RelayEvent
 from udskit.relay.loop import IN, OUT, Timer
 from udskit.relay.sides import ListenSide, Target
-from udskit.relay.stream import Credentials
+from udskit.relay.stream import Credentials, describe_fds
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
 
 if TYPE_CHECKING:
     from udskit.relay.engine import Relay
 
 _UCRED: Final = struct.Struct("3i")
-_ANC_SIZE: Final = socket.CMSG_SPACE(_UCRED.size)
+#: Credentials and up to SCM_MAX_FD descriptors (a sender's SCM_RIGHTS go on).
+_ANC_SIZE: Final = receive_space(SCM_MAX_FD, credentials=True)
 #: Retrying replies to a client whose queue is full: first delay and the most.
 _REPLY_RETRY: Final = 0.002
 _REPLY_RETRY_MAX: Final = 0.5
@@ -127,6 +129,7 @@ class DatagramRelay:
                 relay.emit(EventKind.ERROR, None, "a datagram larger than 4 MiB was cut; dropped")
                 continue
             pid, uid, gid = _credentials(anc)
+            fds = decode_ancillary(anc, flags).fds if len(anc) > 1 else ()
             bound = raw not in (None, "", b"")
             key: Key = raw if bound else (pid, uid, gid)
             if self._check_each and not relay.allowed(uid, gid):
@@ -154,6 +157,9 @@ class DatagramRelay:
             ):
                 assoc.creds = Credentials(pid, uid, gid)  # this datagram's own sender
                 assoc.send = assoc.creds.sender(assoc.sock)
+            if fds:
+                self._pass_fds(assoc, chunk, fds)
+                continue
             # (No datagram waits for upstream here: self.blocked stops this loop first.)
             try:
                 assoc.send(chunk)
@@ -161,6 +167,30 @@ class DatagramRelay:
                 self._wait_upstream(assoc, bytes(chunk))
             except OSError as exc:
                 self._lost(assoc, exc)
+
+    def _pass_fds(self, assoc: _Association, chunk: memoryview, fds: tuple[int, ...]) -> None:
+        """A datagram with descriptors: passed on with them (and the sender's
+        credentials when identities are carried), then closed here. If upstream's queue
+        is full the bytes wait as usual, but the descriptors cannot: they are dropped
+        and an error event says so."""
+        relay = self.relay
+        report = getattr(relay.tap, "fds", None)
+        if callable(report):
+            report(assoc.conn, Direction.C2S, describe_fds(fds), time.time_ns())
+        rights = encode_rights(fds)
+        ancillary = [rights] if assoc.creds is None else assoc.creds.with_rights(rights)
+        try:
+            assoc.sock.sendmsg((chunk,), ancillary)
+        except BlockingIOError:
+            relay.emit(
+                EventKind.ERROR, assoc.conn, f"{len(fds)} descriptors dropped: upstream full"
+            )
+            self._wait_upstream(assoc, bytes(chunk))
+        except OSError as exc:
+            self._lost(assoc, exc)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _connection(self, client: ClientInfo) -> ConnectionInfo:
         relay = self.relay
