@@ -5,6 +5,7 @@ every JSON line passes a strict parser and jq."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -88,6 +89,8 @@ def test_hostile_comm_and_path_through_every_output(
     assert_json_lines(peers, "ls --json", listing.stdout, document=True)
     document = json.loads(listing.stdout)
     sockets = document if isinstance(document, list) else document["sockets"]
+    owners = [o for s in sockets for o in s.get("processes") or []]
+    assert {base64.b64decode(o["command_b64"]) for o in owners if "command_b64" in o} == {COMM}
     printed = {s["address"] for s in sockets if s.get("state") == "listen"}
     assert len(printed) == 1
     (address,) = printed
@@ -112,8 +115,6 @@ def test_hostile_comm_and_path_through_every_output(
             assert_json_lines(peers, "dump --json", out)
             records = [json.loads(line) for line in out.splitlines()]
             assert {r["path"] for r in records} == {address}  # ls and dump agree
-            import base64
-
             assert {base64.b64decode(r["command_b64"]) for r in records} == {COMM}
     read_back = run_all(peers, "dump", "-r", pcap)
     assert b"\\x1b[2J" in read_back.stdout

@@ -45,13 +45,17 @@ def _address_json(address: UnixAddress | None) -> str | None:
 
 
 def owner_to_json(owner: SocketOwner) -> dict[str, Any]:
-    return {
-        "pid": owner.pid,
-        "command": owner.command,
-        "fd": owner.fd,
-        "uid": owner.uid,
-        "user": owner.user,
-    }
+    record: dict[str, Any] = {"pid": owner.pid, "command": owner.command}
+    try:
+        owner.command.encode("utf-8")
+    except UnicodeEncodeError:  # not UTF-8: escaped, and the exact bytes beside it
+        import base64
+
+        raw = owner.command.encode("utf-8", errors="surrogateescape")
+        record["command"] = escape_text(owner.command)
+        record["command_b64"] = base64.b64encode(raw).decode("ascii")
+    record.update(fd=owner.fd, uid=owner.uid, user=owner.user)
+    return record
 
 
 def _file_to_json(sock_file: SocketFile | None) -> dict[str, Any] | None:
