@@ -39,8 +39,10 @@ def _relay_child(front: str, upstream: str, carry: bool, ready: Connection) -> N
         def data(self, *_args: object) -> None: ...
         def closed(self, *_args: object) -> None: ...
 
-    extra = {"carry_identity": True} if carry else {}  # (so an older udskit runs "tap")
-    relay = Relay(f"unix-listen:{front}", f"unix:{upstream}", tap=Tap(), **extra)
+    if carry:
+        relay = Relay(f"unix-listen:{front}", f"unix:{upstream}", tap=Tap(), carry_identity=True)
+    else:  # (without the keyword, so an older udskit runs this contender too)
+        relay = Relay(f"unix-listen:{front}", f"unix:{upstream}", tap=Tap())
     relay.open()
     ready.send(True)
     relay.serve_forever()
@@ -70,6 +72,8 @@ def one_round(carry: bool, trips: int) -> float:
         parent, child = multiprocessing.Pipe()
         proc = multiprocessing.Process(target=_relay_child, args=(front, upstream, carry, child))
         proc.start()
+        assert proc.pid is not None
+        pid = proc.pid
         try:
             parent.recv()
             with socket.socket(socket.AF_UNIX) as client:
@@ -77,14 +81,13 @@ def one_round(carry: bool, trips: int) -> float:
                 for _ in range(200):  # warm up
                     client.sendall(REQUEST)
                     client.recv(4096)
-                before = _cpu_ticks(proc.pid)
+                before = _cpu_ticks(pid)
                 for _ in range(trips):
                     client.sendall(REQUEST)
                     client.recv(4096)
-                after = _cpu_ticks(proc.pid)
+                after = _cpu_ticks(pid)
         finally:
-            assert proc.pid is not None
-            os.kill(proc.pid, 9)
+            os.kill(pid, 9)
             proc.join()
             server.close()
     return (after - before) / os.sysconf("SC_CLK_TCK") / trips * 1e6
