@@ -6,6 +6,7 @@ servers that print what the kernel tells them. Run as root (the suite is)."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import signal
@@ -422,3 +423,25 @@ def test_datagram_with_descriptors_through_dump(peers: Peers, sockdir: Path) -> 
     assert status == 130, err
     assert result.stdout == b"pipes:one|two\n", result.stderr
     assert " fds 2: pipe:[" in out
+
+
+def test_passed_descriptors_are_in_text_json_and_pcapng(
+    peers: Peers, sockdir: Path, tmp_path: Path
+) -> None:
+    sock = sockdir / "fdrec.sock"
+    peers.start(sys.executable, "-c", FD_SERVER, sock, wait_for=sock, listening=True)
+    pcap = tmp_path / "fds.pcapng"
+    dump = start_dump(peers, sock, "-w", str(pcap), "--print")
+    result = peers.run(sys.executable, "-c", FD_CLIENT, sock, "3")
+    assert result.stdout == b"3 in order, 0 out of order, bytes ok\n", result.stderr
+    status, live, err = stop_dump(dump)
+    assert status == 130, err
+    assert live.count(" c2s ") == 6 and live.count(" fds 1: pipe:[") == 3  # before each chunk
+    read = peers.udskit_run("dump", "-r", pcap)
+    assert read.stdout.decode().count(" fds 1: pipe:[") == 3, read.stderr
+    as_json = peers.udskit_run("dump", "-r", pcap, "--json")
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    passed = [e for e in events if e["event"] == "fds"]
+    assert len(passed) == 3 and all(e["fds"][0].startswith("pipe:[") for e in passed)
+    comments = peers.run("tshark", "-r", pcap, "-T", "fields", "-e", "frame.comment")
+    assert comments.stdout.decode().count("fds=1 fd_kinds=") == 3, comments.stderr

@@ -28,7 +28,7 @@ class EventKind(enum.Enum):
     OPEN = "open"
     DATA = "data"
     CLOSE = "close"
-    FDS = "fds"  # descriptors passed (SCM_RIGHTS) with the data event before it
+    FDS = "fds"  # descriptors passed (SCM_RIGHTS) with the data event that follows
 
 
 @final

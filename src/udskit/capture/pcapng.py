@@ -209,6 +209,7 @@ class CommentFields:
     client: ClientInfo
     closing: bool = False  # `event=close`: the end of a datagram/seqpacket connection
     first: Direction | None = None  # with closing: who closed first
+    fds: tuple[str, ...] = ()  # descriptors passed with this packet's chunk
 
 
 def parse_comment(text: str | None) -> CommentFields:
@@ -235,7 +236,15 @@ def parse_comment(text: str | None) -> CommentFields:
     client = ClientInfo(number("pid"), number("uid"), number("gid"), fields.get("command"))
     first = {"c2s": Direction.C2S, "s2c": Direction.S2C}.get(fields.get("first", ""))
     closing = fields.get("event") == "close"
-    return CommentFields(number("conn"), fields.get("path"), sock_type, client, closing, first)
+    fds: tuple[str, ...] = ()
+    if "fd_kinds" in fields:
+        try:
+            listed = json.loads(fields["fd_kinds"])
+        except ValueError:
+            listed = []
+        if isinstance(listed, list):
+            fds = tuple(str(kind) for kind in listed)
+    return CommentFields(number("conn"), fields.get("path"), sock_type, client, closing, first, fds)
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -270,6 +279,7 @@ class _Flow:
         "client_port",
         "comment",
         "conn",
+        "fd_note",
         "open_ns",
         "pending",
         "port",
@@ -287,6 +297,7 @@ class _Flow:
         self.stream = stream
         self.text = text
         self.comment = _comment_options(text)
+        self.fd_note: str | None = None  # the next chunk's comment: descriptors passed
         self.open_ns = open_ns
         self.client_ip = CLIENT_NET | ((conn // CLIENT_PORTS + 1) & 0xFFFF)
         self.client_port = CLIENT_PORT_BASE + conn % CLIENT_PORTS
@@ -366,6 +377,14 @@ class PcapngEncoder:
             return
         if flow.pending:
             self._start(flow, guess_port(payload))
+        if flow.fd_note is not None:  # this chunk came with descriptors: say so
+            note, flow.fd_note = flow.fd_note, None
+            plain, flow.comment = flow.comment, _comment_options(note)
+            try:
+                self.data(conn, direction, payload, length, time_ns)
+            finally:
+                flow.comment = plain
+            return
         if not flow.stream:
             self._udp(flow, direction is Direction.C2S, payload, length, time_ns)
             return
@@ -436,7 +455,21 @@ class PcapngEncoder:
         self._tcp(flow, not c2s, TCP_FIN | TCP_ACK, b"", 1, time_ns, fin=True)
         self._tcp(flow, c2s, TCP_ACK, b"", 0, time_ns)
 
+    def fds(self, conn: int, direction: Direction, kinds: tuple[str, ...], time_ns: int) -> None:
+        """Descriptors passed with the next chunk of `conn` that way: that packet's
+        comment says `fds=N fd_kinds=[...]` (and `-r` makes an fds event of it)."""
+        flow = self._flows.get(conn)
+        if flow is None:
+            return
+        # A JSON list inside a JSON string: one field for parse_comment's pattern.
+        listed = json.dumps(json.dumps(list(kinds), separators=(",", ":")))
+        flow.fd_note = f"{flow.text} fds={len(kinds)} fd_kinds={listed}"
+
     def event(self, ev: Event) -> None:
+        if ev.kind is EventKind.FDS:
+            assert ev.direction is not None
+            self.fds(ev.conn, ev.direction, ev.fds, ev.time_ns)
+            return
         if ev.kind is EventKind.OPEN:
             self.opened(ev.conn, ev.path, ev.sock_type, ev.client, ev.time_ns)
         elif ev.kind is EventKind.DATA:
@@ -713,6 +746,16 @@ class _Tracked:
         data = b"".join(seg.payload for *_rest, seg in self.held)
         length = sum(seg.length for *_rest, seg in self.held)
         self.held = []
+        if info.fds:
+            yield Event.passed_fds(
+                packet.time_ns,
+                self.conn,
+                self.path,
+                self.sock_type,
+                info.client,
+                direction,
+                info.fds,
+            )
         yield Event.chunk(
             packet.time_ns,
             self.conn,
@@ -767,6 +810,16 @@ def decode_events(buf: bytes | memoryview) -> Generator[Event, None, None]:
                     packet.time_ns, flow.conn, flow.path, flow.sock_type, info.client, info.first
                 )
             else:
+                if info.fds:
+                    yield Event.passed_fds(
+                        packet.time_ns,
+                        flow.conn,
+                        flow.path,
+                        flow.sock_type,
+                        info.client,
+                        direction,
+                        info.fds,
+                    )
                 yield Event.chunk(
                     packet.time_ns,
                     flow.conn,

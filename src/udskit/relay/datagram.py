@@ -25,6 +25,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING, Final, final
 
 from udskit.address import UnixAddress, decode_sockaddr
@@ -125,25 +126,33 @@ class DatagramRelay:
             except OSError as exc:
                 relay.emit(EventKind.ERROR, None, f"recv on {self.front.spec}: {exc.strerror}")
                 return
+            # Descriptors first: installed in this process, they are ours to close on
+            # every path that does not pass them on.
+            fds = decode_ancillary(anc, flags).fds if len(anc) > 1 else ()
             if flags & socket.MSG_TRUNC:
+                _close_all(fds)
                 relay.emit(EventKind.ERROR, None, "a datagram larger than 4 MiB was cut; dropped")
                 continue
             pid, uid, gid = _credentials(anc)
-            fds = decode_ancillary(anc, flags).fds if len(anc) > 1 else ()
             bound = raw not in (None, "", b"")
             key: Key = raw if bound else (pid, uid, gid)
             if self._check_each and not relay.allowed(uid, gid):
+                _close_all(fds)
                 self._refuse(ClientInfo(pid, uid, gid), raw if bound else None)
                 continue
             assoc = self.assocs.get(key)
             if assoc is None:
                 assoc = self._associate(key, raw if bound else None, ClientInfo(pid, uid, gid))
                 if assoc is None:
+                    _close_all(fds)
                     if self.scarce is not None:
                         return
                     continue
             chunk = view[:n]
             if relay.tap is not None:
+                report = getattr(relay.tap, "fds", None)
+                if fds and callable(report):  # first: the descriptors go with this chunk
+                    report(assoc.conn, Direction.C2S, describe_fds(fds), time.time_ns())
                 relay.tap.data(assoc.conn, Direction.C2S, chunk, time.time_ns())
             assoc.last = time.monotonic()
             assoc.c2s += n
@@ -174,9 +183,6 @@ class DatagramRelay:
         is full the bytes wait as usual, but the descriptors cannot: they are dropped
         and an error event says so."""
         relay = self.relay
-        report = getattr(relay.tap, "fds", None)
-        if callable(report):
-            report(assoc.conn, Direction.C2S, describe_fds(fds), time.time_ns())
         rights = encode_rights(fds)
         ancillary = [rights] if assoc.creds is None else assoc.creds.with_rights(rights)
         try:
@@ -189,8 +195,7 @@ class DatagramRelay:
         except OSError as exc:
             self._lost(assoc, exc)
         finally:
-            for fd in fds:
-                os.close(fd)
+            _close_all(fds)
 
     def _connection(self, client: ClientInfo) -> ConnectionInfo:
         relay = self.relay
@@ -444,6 +449,12 @@ class DatagramRelay:
         for assoc in list(self.assocs.values()):
             self._end(assoc, EventKind.CLOSED, "relay stopped")
         self.relay.loop.unregister(self.fd)
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        with suppress(OSError):
+            os.close(fd)
 
 
 def _credentials(

@@ -348,9 +348,9 @@ class CopyPump(_Pump):
             chunk = view[:n]
             tap = core.tap
             if tap is not None:
-                tap.data(session.conn, direction, chunk, time_ns())
-                if fds:
+                if fds:  # first: the descriptors go with this chunk
                     self._report_fds(fds)
+                tap.data(session.conn, direction, chunk, time_ns())
             self.count += n
             try:
                 sent = send(chunk) if not fds else self._send_fds(chunk, fds)
@@ -434,9 +434,9 @@ class CopyPump(_Pump):
         chunk = view[:n]
         tap = core.tap
         if tap is not None:
-            tap.data(session.conn, self.direction, chunk, time.time_ns())
-            if fds:
+            if fds:  # first: the descriptors go with this chunk
                 self._report_fds(fds)
+            tap.data(session.conn, self.direction, chunk, time.time_ns())
         self.count += n
         try:
             sent = self.send(chunk) if not fds else self._send_fds(chunk, fds)
