@@ -385,7 +385,7 @@ def test_without_capabilities_dump_refuses_other_users_clients(peers: Peers, soc
 
 DGRAM_FD_SERVER = """\
 import os, socket, sys
-from udskit.ancillary import recv_message
+from udskit.ancillary import recv_message, send_message
 srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 srv.bind(sys.argv[1])
 while True:
@@ -393,12 +393,16 @@ while True:
     text = b"|".join(os.read(fd, 100) for fd in m.fds)
     for fd in m.fds:
         os.close(fd)
-    srv.sendto(m.data + b":" + text, os.fsencode(str(m.address)).replace(b"@", b"\\0", 1))
+    r, w = os.pipe()
+    os.write(w, b"back")
+    os.close(w)
+    send_message(srv, m.data + b":" + text, fds=[r], address=m.address)
+    os.close(r)
 """
 
 DGRAM_FD_CLIENT = """\
 import os, socket, sys
-from udskit.ancillary import send_message
+from udskit.ancillary import recv_message, send_message
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(b"")
 s.settimeout(10)
@@ -410,7 +414,8 @@ for word in (b"one", b"two"):
     os.close(w)
     ends.append(r)
 send_message(s, b"pipes", fds=ends)
-print(s.recv(100).decode())
+reply = recv_message(s, 100, 4)
+print(reply.data.decode(), *(os.read(fd, 100).decode() for fd in reply.fds))
 """
 
 
@@ -421,8 +426,9 @@ def test_datagram_with_descriptors_through_dump(peers: Peers, sockdir: Path) -> 
     result = peers.run(sys.executable, "-c", DGRAM_FD_CLIENT, sock)
     status, out, err = stop_dump(dump)
     assert status == 130, err
-    assert result.stdout == b"pipes:one|two\n", result.stderr
-    assert " fds 2: pipe:[" in out
+    assert result.stdout == b"pipes:one|two back\n", result.stderr
+    assert " c2s " in out and " fds 2: pipe:[" in out
+    assert [line for line in out.splitlines() if " s2c " in line and " fds 1: pipe:[" in line]
 
 
 def test_passed_descriptors_are_in_text_json_and_pcapng(

@@ -317,21 +317,44 @@ class DatagramRelay:
         relay = self.relay
         view = relay.view
         try:
-            n = assoc.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+            n, anc, flags, _raw = assoc.sock.recvmsg_into([view], _ANC_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError as exc:
             self._lost(assoc, exc)
             return
+        fds = decode_ancillary(anc, flags).fds if anc else ()
         chunk = view[:n]
         if relay.tap is not None:
+            report = getattr(relay.tap, "fds", None)
+            if fds and callable(report):  # first: the descriptors go with this chunk
+                report(assoc.conn, Direction.S2C, describe_fds(fds), time.time_ns())
             relay.tap.data(assoc.conn, Direction.S2C, chunk, time.time_ns())
         assoc.last = time.monotonic()
         assoc.s2c += n
         if assoc.peer is None:  # an unbound sender has no address to reply to
+            _close_all(fds)
             self._drop(assoc, 1)
             return
+        if fds:
+            self._reply_fds(assoc, chunk, fds)
+            return
         self._reply(assoc, chunk)
+
+    def _reply_fds(self, assoc: _Association, chunk: memoryview, fds: tuple[int, ...]) -> None:
+        """A reply with descriptors: to the client with them, then closed here. If the
+        client's queue is full the bytes wait like any reply; the descriptors are
+        dropped, and an error event says so."""
+        try:
+            self.front.sock.sendmsg((chunk,), [encode_rights(fds)], 0, assoc.peer)  # type: ignore[arg-type]
+        except BlockingIOError:
+            dropped = f"{len(fds)} descriptors dropped: the client's queue is full"
+            self.relay.emit(EventKind.ERROR, assoc.conn, dropped)
+            self._reply(assoc, chunk)
+        except OSError:
+            self._reply(assoc, chunk)  # the plain path reports the client's trouble
+        finally:
+            _close_all(fds)
 
     def _drop(self, assoc: _Association, count: int) -> None:
         assoc.dropped += count
