@@ -51,6 +51,8 @@ not the dump; only the pid the server sees is the proxy's. SO_PASSCRED servers g
 each chunk with the client's pid, uid and gid (SCM_CREDENTIALS). Without those
 capabilities udskit dump refuses a socket that other users' clients may reach, unless
 --allow-identity-change: then the server takes every client for you (one WARNING).
+File descriptors passed either way (SCM_RIGHTS) go on with their bytes and show as
+"fds N: pipe:[...]" lines, "fds" JSON events and pcapng comments.
 
 exit statuses: 0 done, 1 a socket operation failed, 2 bad arguments,
 130 Ctrl-C and 143 SIGTERM (the original socket is back in both cases).
