@@ -19,7 +19,7 @@ character, and `unescape` gives the exact bytes back.
 from __future__ import annotations
 
 #: Imported by every command before `udskit ls` forks its scan: no typing import here.
-__all__ = ["escape_bytes", "escape_text", "is_plain", "safe_line", "unescape"]
+__all__ = ["escape_bytes", "escape_text", "is_plain", "json_fields", "safe_line", "unescape"]
 
 _HEX = "0123456789abcdefABCDEF"
 
@@ -80,6 +80,22 @@ def unescape(text: str) -> bytes:
                 "\\\\ for a backslash"
             )
     return bytes(out)
+
+
+def json_fields(key: str, text: str | None) -> dict[str, str | None]:
+    """`{key: text}` for a JSON object, strict UTF-8 always: text holding bytes that
+    are not UTF-8 (surrogate-escaped) is written escaped, and its exact bytes go in
+    `KEY_b64` (a lone surrogate escape is not text every strict parser takes)."""
+    if text is None or text.isascii():
+        return {key: text}
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        import base64
+
+        raw = text.encode("utf-8", errors="surrogateescape")
+        return {key: escape_text(text), f"{key}_b64": base64.b64encode(raw).decode("ascii")}
+    return {key: text}
 
 
 def safe_line(line: str) -> str:

@@ -21,7 +21,7 @@ import time
 from typing import Final
 
 from udskit.capture.events import Event, EventKind
-from udskit.safetext import escape_text, safe_line
+from udskit.safetext import escape_text, json_fields, safe_line
 from udskit.tap import Direction
 
 __all__ = [
@@ -146,17 +146,10 @@ def json_line(event: Event) -> str:
 
 
 def _strict_text(record: dict[str, object], key: str) -> None:
-    """JSON lines are strict UTF-8: a text with bytes that are not UTF-8 (a process
-    name is any 15 bytes) is written escaped, with its exact bytes in KEY_b64."""
+    """JSON lines are strict UTF-8 (see `udskit.safetext.json_fields`)."""
     value = record[key]
-    if not isinstance(value, str):
-        return
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raw = value.encode("utf-8", errors="surrogateescape")
-        record[key] = escape_text(value)
-        record[f"{key}_b64"] = base64.b64encode(raw).decode("ascii")
+    if isinstance(value, str):
+        record.update(json_fields(key, value))
 
 
 def render(event: Event, fmt: Format, utc: bool = False) -> list[str]:

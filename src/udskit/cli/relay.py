@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
 from udskit.cli.options import add_listener_options, positive_int
-from udskit.safetext import escape_text
+from udskit.safetext import escape_text, json_fields
 
 if TYPE_CHECKING:
     from udskit.demo import Tour
@@ -175,8 +175,8 @@ class _Log:
                     pid=conn.client.pid,
                     uid=conn.client.uid,
                     gid=conn.client.gid,
-                    command=conn.client.command,
                 )
+                record.update(json_fields("command", conn.client.command))
             if event.mode is not None:
                 record["mode"] = event.mode.value
             if event.kind in (EventKind.CLOSED, EventKind.RESET):

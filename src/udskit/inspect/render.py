@@ -18,7 +18,7 @@ from udskit.inspect.listing import Connection, FileState, SocketFile, StaleFile,
 from udskit.inspect.ownerjson import OwnerTexts, owners_text
 from udskit.inspect.procfs import SocketOwner
 from udskit.inspect.sockdiag import Shutdown, SocketState, UnixSocketInfo
-from udskit.safetext import escape_text, safe_line
+from udskit.safetext import escape_text, json_fields, safe_line
 
 __all__ = [
     "JsonTemplate",
@@ -45,15 +45,7 @@ def _address_json(address: UnixAddress | None) -> str | None:
 
 
 def owner_to_json(owner: SocketOwner) -> dict[str, Any]:
-    record: dict[str, Any] = {"pid": owner.pid, "command": owner.command}
-    try:
-        owner.command.encode("utf-8")
-    except UnicodeEncodeError:  # not UTF-8: escaped, and the exact bytes beside it
-        import base64
-
-        raw = owner.command.encode("utf-8", errors="surrogateescape")
-        record["command"] = escape_text(owner.command)
-        record["command_b64"] = base64.b64encode(raw).decode("ascii")
+    record: dict[str, Any] = {"pid": owner.pid, **json_fields("command", owner.command)}
     record.update(fd=owner.fd, uid=owner.uid, user=owner.user)
     return record
 
