@@ -490,11 +490,9 @@ class Relay:
         if upstream.family != socket.AF_UNIX:
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         creds = self._credentials_for(conn, upstream)
-        mode = (
-            CopyMode.COPY
-            if creds is not None and self._mode_for(client, upstream) is CopyMode.SPLICE
-            else self._mode_for(client, upstream)
-        )
+        mode = self._mode_for(client, upstream)
+        if creds is not None and mode is CopyMode.SPLICE:
+            mode = CopyMode.COPY  # splice(2) cannot attach SCM_CREDENTIALS
         try:
             session = Session(self, conn, client, upstream, mode, child, creds)
         except OSError:  # no fds left for the splice pipes (only SPLICE makes any): copy
@@ -512,18 +510,18 @@ class Relay:
 
     def _credentials_for(
         self, conn: ConnectionInfo, upstream: socket.socket
-    ) -> tuple[Credentials, Credentials] | None:
+    ) -> tuple[Credentials | None, Credentials | None] | None:
         """What each direction's chunks carry as SCM_CREDENTIALS when identities are
-        carried: the client's pid, uid and gid towards the server, the server's
-        (SO_PEERCRED of the upstream socket) towards the client. A receiver without
-        SO_PASSCRED never sees them; one with it sees the original sender."""
+        carried: the client's pid, uid and gid towards the server (a server without
+        SO_PASSCRED never sees them; one with it sees the original sender). Replies go
+        as they are: a sendmsg with credentials costs about a microsecond a chunk
+        (benchmarks/dump_identity.py), and no client we know of checks its server so."""
         if not self.carry_identity or upstream.family != socket.AF_UNIX:
             return None
         client = conn.client
         if client.pid is None or client.uid is None or client.gid is None:
             return None
-        server = peer_credentials(upstream)
-        return (Credentials(client.pid, client.uid, client.gid), Credentials(*server))
+        return (Credentials(client.pid, client.uid, client.gid), None)
 
     def _mode_for(self, client: socket.socket, upstream: socket.socket) -> CopyMode:
         kinds = {socket_type(client), socket_type(upstream)}

@@ -504,7 +504,7 @@ class Session:
         upstream: socket.socket,
         mode: CopyMode,
         child: subprocess.Popen[bytes] | None = None,
-        credentials: tuple[Credentials, Credentials] | None = None,
+        credentials: tuple[Credentials | None, Credentials | None] | None = None,
     ) -> None:
         self.core = core
         self.conn = conn
