@@ -23,22 +23,18 @@ import socket
 import struct
 from typing import Final
 
+from udskit.ancillary import peer_groups
+from udskit.errors import SocketError
 from udskit.identity import Identity, can_switch, parse_cap_eff
 
 __all__ = [
-    "SO_PEERGROUPS",
     "IdentityLost",
     "connect_as",
-    "peer_groups",
     "peer_identity",
     "process_groups",
     "switching_possible",
 ]
 
-#: SO_PEERGROUPS (asm-generic/socket.h), which the socket module does not export.
-SO_PEERGROUPS: Final = 59
-#: The most CPython's getsockopt takes: 256 groups (ERANGE beyond).
-_GROUPS_MAX: Final = 1024
 _UCRED: Final = struct.Struct("3i")
 
 #: (setgroups, setresuid, setresgid) per architecture (unistd.h of each).
@@ -104,18 +100,6 @@ def switching_possible() -> bool:
     return can_switch(cap_eff, allowed)
 
 
-def peer_groups(sock: socket.socket) -> tuple[int, ...] | None:
-    """SO_PEERGROUPS: the connecting process's supplementary groups at connect();
-    None when there are more than CPython's getsockopt can hold (1024 bytes)."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _GROUPS_MAX)
-    except OSError as exc:
-        if exc.errno != errno.ERANGE:
-            raise
-        return None
-    return struct.unpack(f"{len(raw) // 4}I", raw)
-
-
 def process_groups(pid: int) -> tuple[int, ...]:
     """The supplementary groups of a process (/proc/PID/status), for a datagram's
     sender, which SO_PEERGROUPS cannot tell; none if it is gone or unreadable (so a
@@ -131,11 +115,13 @@ def process_groups(pid: int) -> tuple[int, ...]:
 
 
 def peer_identity(sock: socket.socket) -> tuple[int, Identity]:
-    """(pid, Identity) of a connected unix socket's peer (SO_PEERCRED, SO_PEERGROUPS)."""
+    """(pid, Identity) of a connected unix socket's peer (SO_PEERCRED, SO_PEERGROUPS
+    through `udskit.ancillary`)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    groups = peer_groups(sock)
-    if groups is None:  # a user in more than 256 groups: /proc has them all
+    try:
+        groups = peer_groups(sock)
+    except SocketError:  # more groups than CPython's getsockopt returns (1 KiB): /proc
         groups = process_groups(pid)
     return pid, Identity(uid, gid, groups)
 
