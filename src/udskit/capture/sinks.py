@@ -51,6 +51,7 @@ from udskit.capture.events import Event, Selection
 from udskit.capture.pcapng import PcapngEncoder
 from udskit.capture.printers import Format, render
 from udskit.errors import UdskitError, UsageError
+from udskit.safetext import safe_line
 from udskit.signals import die_with_parent
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
@@ -721,7 +722,8 @@ class LineSink:
         self.utc = utc
 
     def __call__(self, event: Event) -> None:
-        text = "\n".join(render(event, self.fmt, self.utc)) + "\n"
+        # Each field a peer controls is escaped by the printers; safe_line is the guard.
+        text = "\n".join([safe_line(line) for line in render(event, self.fmt, self.utc)]) + "\n"
         self.stream.write(text.encode("utf-8", errors="surrogateescape"))
         self.stream.flush()
 
