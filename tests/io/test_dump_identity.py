@@ -451,3 +451,72 @@ def test_passed_descriptors_are_in_text_json_and_pcapng(
     assert len(passed) == 3 and all(e["fds"][0].startswith("pipe:[") for e in passed)
     comments = peers.run("tshark", "-r", pcap, "-T", "fields", "-e", "frame.comment")
     assert comments.stdout.decode().count("fds=1 fd_kinds=") == 3, comments.stderr
+
+
+def test_seqpacket_records_carry_descriptors_both_ways(sockdir: Path) -> None:
+    """The library's relay with a tap and carried identities (what dump runs): each
+    record keeps its descriptors, both ways, and the tap hears of every pass."""
+    import socket
+    import threading
+
+    from udskit.ancillary import fd_count, recv_message, send_message
+    from udskit.relay import Relay
+    from udskit.tap import ConnectionInfo, Direction
+
+    up, front = str(sockdir / "up.sock"), str(sockdir / "front.sock")
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    class Tap:
+        def opened(self, conn: ConnectionInfo, time_ns: int) -> None: ...
+        def data(self, conn: ConnectionInfo, d: Direction, data: object, t: int) -> None: ...
+        def closed(self, conn: ConnectionInfo, first: Direction | None, t: int) -> None: ...
+        def fds(self, conn: ConnectionInfo, d: Direction, kinds: tuple[str, ...], t: int) -> None:
+            seen.append((d.value, kinds))
+
+    def pipe_with(data: bytes) -> int:
+        r, w = os.pipe()
+        os.write(w, data)
+        os.close(w)
+        return r
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(up)
+    server.listen(1)
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+            with conn:
+                for i in range(100):
+                    got = recv_message(conn, 100, 4)
+                    assert os.read(got.fds[0], 10) == str(i).encode()
+                    os.close(got.fds[0])
+                    back = pipe_with(b"back")
+                    send_message(conn, got.data.upper(), fds=[back])
+                    os.close(back)
+        except BaseException as exc:
+            errors.append(exc)
+
+    relay = Relay(
+        f"seqpacket:unix-listen:{front}", f"seqpacket:unix:{up}", tap=Tap(), carry_identity=True
+    )
+    with server, relay.start():
+        baseline = fd_count()
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client:
+            client.connect(front)
+            for i in range(100):
+                mine = pipe_with(str(i).encode())
+                send_message(client, b"rec%d" % i, fds=[mine])
+                os.close(mine)
+                reply = recv_message(client, 100, 4)
+                assert reply.data == b"REC%d" % i
+                assert os.read(reply.fds[0], 10) == b"back"
+                os.close(reply.fds[0])
+        thread.join(30)
+        assert not errors, errors
+        wait_for(lambda: fd_count() == baseline, what="the relay to close what it passed")
+    assert [d for d, _ in seen].count("c2s") == 100 and [d for d, _ in seen].count("s2c") == 100
+    assert all(kinds[0].startswith("pipe:[") for _, kinds in seen)
