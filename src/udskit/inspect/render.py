@@ -53,7 +53,7 @@ def owner_to_json(owner: SocketOwner) -> dict[str, Any]:
 def _file_to_json(sock_file: SocketFile | None) -> dict[str, Any] | None:
     if sock_file is None:
         return None
-    return {"state": sock_file.state.value, "now_at": sock_file.now_at}
+    return {"state": sock_file.state.value, **json_fields("now_at", sock_file.now_at)}
 
 
 def socket_to_json(sock: UnixSocket) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def connection_to_json(conn: Connection) -> dict[str, Any]:
 
 def stale_to_json(stale: StaleFile) -> dict[str, Any]:
     return {
-        "path": stale.path,
+        **json_fields("path", stale.path),
         "state": "stale",
         "dev": stale.dev,
         "ino": stale.ino,
@@ -325,7 +325,7 @@ def format_address_with_file(sock: UnixSocket) -> str:
     if sock_file is None or sock_file.state in (FileState.PRESENT, FileState.UNKNOWN):
         return text
     if sock_file.state is FileState.RENAMED:
-        return f"{text} (renamed to {sock_file.now_at})"
+        return f"{text} (renamed to {_path_text(sock_file.now_at or '?')})"
     if sock_file.state is FileState.REPLACED:
         return f"{text} (replaced: another file is there now)"
     return f"{text} (deleted)"
