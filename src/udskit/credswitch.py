@@ -135,17 +135,15 @@ def connect_as(identity: Identity, sock: socket.socket, address: str | bytes) ->
     _, setresuid, setresgid = _numbers()
     euid, egid = os.geteuid(), os.getegid()
     own_groups = tuple(os.getgroups())
-    switched = False
+    # Restored whatever happens from the first call on, a KeyboardInterrupt between
+    # two calls included (switching back to what we are is harmless).
     try:
-        _setgroups(identity.groups)
-        switched = True
-        _syscall(setresgid, _UNCHANGED, identity.gid, _UNCHANGED)
-        _syscall(setresuid, _UNCHANGED, identity.uid, _UNCHANGED)
-    except OSError as exc:
-        if switched:
-            _restore(euid, egid, own_groups)
-        return exc.errno or errno.EPERM
-    try:
+        try:
+            _setgroups(identity.groups)
+            _syscall(setresgid, _UNCHANGED, identity.gid, _UNCHANGED)
+            _syscall(setresuid, _UNCHANGED, identity.uid, _UNCHANGED)
+        except OSError as exc:
+            return exc.errno or errno.EPERM
         return sock.connect_ex(address)
     finally:
         _restore(euid, egid, own_groups)
