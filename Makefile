@@ -4,8 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The real programs the tests talk to; nobody here wrote them.
-PEERS_DEB := socat netcat-openbsd curl redis-server redis-tools tshark tcpdump postgresql iproute2 lsof util-linux gcc strace systemd zsh fish
-PEER_BINS := socat nc curl redis-server redis-cli redis-benchmark tshark tcpdump psql ss lsof setpriv unshare chroot gcc systemd-socket-activate zsh fish
+PEERS_DEB := socat netcat-openbsd curl redis-server redis-tools tshark tcpdump postgresql iproute2 lsof util-linux gcc strace systemd zsh fish dbus-daemon dbus-bin jq
+PEER_BINS := socat nc curl redis-server redis-cli redis-benchmark tshark tcpdump psql ss lsof setpriv unshare chroot gcc systemd-socket-activate zsh fish dbus-daemon dbus-send jq
 
 .PHONY: demo test lint typecheck unit peers venv clean docs
 

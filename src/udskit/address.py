@@ -17,6 +17,13 @@ Abstract names may hold any byte. In the notation, ``\\xHH`` stands for one byte
 ``\\\\`` for a backslash; every other character stands for its UTF-8 bytes. So
 ``@HELLO`` and ``@HELLO\\x00`` are two different names, and
 ``parse_address(format_address(a)) == a`` for every address.
+
+A path may hold any byte but NUL too. After ``unix:`` the same escapes apply, and a
+path that is not plain text (a control character, ESC, a byte that is not UTF-8, a
+backslash, an invisible Unicode character) is always printed that way:
+``unix:/tmp/a\\x0ab`` is the file whose name holds a newline. A bare path (no
+``unix:``) is taken literally, as a shell would pass it. The escaping rule is
+`udskit.safetext`'s, shared by every human output.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from typing import Final, final
 
 from udskit.errors import AddressError
+from udskit.safetext import escape_bytes, is_plain, unescape
 
 __all__ = [
     "MAX_ABSTRACT_BYTES",
@@ -36,7 +44,9 @@ __all__ = [
     "AddressKind",
     "UnixAddress",
     "decode_sockaddr",
+    "escape_bytes",
     "format_address",
+    "format_path",
     "from_sun_path",
     "parse_address",
 ]
@@ -195,7 +205,8 @@ def parse_address(text: str | bytes | os.PathLike[str]) -> UnixAddress:
     if text.startswith("abstract:"):
         return UnixAddress.abstract(_unescape(text[len("abstract:") :]))
     if text.startswith("unix:"):
-        text = text[len("unix:") :]
+        # After unix: the escapes apply, so that every printed path reads back.
+        return UnixAddress.pathname(_unescape(text[len("unix:") :], "path"))
     return UnixAddress.pathname(os.fsencode(text))
 
 
@@ -208,56 +219,27 @@ def format_address(address: UnixAddress) -> str:
         return "@"
     if kind is AddressKind.ABSTRACT:
         return "abstract:" if not address.name else "@" + escape_bytes(address.name)
-    path = os.fsdecode(address.name)
+    return format_path(address.name)
+
+
+def format_path(raw: bytes) -> str:
+    """A pathname in the notation: as it is when it is plain text, `unix:` and escapes
+    when it is not, `unix:` alone when it would read back as another kind."""
+    path = raw.decode("utf-8", errors="surrogateescape")
+    if not is_plain(path):
+        return "unix:" + escape_bytes(raw)
     # A path that would read back as another kind keeps an explicit prefix.
     return "unix:" + path if path.startswith(_PREFIXES) or path == "*" else path
 
 
-def escape_bytes(raw: bytes) -> str:
-    """Printable characters as they are; `\\` doubled; any other byte as `\\xHH`."""
-    out: list[str] = []
-    for ch in raw.decode("utf-8", errors="surrogateescape"):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, smuggled by surrogateescape
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8"))
-    return "".join(out)
-
-
-def _unescape(text: str) -> bytes:
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "\\":
-            out += ch.encode("utf-8", errors="surrogateescape")
-            i += 1
-            continue
-        nxt = text[i + 1 : i + 2]
-        if nxt == "\\":
-            out.append(0x5C)
-            i += 2
-        elif nxt == "x" and _is_hex(text[i + 2 : i + 4]):
-            out.append(int(text[i + 2 : i + 4], 16))
-            i += 4
-        elif nxt == "0":
-            out.append(0)
-            i += 2
-        else:
-            raise AddressError(
-                f"bad escape in abstract name {text!r} at position {i}: "
-                "write \\xHH for a byte, \\\\ for a backslash"
-            )
-    return bytes(out)
-
-
-def _is_hex(pair: str) -> bool:
-    return len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair)
+def _unescape(text: str, what: str = "abstract name") -> bytes:
+    try:
+        return unescape(text)
+    except ValueError:
+        raise AddressError(
+            f"bad escape in {what} {escape_bytes(text.encode('utf-8', 'surrogateescape'))}: "
+            "write \\xHH for a byte, \\\\ for a backslash (or give the path without unix:)"
+        ) from None
 
 
 def decode_sockaddr(raw: str | bytes | None) -> UnixAddress:

@@ -39,6 +39,7 @@ from typing import Final, final
 
 from udskit.address import AddressKind, UnixAddress, format_address, parse_address
 from udskit.errors import AddressError
+from udskit.safetext import escape_bytes
 from udskit.socktype import SocketType
 
 __all__ = [
@@ -234,7 +235,7 @@ def format_endpoint(spec: EndpointSpec) -> str:
         if spec.address.is_abstract:
             name = addr if spec.address.name else ""  # "@" alone would mean autobind
             return f"{prefix}abstract-listen:{name}"
-        return f"{prefix}unix-listen:{spec.address.path}"
+        return f"{prefix}unix-listen:{escape_bytes(spec.address.name)}"
     if spec.address.is_pathname:
-        return f"{prefix}unix:{spec.address.path}"
+        return f"{prefix}unix:{escape_bytes(spec.address.name)}"
     return f"{prefix}{addr}"

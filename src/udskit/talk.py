@@ -26,6 +26,7 @@ from udskit.endpoints import Listener, peer_credentials, recv_message, send_mess
 from udskit.errors import PeerClosed, SocketError, UsageError, socket_error
 from udskit.inspect.owners import process_command
 from udskit.probe import explain, os_errors
+from udskit.safetext import escape_text
 from udskit.signals import start_worker
 from udskit.socktype import SocketType
 
@@ -192,7 +193,10 @@ def _serve_connections(
                 continue
             served += 1
             if options.verbose:
-                log(f"connection {served} from pid {pid} ({process_command(pid)}) uid {uid}")
+                log(
+                    f"connection {served} from pid {pid} "
+                    f"({escape_text(process_command(pid))}) uid {uid}"
+                )
             env = {
                 "UDSKIT_PEER_PID": str(pid),
                 "UDSKIT_PEER_UID": str(uid),

@@ -24,12 +24,14 @@ class Direction(enum.Enum):
 @final
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
-    """Who the client is (SO_PEERCRED and /proc); None fields where unknown (TCP)."""
+    """Who the client is (SO_PEERCRED and /proc); None fields where unknown (TCP).
+    `groups` (SO_PEERGROUPS) is filled only where the relay carries identities."""
 
     pid: int | None = None
     uid: int | None = None
     gid: int | None = None
     command: str | None = None
+    groups: tuple[int, ...] | None = None
 
 
 @final

@@ -76,6 +76,7 @@ complete -c udskit -n '__fish_seen_subcommand_from dump' -l utc -d 'times in UTC
 complete -c udskit -n '__fish_seen_subcommand_from dump' -s c -l count -r -f -d 'stop after N data events'
 complete -c udskit -n '__fish_seen_subcommand_from dump' -l pid -r -f -d 'only clients with this pid'
 complete -c udskit -n '__fish_seen_subcommand_from dump' -s s -l snaplen -r -f -d 'record at most N bytes of each chunk'
+complete -c udskit -n '__fish_seen_subcommand_from dump' -l allow-identity-change -d 'run even when the proxy cannot connect upstream as each client (not root): the server then sees every client as the user running udskit dump'
 complete -c udskit -n '__fish_seen_subcommand_from dump' -l grace -r -f -d 'on exit, how long open connections through the proxy may finish (default 2)'
 complete -c udskit -n '__fish_seen_subcommand_from ls' -s h -l help -d 'show this help message and exit'
 complete -c udskit -n '__fish_seen_subcommand_from ls' -s p -l processes -d 'show the processes holding each socket and its peer (the default; -p is accepted as in ss)'

@@ -28,6 +28,7 @@ class EventKind(enum.Enum):
     OPEN = "open"
     DATA = "data"
     CLOSE = "close"
+    FDS = "fds"  # descriptors passed (SCM_RIGHTS) with the data event that follows
 
 
 @final
@@ -51,6 +52,8 @@ class Event:
     direction: Direction | None = None
     length: int = 0
     data: bytes = b""
+    #: FDS: what each passed descriptor was (`file:/etc/hosts`, `socket:[123]`, ...).
+    fds: tuple[str, ...] = ()
 
     @property
     def truncated(self) -> bool:
@@ -76,6 +79,21 @@ class Event:
     ) -> Event:
         real = len(data) if length is None else length
         return cls(EventKind.DATA, time_ns, conn, path, sock_type, client, direction, real, data)
+
+    @classmethod
+    def passed_fds(
+        cls,
+        time_ns: int,
+        conn: int,
+        path: str,
+        sock_type: SocketType,
+        client: ClientInfo,
+        direction: Direction,
+        fds: tuple[str, ...],
+    ) -> Event:
+        return cls(
+            EventKind.FDS, time_ns, conn, path, sock_type, client, direction, len(fds), fds=fds
+        )
 
     @classmethod
     def close(

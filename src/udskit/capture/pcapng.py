@@ -180,15 +180,26 @@ def format_comment(conn: int, path: str, sock_type: SocketType, client: ClientIn
     if client.pid is not None:
         parts.append(f"pid={client.pid}")
     if client.command is not None:
-        parts.append(f"command={json.dumps(client.command, ensure_ascii=False)}")
+        parts.append(f"command={_comment_text(client.command)}")
     if client.uid is not None:
         parts.append(f"uid={client.uid}")
     if client.gid is not None:
         parts.append(f"gid={client.gid}")
-    parts.append(f"path={json.dumps(path, ensure_ascii=False)}")
+    parts.append(f"path={_comment_text(path)}")
     parts.append(f"conn={conn}")
     parts.append(f"type={sock_type.value}")
     return " ".join(parts)
+
+
+def _comment_text(text: str) -> str:
+    """A JSON string for a comment, which pcapng wants in UTF-8: readable as it is when
+    it is UTF-8, with `\\udcXX` escapes (which json.loads turns back into the exact
+    bytes) when it holds bytes that are not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(text)
+    return json.dumps(text, ensure_ascii=False)
 
 
 @final
@@ -200,6 +211,7 @@ class CommentFields:
     client: ClientInfo
     closing: bool = False  # `event=close`: the end of a datagram/seqpacket connection
     first: Direction | None = None  # with closing: who closed first
+    fds: tuple[str, ...] = ()  # descriptors passed with this packet's chunk
 
 
 def parse_comment(text: str | None) -> CommentFields:
@@ -226,7 +238,15 @@ def parse_comment(text: str | None) -> CommentFields:
     client = ClientInfo(number("pid"), number("uid"), number("gid"), fields.get("command"))
     first = {"c2s": Direction.C2S, "s2c": Direction.S2C}.get(fields.get("first", ""))
     closing = fields.get("event") == "close"
-    return CommentFields(number("conn"), fields.get("path"), sock_type, client, closing, first)
+    fds: tuple[str, ...] = ()
+    if "fd_kinds" in fields:
+        try:
+            listed = json.loads(fields["fd_kinds"])
+        except ValueError:
+            listed = []
+        if isinstance(listed, list):
+            fds = tuple(str(kind) for kind in listed)
+    return CommentFields(number("conn"), fields.get("path"), sock_type, client, closing, first, fds)
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -261,6 +281,7 @@ class _Flow:
         "client_port",
         "comment",
         "conn",
+        "fd_note",
         "open_ns",
         "pending",
         "port",
@@ -278,6 +299,7 @@ class _Flow:
         self.stream = stream
         self.text = text
         self.comment = _comment_options(text)
+        self.fd_note: str | None = None  # the next chunk's comment: descriptors passed
         self.open_ns = open_ns
         self.client_ip = CLIENT_NET | ((conn // CLIENT_PORTS + 1) & 0xFFFF)
         self.client_port = CLIENT_PORT_BASE + conn % CLIENT_PORTS
@@ -357,6 +379,14 @@ class PcapngEncoder:
             return
         if flow.pending:
             self._start(flow, guess_port(payload))
+        if flow.fd_note is not None:  # this chunk came with descriptors: say so
+            note, flow.fd_note = flow.fd_note, None
+            plain, flow.comment = flow.comment, _comment_options(note)
+            try:
+                self.data(conn, direction, payload, length, time_ns)
+            finally:
+                flow.comment = plain
+            return
         if not flow.stream:
             self._udp(flow, direction is Direction.C2S, payload, length, time_ns)
             return
@@ -427,7 +457,21 @@ class PcapngEncoder:
         self._tcp(flow, not c2s, TCP_FIN | TCP_ACK, b"", 1, time_ns, fin=True)
         self._tcp(flow, c2s, TCP_ACK, b"", 0, time_ns)
 
+    def fds(self, conn: int, direction: Direction, kinds: tuple[str, ...], time_ns: int) -> None:
+        """Descriptors passed with the next chunk of `conn` that way: that packet's
+        comment says `fds=N fd_kinds=[...]` (and `-r` makes an fds event of it)."""
+        flow = self._flows.get(conn)
+        if flow is None:
+            return
+        # A JSON list inside a JSON string: one field for parse_comment's pattern.
+        listed = json.dumps(json.dumps(list(kinds), separators=(",", ":")))
+        flow.fd_note = f"{flow.text} fds={len(kinds)} fd_kinds={listed}"
+
     def event(self, ev: Event) -> None:
+        if ev.kind is EventKind.FDS:
+            assert ev.direction is not None
+            self.fds(ev.conn, ev.direction, ev.fds, ev.time_ns)
+            return
         if ev.kind is EventKind.OPEN:
             self.opened(ev.conn, ev.path, ev.sock_type, ev.client, ev.time_ns)
         elif ev.kind is EventKind.DATA:
@@ -765,6 +809,16 @@ class _Tracked:
         data = b"".join(seg.payload for *_rest, seg in self.held)
         length = sum(seg.length for *_rest, seg in self.held)
         self.held = []
+        if info.fds:
+            yield Event.passed_fds(
+                packet.time_ns,
+                self.conn,
+                self.path,
+                self.sock_type,
+                info.client,
+                direction,
+                info.fds,
+            )
         yield Event.chunk(
             packet.time_ns,
             self.conn,
@@ -821,6 +875,16 @@ def decode_events(
                     packet.time_ns, flow.conn, flow.path, flow.sock_type, info.client, info.first
                 )
             else:
+                if info.fds:
+                    yield Event.passed_fds(
+                        packet.time_ns,
+                        flow.conn,
+                        flow.path,
+                        flow.sock_type,
+                        info.client,
+                        direction,
+                        info.fds,
+                    )
                 yield Event.chunk(
                     packet.time_ns,
                     flow.conn,

@@ -21,6 +21,7 @@ import time
 from typing import Final
 
 from udskit.capture.events import Event, EventKind
+from udskit.safetext import escape_text, json_fields, safe_line
 from udskit.tap import Direction
 
 __all__ = [
@@ -63,7 +64,7 @@ def iso_time(time_ns: int) -> str:
 def _who(event: Event) -> str:
     client = event.client
     pid = "?" if client.pid is None else str(client.pid)
-    return f"pid {pid} ({client.command or '?'})"
+    return f"pid {pid} ({escape_text(client.command) if client.command else '?'})"
 
 
 def _closer(first: Direction | None) -> str:
@@ -77,13 +78,18 @@ def _closer(first: Direction | None) -> str:
 def line(event: Event, utc: bool = False) -> str:
     """The one-line summary of an event."""
     head = f"{clock(event.time_ns, utc)} {_who(event)}"
-    where = f"{event.path} conn {event.conn}"
+    # The path is address notation already; read back from a file it may be anything.
+    where = f"{safe_line(event.path)} conn {event.conn}"
     if event.kind is EventKind.DATA:
         assert event.direction is not None
         text = f"{head} {event.direction.value} {where} length {event.length}"
         if event.truncated:
             text += f" [captured {len(event.data)}]"
         return text
+    if event.kind is EventKind.FDS:
+        assert event.direction is not None
+        kinds = ", ".join(escape_text(kind) for kind in event.fds)
+        return f"{head} {event.direction.value} {where} fds {len(event.fds)}: {kinds}"
     if event.kind is EventKind.OPEN:
         client = event.client
         uid = "?" if client.uid is None else client.uid
@@ -128,10 +134,22 @@ def json_line(event: Event) -> str:
         "command": client.command,
         "length": event.length,
     }
+    _strict_text(record, "command")
+    _strict_text(record, "path")
     if event.kind is EventKind.DATA:
         record["data"] = base64.b64encode(event.data).decode("ascii")
         record["truncated"] = event.truncated
+    elif event.kind is EventKind.FDS:
+        # Each as escaped text (a file name is any bytes), so the line stays strict UTF-8.
+        record["fds"] = [escape_text(kind) for kind in event.fds]
     return json.dumps(record, ensure_ascii=False)
+
+
+def _strict_text(record: dict[str, object], key: str) -> None:
+    """JSON lines are strict UTF-8 (see `udskit.safetext.json_fields`)."""
+    value = record[key]
+    if isinstance(value, str):
+        record.update(json_fields(key, value))
 
 
 def render(event: Event, fmt: Format, utc: bool = False) -> list[str]:

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Final, final
 from udskit.address import AddressKind, UnixAddress, parse_address
 from udskit.endpoints import DEFAULT_BACKLOG, Listener, directory_lock, open_listener
 from udskit.errors import SocketError, UsageError, socket_error
+from udskit.identity import IdentityPlan, decide_identity, others_may_connect
 from udskit.probe import (
     bound_owners,
     bound_type,
@@ -518,8 +519,14 @@ class ProxyDump:
         listen: str | None = None,
         sock_type: SocketType | None = None,
         grace: float = 2.0,
+        allow_identity_change: bool = False,
     ) -> None:
         self.target = parse_address(target)
+        self.allow_identity_change = allow_identity_change
+        #: Decided in start(): whether clients keep their identity upstream.
+        self.identity_plan: IdentityPlan | None = None
+        #: Lines for the user about what the dump cannot see or changes (start()).
+        self.warnings: list[str] = []
         self.listen = parse_address(listen) if listen is not None else None
         self.tap = tap
         self.grace = grace
@@ -549,6 +556,14 @@ class ProxyDump:
         upstream: UnixAddress
         front: Listener | socket.socket
         if self.takeover is not None:
+            try:
+                st = os.lstat(self.takeover.path)
+            except OSError:
+                st = None  # Takeover.start() says what is wrong
+            if st is not None:
+                self.takeover._check_directory()  # a plainer reason to stop comes first
+                self._decide_identity(stat.S_IMODE(st.st_mode), st.st_uid)
+                self._count_earlier_connections(st)
             front = self.takeover.start()
             upstream = self.takeover.upstream_address
             sock_type = self.takeover.sock_type
@@ -562,13 +577,28 @@ class ProxyDump:
                 self.listen = self._listener.address
                 if self.tap is not None and hasattr(self.tap, "path"):
                     self.tap.path = str(self.listen)
+            try:
+                if self.listen.is_pathname:
+                    st = os.stat(self.listen.path)
+                    self._decide_identity(stat.S_IMODE(st.st_mode), st.st_uid)
+                else:  # an abstract name: anyone in the network namespace may connect
+                    self._decide_identity(None, None)
+            except BaseException:
+                self._listener.close()
+                raise
             if sock_type is SocketType.DGRAM:
                 self._listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             front = self._listener
             upstream = self.target
         self.sock_type = sock_type
         try:
-            self._relay = Relay(front, upstream, tap=self.tap, default_type=sock_type)
+            self._relay = Relay(
+                front,
+                upstream,
+                tap=self.tap,
+                default_type=sock_type,
+                carry_identity=self.identity_plan is IdentityPlan.CARRY,
+            )
             self._relay.open()
         except BaseException:
             self.close()
@@ -582,6 +612,48 @@ class ProxyDump:
                 loop.call_later(BACKLOG_INTERVAL if behind else FLUSH_INTERVAL, tick)
 
             loop.call_later(FLUSH_INTERVAL, tick)
+
+    def _decide_identity(self, mode: int | None, owner: int | None) -> None:
+        """Carry each client's identity upstream if we can; else refuse to start when
+        other users' clients would be taken for us, unless the user allowed it."""
+        from udskit.credswitch import switching_possible
+
+        euid = os.geteuid()
+        plan = decide_identity(
+            can_switch=switching_possible(),
+            others=others_may_connect(mode, owner, euid),
+            allow_change=self.allow_identity_change,
+        )
+        self.identity_plan = plan
+        where = self.display_path
+        if plan is IdentityPlan.REFUSE:
+            raise UsageError(
+                f"clients of other users may connect to {where}, and as {current_user()} "
+                "(without CAP_SETUID and CAP_SETGID) the proxy cannot connect upstream as "
+                f"them: the server would take every client for uid {euid}, which can "
+                "grant or deny access wrongly; run udskit dump as root, or pass "
+                "--allow-identity-change to accept that"
+            )
+        if plan is IdentityPlan.CHANGE:
+            self.warnings.append(
+                f"WARNING: the server sees every client of {where} as {current_user()}, "
+                "not as itself (--allow-identity-change): its access checks by peer "
+                "credentials (SO_PEERCRED) now judge the proxy's user"
+            )
+
+    def _count_earlier_connections(self, st: os.stat_result) -> None:
+        """Connections made before the takeover go straight to the server: say how
+        many there are (pooled keep-alive clients may never reconnect)."""
+        from udskit.inspect.lister import open_connections
+
+        count = open_connections(st.st_dev, st.st_ino)
+        if count:
+            self.warnings.append(
+                f"{count} connection{'s' if count != 1 else ''} opened before the capture "
+                f"{'go' if count != 1 else 'goes'} straight to the server and "
+                f"{'are' if count != 1 else 'is'} not seen (pooled keep-alive clients "
+                "show up only once they reconnect)"
+            )
 
     def describe(self) -> str:
         kind = self.sock_type.value if self.sock_type is not None else "?"

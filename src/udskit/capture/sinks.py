@@ -52,6 +52,7 @@ from udskit.capture.events import Event, Selection
 from udskit.capture.pcapng import PcapngEncoder
 from udskit.capture.printers import Format, render
 from udskit.errors import UdskitError, UsageError
+from udskit.safetext import safe_line
 from udskit.signals import die_with_parent
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
@@ -81,12 +82,14 @@ PIPE_BYTES: Final = 1 << 20
 #   DATA  : c2s (1 byte), conn id, real length, recorded length, time_ns; the bytes
 #   OPEN  : conn id, time_ns, JSON length; JSON {path, type, pid, uid, gid, command}
 #   CLOSE : first (0 unknown, 1 c2s, 2 s2c), conn id, time_ns
+#   FDS   : as OPEN; JSON {direction, fds}: descriptors passed with the next chunk
 _DATA: Final = struct.Struct("<BBIIIQ")
 _OPEN: Final = struct.Struct("<BIQI")
 _CLOSE: Final = struct.Struct("<BBIQ")
 _KIND_DATA: Final = 1
 _KIND_OPEN: Final = 2
 _KIND_CLOSE: Final = 3
+_KIND_FDS: Final = 4
 _FIRST_CODE: Final = {None: 0, Direction.C2S: 1, Direction.S2C: 2}
 _FIRST: Final = (None, Direction.C2S, Direction.S2C)
 
@@ -242,6 +245,12 @@ class PcapngWriter:
         self.out += _CLOSE.pack(_KIND_CLOSE, _FIRST_CODE[first], conn, time_ns)
         self.flush()
 
+    def fds(self, conn: int, direction: Direction, kinds: tuple[str, ...], time_ns: int) -> None:
+        """Descriptors passed with the next chunk of `conn` in `direction`."""
+        meta = json.dumps({"direction": direction.value, "fds": list(kinds)}).encode()
+        self.out += _OPEN.pack(_KIND_FDS, conn, time_ns, len(meta))
+        self.out += meta
+
     @property
     def backlog(self) -> int:
         """Bytes of records waiting in memory for room in the pipe."""
@@ -303,7 +312,7 @@ class PcapngWriter:
                 else:
                     self.dropped_chunks += 1
                 pos += _DATA.size + caplen
-            elif kind == _KIND_OPEN:
+            elif kind in (_KIND_OPEN, _KIND_FDS):
                 meta_len = _OPEN.unpack_from(records, pos)[3]
                 end = pos + _OPEN.size + meta_len
                 kept += view[pos:end]
@@ -690,6 +699,16 @@ class _RecordDecoder:
                 _k, first, conn, t = _CLOSE.unpack_from(buf, pos)
                 encoder.closed(conn, _FIRST[first], t)
                 pos += close_size
+            elif kind == _KIND_FDS:
+                if pos + open_size > size:
+                    break
+                _k, conn, t, meta_len = _OPEN.unpack_from(buf, pos)
+                end = pos + open_size + meta_len
+                if end > size:
+                    break
+                meta = json.loads(bytes(view[pos + open_size : end]))
+                encoder.fds(conn, Direction(meta["direction"]), tuple(meta["fds"]), t)
+                pos = end
             else:
                 raise ValueError(f"bad record kind {kind} at {pos}")
         view.release()
@@ -707,7 +726,8 @@ class LineSink:
         self.utc = utc
 
     def __call__(self, event: Event) -> None:
-        text = "\n".join(render(event, self.fmt, self.utc)) + "\n"
+        # Each field a peer controls is escaped by the printers; safe_line is the guard.
+        text = "\n".join([safe_line(line) for line in render(event, self.fmt, self.utc)]) + "\n"
         self.stream.write(text.encode("utf-8", errors="surrogateescape"))
         self.stream.flush()
 
@@ -793,6 +813,27 @@ class DumpTap:
             self._done = True
             if self.on_limit is not None:
                 self.on_limit()
+
+    def fds(
+        self, conn: ConnectionInfo, direction: Direction, kinds: tuple[str, ...], time_ns: int
+    ) -> None:  # called just before the `data` of the chunk they came with
+        """Descriptors are passed with the next chunk: a line (and JSON object) says
+        how many and what each was; in the pcapng file, that chunk's comment does."""
+        client = self._clients.get(conn.id)
+        if client is None or self._done:
+            return
+        try:
+            if self.pcapng is not None:
+                self.pcapng.fds(conn.id, direction, kinds, time_ns)
+            if self.printer is None:
+                return
+            self.printer(
+                Event.passed_fds(
+                    time_ns, conn.id, self.path, conn.sock_type, client, direction, kinds
+                )
+            )
+        except Exception as exc:
+            self._fail(exc)
 
     def _lean_data(self, pcapng: PcapngWriter) -> Callable[..., None]:
         """`data` when only a file is written, with no filter: the per-chunk hot path,

@@ -220,7 +220,7 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         _check_writable(Path(args.json), "--json")
     report = _run_with_progress(plan, args.dir, env)
     if args.json == "-":
-        env.out(json.dumps(report.to_json(), indent=2))
+        env.write((json.dumps(report.to_json(), indent=2) + "\n").encode())
     else:
         width = shutil.get_terminal_size((100, 24)).columns if env.stdout_isatty else 100
         env.write(render(report, width=width, color=env.stdout_isatty).encode())

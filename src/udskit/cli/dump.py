@@ -18,7 +18,8 @@ The proxy engine takes the socket file's place without a gap: the original file 
 hidden second name (.NAME.udskit-dump) and a proxy with the same mode, owner and group
 is renamed over PATH; each new client is forwarded to the original and every chunk is
 recorded with its time, direction and the client's pid, uid, gid and command.
-Connections that were open before the dump are not touched. On exit (Ctrl-C, SIGTERM,
+Connections that were open before the dump are not touched (nor seen: their count is
+printed at start). On exit (Ctrl-C, SIGTERM,
 SIGHUP, -c reached, an error) the original file is put back. After a kill -9, run
 `udskit dump --restore PATH`.
 """
@@ -43,6 +44,16 @@ port 80, 6379, 5432 or the --decode-as port) and 127.1.X.Y (the client) that exi
 only in the file, so Wireshark dissects HTTP, Redis and PostgreSQL and "Follow TCP
 stream" works; datagram and seqpacket messages are one UDP packet each. Each
 packet's comment holds pid, command, uid, gid, the socket path and the connection.
+
+identity: as root (or with CAP_SETUID and CAP_SETGID) the proxy connects upstream as
+each client, with its uid, gid and groups, so the server's SO_PEERCRED checks (peer
+auth of PostgreSQL, D-Bus, polkit) and the socket file's permissions judge the client,
+not the dump; only the pid the server sees is the proxy's. SO_PASSCRED servers get
+each chunk with the client's pid, uid and gid (SCM_CREDENTIALS). Without those
+capabilities udskit dump refuses a socket that other users' clients may reach, unless
+--allow-identity-change: then the server takes every client for you (one WARNING).
+File descriptors passed either way (SCM_RIGHTS) go on with their bytes and show as
+"fds N: pipe:[...]" lines, "fds" JSON events and pcapng comments.
 
 exit statuses: 0 done, 1 a socket operation failed, 2 bad arguments,
 130 Ctrl-C and 143 SIGTERM (the original socket is back in both cases).
@@ -105,6 +116,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=positive_int,
         metavar="N",
         help="record at most N bytes of each chunk",
+    )
+    source.add_argument(
+        "--allow-identity-change",
+        action="store_true",
+        help="run even when the proxy cannot connect upstream as each client (not root): "
+        "the server then sees every client as the user running udskit dump",
     )
     limits.add_argument(
         "--grace",
@@ -223,7 +240,13 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
 
     port = parse_decode_as(args.decode_as) if args.decode_as else None
     sock_type = SocketType.parse(args.type) if args.type else None
-    dump = ProxyDump(args.address, listen=args.listen, sock_type=sock_type, grace=args.grace)
+    dump = ProxyDump(
+        args.address,
+        listen=args.listen,
+        sock_type=sock_type,
+        grace=args.grace,
+        allow_identity_change=args.allow_identity_change,
+    )
     # Opened (so a bad path fails before anything is moved), emptied only once started.
     writer = PcapngWriter(args.write, port) if args.write is not None else None
     printer = LineSink(env.stdout, fmt, args.utc) if fmt is not None else None
@@ -238,6 +261,8 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
             if writer is not None:
                 writer.begin()
             started = True
+            for warning in dump.warnings:
+                env.err(f"udskit dump: {warning}")
             env.err(f"udskit dump: {dump.describe()}; Ctrl-C to stop")
             dump.run()
         finally:

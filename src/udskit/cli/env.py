@@ -10,6 +10,8 @@ import enum
 import io
 import sys
 
+from udskit.safetext import safe_line
+
 TYPE_CHECKING = False  # importing typing costs ~9 ms before `udskit ls` can fork its scan
 if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
@@ -74,8 +76,10 @@ class Env:
         self.stdout.flush()
 
     def out(self, line: str) -> None:
-        self.write(line.encode("utf-8", errors="surrogateescape") + b"\n")
+        """One line for a person: whatever a peer put in it cannot reach the terminal
+        raw (`safe_line`, the last guard behind each printer's escaping)."""
+        self.write(safe_line(line).encode("utf-8", errors="surrogateescape") + b"\n")
 
     def err(self, line: str) -> None:
-        self.stderr.write(line + "\n")
+        self.stderr.write(safe_line(line) + "\n")
         self.stderr.flush()

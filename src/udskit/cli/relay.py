@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from udskit.cli.env import Env, ExitStatus
 from udskit.cli.options import add_listener_options, positive_int
+from udskit.safetext import escape_text, json_fields
 
 if TYPE_CHECKING:
     from udskit.demo import Tour
@@ -235,8 +236,8 @@ class _Log:
                     pid=conn.client.pid,
                     uid=conn.client.uid,
                     gid=conn.client.gid,
-                    command=conn.client.command,
                 )
+                record.update(json_fields("command", conn.client.command))
             if event.mode is not None:
                 record["mode"] = event.mode.value
             if event.kind in (EventKind.CLOSED, EventKind.RESET):
@@ -285,7 +286,8 @@ def _who(conn: ConnectionInfo) -> str:
     c = conn.client
     if c.uid is None:
         return "a TCP client" if conn.listen.startswith("tcp") else "a client"
-    pid = f"pid {c.pid}" + (f" ({c.command})" if c.command else "") if c.pid else "pid ?"
+    command = f" ({escape_text(c.command)})" if c.command else ""
+    pid = f"pid {c.pid}{command}" if c.pid else "pid ?"
     return f"{pid} uid {c.uid} gid {c.gid}"
 
 
@@ -301,7 +303,7 @@ class _ChunkLog:
     def data(
         self, conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
     ) -> None:
-        from udskit.address import escape_bytes
+        from udskit.safetext import escape_bytes
 
         arrow = "->" if direction.value == "c2s" else "<-"
         if self.log.json:

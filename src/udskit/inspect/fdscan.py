@@ -43,10 +43,13 @@ RawScan = tuple["array[int]", ProcessFacts]
 def process_command(pid: int) -> str:
     """/proc/PID/comm: the name ss and lsof print; '?' once the process has gone."""
     try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
+        # Exact bytes (surrogateescape) and only the kernel's newline removed: a name
+        # is any 15 bytes a process chose (prctl PR_SET_NAME); printers escape it.
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            raw = f.read()
     except OSError:
         return "?"
+    return raw.removesuffix(b"\n").decode("utf-8", errors="surrogateescape")
 
 
 _USER_NAMES: dict[int, str] = {}

@@ -67,6 +67,7 @@ __all__ = [
     "dump_unix_sockets",
     "find_stale_files",
     "list_sockets",
+    "open_connections",
     "query_unix_socket",
     "read_kernel_view",
 ]
@@ -173,7 +174,11 @@ class _Matcher:
 
     def __call__(self, info: UnixSocketInfo) -> bool:
         if self.regex is not None:
-            return self.regex.match(format_address(info.address)) is not None
+            if self.regex.match(format_address(info.address)) is not None:
+                return True
+            # A glob a shell expanded holds the raw name, not its escaped notation.
+            raw = info.address
+            return raw.is_pathname and self.regex.match(os.fsdecode(raw.name)) is not None
         address = info.address
         if address == self.address:
             return True
@@ -481,6 +486,22 @@ def bound_socket(st_dev: int, st_ino: int) -> UnixSocket | None:
     best = min(candidates, key=lambda info: order.get(info.state, 2))
     owners = scan_socket_owners([best.inode]).get(best.inode, ())
     return UnixSocket._make((*best, owners, (), None, SocketFile(FileState.PRESENT)))
+
+
+def open_connections(st_dev: int, st_ino: int) -> int | None:
+    """How many connections the server bound to this file has accepted and still holds
+    (a stream or seqpacket listener's accepted sockets share its file, UNIX_DIAG_VFS);
+    None where sock_diag cannot tell."""
+    wanted = VfsInode(st_dev, st_ino)
+    try:
+        infos = dump_unix_sockets(Show.NAME | Show.VFS)
+    except (OSError, SockDiagError):
+        return None
+    return sum(
+        1
+        for info in infos
+        if info.vfs == wanted and info.state not in (SocketState.LISTEN, SocketState.UNCONNECTED)
+    )
 
 
 def bound_socket_at(path: str | os.PathLike[str]) -> UnixSocket | None:

@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["OwnerFields", "OwnerTexts", "owners_text", "process_texts"]
+__all__ = ["OwnerFields", "OwnerTexts", "command_json", "owners_text", "process_texts"]
 
 #: Per pid: the text before the fd and the text after it (all but fd is per process).
 OwnerTexts = dict[int, tuple[str, str]]
@@ -28,9 +28,28 @@ def process_texts(pid: int, command: str, uid: int | None, user: str | None) -> 
     uid_text = "null" if uid is None else str(uid)
     user_text = "null" if user is None else _quote(user)
     return (
-        f'{{"pid": {pid}, "command": {_quote(command)}, "fd": ',
+        f'{{"pid": {pid}, "command": {command_json(command)}, "fd": ',
         f', "uid": {uid_text}, "user": {user_text}}}',
     )
+
+
+def command_json(command: str) -> str:
+    """A process name as JSON: as it is when it is UTF-8; escaped (`udskit.safetext`)
+    with its exact bytes in "command_b64" when it is not (a name is any 15 bytes, and
+    a lone surrogate escape is not strict JSON text)."""
+    if command.isascii():
+        return _quote(command)
+    try:
+        command.encode("utf-8")
+    except UnicodeEncodeError:
+        import base64
+
+        from udskit.safetext import escape_text
+
+        raw = command.encode("utf-8", errors="surrogateescape")
+        exact = base64.b64encode(raw).decode("ascii")
+        return f'{_quote(escape_text(command))}, "command_b64": "{exact}"'
+    return _quote(command)
 
 
 def owners_text(owners: Iterable[OwnerFields], cache: OwnerTexts) -> str:

@@ -13,6 +13,7 @@ from typing import Final, NamedTuple, final
 
 from udskit.address import AddressKind, UnixAddress
 from udskit.inspect.sockdiag import SocketState, UnixSocketInfo
+from udskit.safetext import escape_text
 from udskit.socktype import SocketType
 
 #: __SO_ACCEPTCON in the Flags column: the socket listens (include/linux/net.h).
@@ -71,7 +72,7 @@ class SocketOwner(NamedTuple):
     user: str | None = None
 
     def __str__(self) -> str:
-        return f"pid {self.pid} ({self.command})"
+        return f"pid {self.pid} ({escape_text(self.command)})"
 
 
 def decode_proc_net_unix(text: bytes) -> list[ProcNetUnixEntry]:

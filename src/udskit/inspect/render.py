@@ -13,11 +13,12 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, final
 
-from udskit.address import AddressKind, UnixAddress, format_address
+from udskit.address import AddressKind, UnixAddress, format_address, format_path
 from udskit.inspect.listing import Connection, FileState, SocketFile, StaleFile, UnixSocket
 from udskit.inspect.ownerjson import OwnerTexts, owners_text
 from udskit.inspect.procfs import SocketOwner
 from udskit.inspect.sockdiag import Shutdown, SocketState, UnixSocketInfo
+from udskit.safetext import escape_text, json_fields, safe_line
 
 __all__ = [
     "JsonTemplate",
@@ -44,19 +45,15 @@ def _address_json(address: UnixAddress | None) -> str | None:
 
 
 def owner_to_json(owner: SocketOwner) -> dict[str, Any]:
-    return {
-        "pid": owner.pid,
-        "command": owner.command,
-        "fd": owner.fd,
-        "uid": owner.uid,
-        "user": owner.user,
-    }
+    record: dict[str, Any] = {"pid": owner.pid, **json_fields("command", owner.command)}
+    record.update(fd=owner.fd, uid=owner.uid, user=owner.user)
+    return record
 
 
 def _file_to_json(sock_file: SocketFile | None) -> dict[str, Any] | None:
     if sock_file is None:
         return None
-    return {"state": sock_file.state.value, "now_at": sock_file.now_at}
+    return {"state": sock_file.state.value, **json_fields("now_at", sock_file.now_at)}
 
 
 def socket_to_json(sock: UnixSocket) -> dict[str, Any]:
@@ -101,7 +98,7 @@ def connection_to_json(conn: Connection) -> dict[str, Any]:
 
 def stale_to_json(stale: StaleFile) -> dict[str, Any]:
     return {
-        "path": stale.path,
+        **json_fields("path", stale.path),
         "state": "stale",
         "dev": stale.dev,
         "ino": stale.ino,
@@ -308,13 +305,14 @@ def format_owners(owners: Sequence[SocketOwner], *, fds: bool = True) -> str:
     """`nginx[812]:7,9 curl[900]:3`: command[pid], then the fds (when asked)."""
     if len(owners) == 1:  # the common case, once per socket on busy hosts
         pid, command, fd = owners[0][:3]
+        command = escape_text(command)
         return f"{command}[{pid}]:{fd}" if fds else f"{command}[{pid}]"
     by_pid: dict[int, tuple[str, list[int]]] = {}
     for owner in owners:
         by_pid.setdefault(owner.pid, (owner.command, []))[1].append(owner.fd)
     parts = []
     for pid, (command, numbers) in by_pid.items():
-        text = f"{command}[{pid}]"
+        text = f"{escape_text(command)}[{pid}]"
         if fds:
             text += ":" + ",".join(str(n) for n in sorted(numbers))
         parts.append(text)
@@ -327,7 +325,7 @@ def format_address_with_file(sock: UnixSocket) -> str:
     if sock_file is None or sock_file.state in (FileState.PRESENT, FileState.UNKNOWN):
         return text
     if sock_file.state is FileState.RENAMED:
-        return f"{text} (renamed to {sock_file.now_at})"
+        return f"{text} (renamed to {_path_text(sock_file.now_at or '?')})"
     if sock_file.state is FileState.REPLACED:
         return f"{text} (replaced: another file is there now)"
     return f"{text} (deleted)"
@@ -365,11 +363,14 @@ def table_order(sock: UnixSocket) -> tuple[bool, str, bool, int]:
 
 
 def _printable(cell: str) -> str:
-    """A table cell on one line: a path may hold a newline or other control characters
-    (the kernel allows any byte but NUL), which would break the row. JSON is exact."""
-    if cell.isprintable():
-        return cell
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cell)
+    """A table cell on one line: addresses and commands come escaped already
+    (`udskit.safetext`); this is the guard for anything else a peer controls."""
+    return safe_line(cell)
+
+
+def _path_text(path: str) -> str:
+    """A file path as the address notation prints it, so it pastes back."""
+    return format_path(path.encode("utf-8", errors="surrogateescape"))
 
 
 def _align(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -447,7 +448,7 @@ def format_connections(connections: Sequence[Connection]) -> list[str]:
         queues = f"recv-q {_queue(server.recv_q)} send-q {_queue(server.send_q)}"
         mine = format_owners(server.processes) or "-"
         lines.append(f"  {branch} accepted {server.inode} {mine} ({queues})  <->  {client}")
-    return lines
+    return [safe_line(line) for line in lines]
 
 
 def format_stale_table(stale: Iterable[StaleFile], users: Mapping[int, str]) -> list[str]:
@@ -457,6 +458,6 @@ def format_stale_table(stale: Iterable[StaleFile], users: Mapping[int, str]) -> 
     rows: list[tuple[str, ...]] = [("STATE", "OWNER", "MODIFIED", "PATH")]
     for item in stale:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.mtime))
-        rows.append(("stale", users.get(item.uid, str(item.uid)), when, _printable(item.path)))
+        rows.append(("stale", users.get(item.uid, str(item.uid)), when, _path_text(item.path)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return ["  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]

@@ -19,24 +19,32 @@ unread for that long are dropped (and counted) from then on, until it reads agai
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING, Final, final
 
 from udskit.address import UnixAddress, decode_sockaddr
+from udskit.cmsg import SCM_MAX_FD, decode_ancillary, encode_rights, receive_space
+from udskit.credswitch import connect_as, process_groups
 from udskit.errors import errno_name
+from udskit.identity import Identity
 from udskit.relay.events import CopyMode, EventKind, RelayEvent
 from udskit.relay.loop import IN, OUT, Timer
 from udskit.relay.sides import ListenSide, Target
+from udskit.relay.stream import Credentials, describe_fds
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
 
 if TYPE_CHECKING:
     from udskit.relay.engine import Relay
 
 _UCRED: Final = struct.Struct("3i")
-_ANC_SIZE: Final = socket.CMSG_SPACE(_UCRED.size)
+#: Credentials and up to SCM_MAX_FD descriptors (a sender's SCM_RIGHTS go on).
+_ANC_SIZE: Final = receive_space(SCM_MAX_FD, credentials=True)
 #: Retrying replies to a client whose queue is full: first delay and the most.
 _REPLY_RETRY: Final = 0.002
 _REPLY_RETRY_MAX: Final = 0.5
@@ -51,6 +59,7 @@ class _Association:
     __slots__ = (
         "c2s",
         "conn",
+        "creds",
         "deaf",
         "dropped",
         "fd",
@@ -60,6 +69,7 @@ class _Association:
         "replies",
         "retry",
         "s2c",
+        "send",
         "sock",
         "stuck_since",
         "waiting",
@@ -69,6 +79,9 @@ class _Association:
         self.key = key
         self.peer = peer  # what sendto takes; None for an unbound sender
         self.sock = sock
+        #: With identities carried: the SCM_CREDENTIALS each datagram goes on with.
+        self.creds: Credentials | None = None
+        self.send: Callable[[bytes | memoryview], int] = sock.send
         self.fd = sock.fileno()
         self.conn = conn
         self.last = time.monotonic()
@@ -113,34 +126,76 @@ class DatagramRelay:
             except OSError as exc:
                 relay.emit(EventKind.ERROR, None, f"recv on {self.front.spec}: {exc.strerror}")
                 return
+            # Descriptors first: installed in this process, they are ours to close on
+            # every path that does not pass them on.
+            fds = decode_ancillary(anc, flags).fds if len(anc) > 1 else ()
             if flags & socket.MSG_TRUNC:
+                _close_all(fds)
                 relay.emit(EventKind.ERROR, None, "a datagram larger than 4 MiB was cut; dropped")
                 continue
             pid, uid, gid = _credentials(anc)
             bound = raw not in (None, "", b"")
             key: Key = raw if bound else (pid, uid, gid)
             if self._check_each and not relay.allowed(uid, gid):
+                _close_all(fds)
                 self._refuse(ClientInfo(pid, uid, gid), raw if bound else None)
                 continue
             assoc = self.assocs.get(key)
             if assoc is None:
                 assoc = self._associate(key, raw if bound else None, ClientInfo(pid, uid, gid))
                 if assoc is None:
+                    _close_all(fds)
                     if self.scarce is not None:
                         return
                     continue
             chunk = view[:n]
             if relay.tap is not None:
+                report = getattr(relay.tap, "fds", None)
+                if fds and callable(report):  # first: the descriptors go with this chunk
+                    report(assoc.conn, Direction.C2S, describe_fds(fds), time.time_ns())
                 relay.tap.data(assoc.conn, Direction.C2S, chunk, time.time_ns())
             assoc.last = time.monotonic()
             assoc.c2s += n
+            creds = assoc.creds
+            if (
+                creds is not None
+                and (creds.pid, creds.uid, creds.gid) != (pid, uid, gid)
+                and pid is not None
+                and uid is not None
+                and gid is not None
+            ):
+                assoc.creds = Credentials(pid, uid, gid)  # this datagram's own sender
+                assoc.send = assoc.creds.sender(assoc.sock)
+            if fds:
+                self._pass_fds(assoc, chunk, fds)
+                continue
             # (No datagram waits for upstream here: self.blocked stops this loop first.)
             try:
-                assoc.sock.send(chunk)
+                assoc.send(chunk)
             except BlockingIOError:
                 self._wait_upstream(assoc, bytes(chunk))
             except OSError as exc:
                 self._lost(assoc, exc)
+
+    def _pass_fds(self, assoc: _Association, chunk: memoryview, fds: tuple[int, ...]) -> None:
+        """A datagram with descriptors: passed on with them (and the sender's
+        credentials when identities are carried), then closed here. If upstream's queue
+        is full the bytes wait as usual, but the descriptors cannot: they are dropped
+        and an error event says so."""
+        relay = self.relay
+        rights = encode_rights(fds)
+        ancillary = [rights] if assoc.creds is None else assoc.creds.with_rights(rights)
+        try:
+            assoc.sock.sendmsg((chunk,), ancillary)
+        except BlockingIOError:
+            relay.emit(
+                EventKind.ERROR, assoc.conn, f"{len(fds)} descriptors dropped: upstream full"
+            )
+            self._wait_upstream(assoc, bytes(chunk))
+        except OSError as exc:
+            self._lost(assoc, exc)
+        finally:
+            _close_all(fds)
 
     def _connection(self, client: ClientInfo) -> ConnectionInfo:
         relay = self.relay
@@ -185,9 +240,19 @@ class DatagramRelay:
             )
             self._pause_reading()
             return None
+        creds: Credentials | None = None
         try:
             sock.bind(UnixAddress.autobind().to_sockaddr())
-            sock.connect(self.target.sockaddr)  # type: ignore[arg-type]
+            if relay.carry_identity:
+                if client.pid is None or client.uid is None or client.gid is None:
+                    raise OSError(errno.EPERM, "the sender's credentials are unknown")
+                identity = Identity(client.uid, client.gid, process_groups(client.pid))
+                err = connect_as(identity, sock, self.target.sockaddr)  # type: ignore[arg-type]
+                if err:
+                    raise OSError(err, os.strerror(err))
+                creds = Credentials(client.pid, client.uid, client.gid)
+            else:
+                sock.connect(self.target.sockaddr)  # type: ignore[arg-type]
         except OSError as exc:
             sock.close()
             relay.stats.failed += 1
@@ -196,6 +261,9 @@ class DatagramRelay:
             )
             return None
         assoc = _Association(key, raw, sock, conn)
+        if creds is not None:
+            assoc.creds = creds
+            assoc.send = creds.sender(sock)
         self.assocs[key] = assoc
         relay.loop.register(assoc.fd, IN, lambda events: self._on_upstream(assoc, events))
         relay.stats.accepted += 1
@@ -249,21 +317,44 @@ class DatagramRelay:
         relay = self.relay
         view = relay.view
         try:
-            n = assoc.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+            n, anc, flags, _raw = assoc.sock.recvmsg_into([view], _ANC_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError as exc:
             self._lost(assoc, exc)
             return
+        fds = decode_ancillary(anc, flags).fds if anc else ()
         chunk = view[:n]
         if relay.tap is not None:
+            report = getattr(relay.tap, "fds", None)
+            if fds and callable(report):  # first: the descriptors go with this chunk
+                report(assoc.conn, Direction.S2C, describe_fds(fds), time.time_ns())
             relay.tap.data(assoc.conn, Direction.S2C, chunk, time.time_ns())
         assoc.last = time.monotonic()
         assoc.s2c += n
         if assoc.peer is None:  # an unbound sender has no address to reply to
+            _close_all(fds)
             self._drop(assoc, 1)
             return
+        if fds:
+            self._reply_fds(assoc, chunk, fds)
+            return
         self._reply(assoc, chunk)
+
+    def _reply_fds(self, assoc: _Association, chunk: memoryview, fds: tuple[int, ...]) -> None:
+        """A reply with descriptors: to the client with them, then closed here. If the
+        client's queue is full the bytes wait like any reply; the descriptors are
+        dropped, and an error event says so."""
+        try:
+            self.front.sock.sendmsg((chunk,), [encode_rights(fds)], 0, assoc.peer)  # type: ignore[arg-type]
+        except BlockingIOError:
+            dropped = f"{len(fds)} descriptors dropped: the client's queue is full"
+            self.relay.emit(EventKind.ERROR, assoc.conn, dropped)
+            self._reply(assoc, chunk)
+        except OSError:
+            self._reply(assoc, chunk)  # the plain path reports the client's trouble
+        finally:
+            _close_all(fds)
 
     def _drop(self, assoc: _Association, count: int) -> None:
         assoc.dropped += count
@@ -318,7 +409,7 @@ class DatagramRelay:
     def _flush_waiting(self, assoc: _Association) -> None:
         while assoc.waiting:
             try:
-                assoc.sock.send(assoc.waiting[0])
+                assoc.send(assoc.waiting[0])
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -381,6 +472,12 @@ class DatagramRelay:
         for assoc in list(self.assocs.values()):
             self._end(assoc, EventKind.CLOSED, "relay stopped")
         self.relay.loop.unregister(self.fd)
+
+
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        with suppress(OSError):
+            os.close(fd)
 
 
 def _credentials(

@@ -19,9 +19,11 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, BinaryIO, Final, final
 
 from udskit.address import UnixAddress
+from udskit.credswitch import connect_as, peer_identity
 from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
 from udskit.endpoints import DEFAULT_BACKLOG, Listener, peer_credentials
 from udskit.errors import SocketError, UsageError
+from udskit.identity import Identity
 from udskit.relay.events import CopyMode, EventKind, RelayEvent, RelayStats
 from udskit.relay.loop import IN, OUT, Loop, Timer
 from udskit.relay.sides import (
@@ -35,7 +37,7 @@ from udskit.relay.sides import (
     spawn_exec,
     stdio_bridge,
 )
-from udskit.relay.stream import Session
+from udskit.relay.stream import Credentials, Session
 from udskit.signals import start_worker
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Tap
@@ -102,6 +104,7 @@ class Relay:
         dgram_idle: float = 60.0,
         default_type: SocketType = SocketType.STREAM,
         stdio: tuple[BinaryIO, BinaryIO] | None = None,
+        carry_identity: bool = False,
     ) -> None:
         self._adopted: Listener | socket.socket | None = None
         if isinstance(left, (Listener, socket.socket)):
@@ -125,6 +128,10 @@ class Relay:
         self.connect_timeout = float(connect_timeout)
         self.dgram_idle = dgram_idle
         self.stdio = stdio
+        #: Connect upstream as each client (uid, gid, groups) and pass its credentials
+        #: on with each chunk (SCM_CREDENTIALS): see udskit.credswitch. Needs root or
+        #: CAP_SETUID+CAP_SETGID, a unix LEFT and a unix RIGHT.
+        self.carry_identity = carry_identity
         self.stats = RelayStats()
         self._check()
         self.loop = Loop()
@@ -177,6 +184,13 @@ class Relay:
             raise UsageError(
                 "--mode/--owner/--group apply to a socket file LEFT (unix-listen:PATH); "
                 "abstract names and TCP have no file permissions"
+            )
+        if self.carry_identity and not (
+            left.kind is EndpointKind.UNIX_LISTEN and right.kind is EndpointKind.UNIX
+        ):
+            raise UsageError(
+                "carrying client identities needs a unix listen side and a unix socket to "
+                "connect to (TCP carries no credentials)"
             )
         dgram_left = left.sock_type is SocketType.DGRAM
         dgram_right = right.sock_type is SocketType.DGRAM
@@ -384,12 +398,18 @@ class Relay:
         return self._next_id
 
     def client_info(self, sock: socket.socket) -> ClientInfo:
-        """SO_PEERCRED of a unix client, and its command from /proc/PID/comm."""
+        """SO_PEERCRED of a unix client, and its command from /proc/PID/comm (and its
+        groups, SO_PEERGROUPS, when identities are carried)."""
         from udskit.inspect.owners import process_command
 
-        pid, uid, gid = peer_credentials(sock)
+        groups: tuple[int, ...] | None = None
+        if self.carry_identity:
+            pid, identity = peer_identity(sock)
+            uid, gid, groups = identity.uid, identity.gid, identity.groups
+        else:
+            pid, uid, gid = peer_credentials(sock)
         command = process_command(pid) if pid > 0 else None
-        return ClientInfo(pid if pid > 0 else None, uid, gid, command)
+        return ClientInfo(pid if pid > 0 else None, uid, gid, command, groups)
 
     def allowed(self, uid: int | None, gid: int | None) -> bool:
         if not (self.allow_uids or self.allow_gids):
@@ -414,7 +434,7 @@ class Relay:
         sock.setblocking(False)
         client = ClientInfo()
         if sock.family == socket.AF_UNIX:
-            if self._want_client_info or self.allow_uids or self.allow_gids:
+            if self._want_client_info or self.allow_uids or self.allow_gids or self.carry_identity:
                 client = self.client_info(sock)
         else:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -446,7 +466,14 @@ class Relay:
                 return
             self._start_session(conn, client, upstream, child)
             return
-        _Connecting(self, conn, client, self._target).attempt()
+        identity = None
+        if self.carry_identity:
+            c = conn.client
+            if c.uid is None or c.gid is None:
+                self._failed(conn, client, "the client's credentials are unknown: not forwarded")
+                return
+            identity = Identity(c.uid, c.gid, c.groups or ())
+        _Connecting(self, conn, client, self._target, identity).attempt()
 
     def _failed(
         self, conn: ConnectionInfo, client: socket.socket, message: str, err: int | None = None
@@ -474,12 +501,15 @@ class Relay:
     ) -> None:
         if upstream.family != socket.AF_UNIX:
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        creds = self._credentials_for(conn, upstream)
         mode = self._mode_for(client, upstream)
+        if creds is not None and mode is CopyMode.SPLICE:
+            mode = CopyMode.COPY  # splice(2) cannot attach SCM_CREDENTIALS
         try:
-            session = Session(self, conn, client, upstream, mode, child)
+            session = Session(self, conn, client, upstream, mode, child, creds)
         except OSError:  # no fds left for the splice pipes (only SPLICE makes any): copy
             mode = CopyMode.COPY
-            session = Session(self, conn, client, upstream, mode, child)
+            session = Session(self, conn, client, upstream, mode, child, creds)
         self.sessions.add(session)
         stats = self.stats
         stats.active += 1
@@ -489,6 +519,21 @@ class Relay:
         session.start()
         if self.on_event is not None:
             self.on_event(RelayEvent(EventKind.CONNECTED, time.time_ns(), conn, mode))
+
+    def _credentials_for(
+        self, conn: ConnectionInfo, upstream: socket.socket
+    ) -> tuple[Credentials | None, Credentials | None] | None:
+        """What each direction's chunks carry as SCM_CREDENTIALS when identities are
+        carried: the client's pid, uid and gid towards the server (a server without
+        SO_PASSCRED never sees them; one with it sees the original sender). Replies go
+        as they are: a sendmsg with credentials costs about a microsecond a chunk
+        (benchmarks/dump_identity.py), and no client we know of checks its server so."""
+        if not self.carry_identity or upstream.family != socket.AF_UNIX:
+            return None
+        client = conn.client
+        if client.pid is None or client.uid is None or client.gid is None:
+            return None
+        return (Credentials(client.pid, client.uid, client.gid), None)
 
     def _mode_for(self, client: socket.socket, upstream: socket.socket) -> CopyMode:
         kinds = {socket_type(client), socket_type(upstream)}
@@ -639,8 +684,14 @@ class _Connecting:
     until `connect_timeout`."""
 
     def __init__(
-        self, relay: Relay, conn: ConnectionInfo, client: socket.socket, target: Target
+        self,
+        relay: Relay,
+        conn: ConnectionInfo,
+        client: socket.socket,
+        target: Target,
+        identity: Identity | None = None,
     ) -> None:
+        self.identity = identity
         self.relay = relay
         self.conn = conn
         self.client = client
@@ -658,7 +709,12 @@ class _Connecting:
         except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: fail this client, not the relay
             self._fail(exc.errno or errno.EIO)
             return
-        err = sock.connect_ex(self.target.sockaddr)  # type: ignore[arg-type]
+        if self.identity is not None:
+            # As the client: the server sees its uid, gid and groups, and the socket
+            # file's permissions are checked against them, not against ours.
+            err = connect_as(self.identity, sock, self.target.sockaddr)  # type: ignore[arg-type]
+        else:
+            err = sock.connect_ex(self.target.sockaddr)  # type: ignore[arg-type]
         if err == 0:
             self._done(sock)
         elif err == errno.EINPROGRESS:

@@ -27,11 +27,13 @@ import errno
 import fcntl
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Final, final
 
+from udskit.cmsg import SCM_MAX_FD, decode_ancillary, encode_rights, receive_space
 from udskit.errors import errno_name
 from udskit.relay.events import CopyMode, EventKind
 from udskit.relay.loop import ERR, HUP, IN, OUT
@@ -56,11 +58,51 @@ _TRY_SEND: Final = OUT | HUP | ERR
 #: SO_TIMESTAMP (asm-generic/socket.h), which the socket module does not export.
 SO_TIMESTAMP: Final = 29
 _TIMESTAMP_SPACE: Final = socket.CMSG_SPACE(16)  # struct timeval (64-bit)
+#: Control buffer of a unix source: SCM_MAX_FD descriptors and credentials. With no
+#: room for descriptors the kernel closes them (MSG_CTRUNC) and they are lost.
+_FD_SPACE: Final = receive_space(SCM_MAX_FD, credentials=True)
 #: SO_SNDBUF for spliced connections; 1 MiB is a guess between the 208 KiB default and
 #: net.core.wmem_max (bulk runs of benchmarks/relay.py were faster, but noisy).
 SPLICE_SNDBUF: Final = 1 << 20
 #: struct linger {l_onoff=1, l_linger=0}: close() sends RST (socket(7), SO_LINGER).
 _LINGER_RESET: Final = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+
+
+_UCRED: Final = struct.Struct("3i")
+
+
+@final
+class Credentials:
+    """SCM_CREDENTIALS to attach to each chunk one way (pid, uid, gid of the original
+    sender). The kernel wants the pid to exist (__scm_send: ESRCH otherwise): once the
+    sender has exited its chunks go on with the proxy's own pid and its uid and gid."""
+
+    __slots__ = ("ancillary", "gid", "pid", "uid")
+
+    def __init__(self, pid: int, uid: int, gid: int) -> None:
+        self.pid, self.uid, self.gid = pid, uid, gid
+        self.ancillary = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, _UCRED.pack(pid, uid, gid))]
+
+    def with_rights(self, rights: tuple[int, int, bytes]) -> list[tuple[int, int, bytes]]:
+        return [rights, *self.ancillary]
+
+    def sender(self, sock: socket.socket) -> Callable[[bytes | memoryview], int]:
+        """`sock.send` with these credentials attached."""
+        sendmsg = sock.sendmsg
+        ancillary = self.ancillary
+
+        def send(chunk: bytes | memoryview) -> int:
+            try:
+                return sendmsg((chunk,), ancillary)
+            except ProcessLookupError:  # ESRCH: the sender has gone
+                ancillary[0] = (
+                    socket.SOL_SOCKET,
+                    socket.SCM_CREDENTIALS,
+                    _UCRED.pack(os.getpid(), self.uid, self.gid),
+                )
+                return sendmsg((chunk,), ancillary)
+
+        return send
 
 
 class _Pump:
@@ -183,7 +225,18 @@ class SplicePump(_Pump):
 
 @final
 class CopyPump(_Pump):
-    __slots__ = ("flags", "general", "limit", "pending", "read_stream", "record")
+    __slots__ = (
+        "credentials",
+        "flags",
+        "general",
+        "limit",
+        "pending",
+        "pending_fds",
+        "read_stream",
+        "record",
+        "send",
+        "unix",
+    )
 
     def __init__(
         self,
@@ -194,8 +247,16 @@ class CopyPump(_Pump):
         *,
         record: bool,
         limit: int,
+        credentials: Credentials | None = None,
     ) -> None:
         super().__init__(session, src, dst, direction)
+        #: How a chunk goes out: plain send, or sendmsg with SCM_CREDENTIALS.
+        self.send = dst.send if credentials is None else credentials.sender(dst)
+        self.credentials = credentials
+        #: Unix to unix: descriptors (SCM_RIGHTS) are read with the bytes and passed on.
+        self.unix = src.family == socket.AF_UNIX and dst.family == socket.AF_UNIX
+        #: Descriptors received with `pending`'s bytes, not yet passed on (ours to close).
+        self.pending_fds: tuple[int, ...] = ()
         self.record = record
         self.flags = socket.MSG_TRUNC if record else 0
         self.limit = limit
@@ -215,9 +276,11 @@ class CopyPump(_Pump):
         view = core.view
         limit = self.limit
         recv_into = self.src.recv_into
-        send = self.dst.send
+        send = self.send
         direction = self.direction
         time_ns = time.time_ns
+        if self.unix:
+            return self._unix_stream_reader()
 
         def read_stream(events: int = IN) -> None:
             if events != IN or not self.reading:
@@ -252,6 +315,92 @@ class CopyPump(_Pump):
 
         return read_stream
 
+    def _unix_stream_reader(self) -> Callable[[int], None]:
+        """The same step for a unix source: recvmsg with room for descriptors, which
+        go on with the chunk they came with (a separate closure, so the plain reader
+        above stays as it was)."""
+        session = self.session
+        core = session.core
+        buffers = (core.view[: self.limit],)
+        view = core.view
+        recvmsg_into = self.src.recvmsg_into
+        send = self.send
+        direction = self.direction
+        time_ns = time.time_ns
+
+        def read_stream(events: int = IN) -> None:
+            if events != IN or not self.reading:
+                if self.general is not None:
+                    self.general(events)
+                return
+            try:
+                n, ancillary, flags, _addr = recvmsg_into(buffers, _FD_SPACE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                session.reset(direction, True, exc)
+                return
+            fds = self._take_fds(ancillary, flags) if ancillary else ()
+            if not n:
+                _close_all(fds)  # (a stream carries no descriptors without a byte)
+                self._at_eof()
+                return
+            chunk = view[:n]
+            tap = core.tap
+            if tap is not None:
+                if fds:  # first: the descriptors go with this chunk
+                    self._report_fds(fds)
+                tap.data(session.conn, direction, chunk, time_ns())
+            self.count += n
+            try:
+                sent = send(chunk) if not fds else self._send_fds(chunk, fds)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                _close_all(fds)
+                session.reset(direction, False, exc)
+                return
+            if sent < n:
+                self.pending = memoryview(bytes(chunk[sent:]))  # the buffer is reused
+                if sent == 0 and fds:
+                    self.pending_fds = fds  # they go with the first byte
+                self._block()
+
+        return read_stream
+
+    def _take_fds(self, ancillary: list[tuple[int, int, bytes]], flags: int) -> tuple[int, ...]:
+        """The descriptors a message brought (now open here). SCM_CREDENTIALS a client
+        sent explicitly are not passed on: the proxy's own, or the carried ones, go."""
+        got = decode_ancillary(ancillary, flags)
+        if got.pidfd is not None:
+            _close_all((got.pidfd,))
+        return got.fds
+
+    def _send_fds(self, chunk: bytes | memoryview, fds: tuple[int, ...]) -> int:
+        """Send `chunk` with `fds` (and the carried credentials), then close our copies.
+        A stream read returns the descriptors of one message at most (the kernel stops
+        a read after them, unix_stream_read_generic), so they fit in one sendmsg; they
+        go with the first byte sent. BlockingIOError: nothing went, the caller keeps
+        both."""
+        sent = self.dst.sendmsg((chunk,), self._ancillary(fds[:SCM_MAX_FD]))
+        _close_all(fds)
+        return sent
+
+    def _ancillary(self, fds: tuple[int, ...]) -> list[tuple[int, int, bytes]]:
+        rights = encode_rights(fds)
+        if self.credentials is None:
+            return [rights]
+        return self.credentials.with_rights(rights)
+
+    def _report_fds(self, fds: tuple[int, ...]) -> None:
+        report = getattr(self.session.core.tap, "fds", None)
+        if callable(report):
+            report(self.session.conn, self.direction, describe_fds(fds), time.time_ns())
+
+    def close(self) -> None:
+        fds, self.pending_fds = self.pending_fds, ()
+        _close_all(fds)
+
     def on_readable(self) -> None:
         if not self.record:
             self.read_stream(IN)
@@ -260,8 +409,8 @@ class CopyPump(_Pump):
         core = session.core
         view = core.view
         try:
-            n, ancillary, _flags, _addr = self.src.recvmsg_into(
-                [view[: self.limit]], _TIMESTAMP_SPACE, self.flags
+            n, ancillary, flags, _addr = self.src.recvmsg_into(
+                [view[: self.limit]], _TIMESTAMP_SPACE + _FD_SPACE, self.flags
             )
             eof = n == 0 and not ancillary  # no record came: the peer shut down
         except BlockingIOError:
@@ -272,7 +421,9 @@ class CopyPump(_Pump):
         if eof:
             self._at_eof()
             return
+        fds = self._take_fds(ancillary, flags) if len(ancillary) > 1 else ()
         if n > self.limit:  # MSG_TRUNC: the record was bigger than our buffer
+            _close_all(fds)
             session.reset(
                 self.direction,
                 True,
@@ -283,16 +434,20 @@ class CopyPump(_Pump):
         chunk = view[:n]
         tap = core.tap
         if tap is not None:
+            if fds:  # first: the descriptors go with this chunk
+                self._report_fds(fds)
             tap.data(session.conn, self.direction, chunk, time.time_ns())
         self.count += n
         try:
-            sent = self.dst.send(chunk)
+            sent = self.send(chunk) if not fds else self._send_fds(chunk, fds)
         except BlockingIOError:
             sent = 0
+            self.pending_fds = fds
         except OSError as exc:
+            _close_all(fds)
             session.reset(self.direction, False, exc)
             return
-        if sent < n:
+        if sent < n or (n == 0 and self.pending_fds):
             self.pending = memoryview(bytes(chunk[sent:]))  # the buffer is reused
             self._block()
 
@@ -301,7 +456,15 @@ class CopyPump(_Pump):
         if pending is None:
             return
         try:
-            sent = self.dst.send(pending)
+            if self.pending_fds:
+                fds, self.pending_fds = self.pending_fds, ()
+                try:
+                    sent = self._send_fds(pending, fds)
+                except BlockingIOError:
+                    self.pending_fds = fds
+                    raise
+            else:
+                sent = self.send(pending)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -341,6 +504,7 @@ class Session:
         upstream: socket.socket,
         mode: CopyMode,
         child: subprocess.Popen[bytes] | None = None,
+        credentials: tuple[Credentials | None, Credentials | None] | None = None,
     ) -> None:
         self.core = core
         self.conn = conn
@@ -365,8 +529,10 @@ class Session:
                 self.c2s.close()
                 raise
         else:
-            self.c2s = _copy_pump(self, client, upstream, Direction.C2S, core.view_size)
-            self.s2c = _copy_pump(self, upstream, client, Direction.S2C, core.view_size)
+            c2s_creds, s2c_creds = credentials or (None, None)
+            size = core.view_size
+            self.c2s = _copy_pump(self, client, upstream, Direction.C2S, size, c2s_creds)
+            self.s2c = _copy_pump(self, upstream, client, Direction.S2C, size, s2c_creds)
 
     def start(self) -> None:
         loop = self.core.loop
@@ -475,8 +641,33 @@ class Session:
         core.session_ended(self, kind, first, detail, now)
 
 
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        with suppress(OSError):
+            os.close(fd)
+
+
+def describe_fds(fds: tuple[int, ...]) -> tuple[str, ...]:
+    """What each passed descriptor is, for the record: `file:/etc/hosts`,
+    `socket:[12345]`, `pipe:[678]`, `anon_inode:[eventfd]`, ... (readlink of
+    /proc/self/fd, as lsof shows them); names escaped later by the printers."""
+    kinds: list[str] = []
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = "?"
+        kinds.append("file:" + target if target.startswith("/") else target)
+    return tuple(kinds)
+
+
 def _copy_pump(
-    session: Session, src: socket.socket, dst: socket.socket, direction: Direction, size: int
+    session: Session,
+    src: socket.socket,
+    dst: socket.socket,
+    direction: Direction,
+    size: int,
+    credentials: Credentials | None = None,
 ) -> CopyPump:
     record = socket_type(src) is SocketType.SEQPACKET
     limit = size if record else STREAM_CHUNK
@@ -484,7 +675,9 @@ def _copy_pump(
         # Each chunk of a byte stream becomes one record; keep it well below the
         # record size limit (SO_SNDBUF) so send never fails with EMSGSIZE.
         limit = min(limit, 64 * 1024)
-    return CopyPump(session, src, dst, direction, record=record, limit=limit)
+    return CopyPump(
+        session, src, dst, direction, record=record, limit=limit, credentials=credentials
+    )
 
 
 #: Bytes read per recv from a stream source (asyncio reads 256 KiB too).
