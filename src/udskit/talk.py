@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Final, Protocol, final
 
 from udskit.address import AddressKind, UnixAddress
 from udskit.endpoints import Listener, peer_credentials, recv_message, send_message
-from udskit.errors import PeerClosed, SocketError, UsageError, socket_error
+from udskit.errors import PeerClosed, SocketError, UdskitError, UsageError, socket_error
 from udskit.inspect.owners import process_command
 from udskit.probe import explain, os_errors
 from udskit.safetext import escape_text
@@ -460,6 +460,7 @@ def pump_stream(sock: socket.socket, address: UnixAddress, stdin: BinaryIO, out:
     and can still answer; we return when the server closes its side.
     """
     failure: list[BaseException] = []
+    uploaded = threading.Event()
 
     def upload() -> None:
         try:
@@ -467,21 +468,32 @@ def pump_stream(sock: socket.socket, address: UnixAddress, stdin: BinaryIO, out:
                 with os_errors("send", address):
                     sock.sendall(chunk)
             sock.shutdown(socket.SHUT_WR)
+            uploaded.set()
         except OSError as err:  # SocketError and PeerClosed included
             failure.append(err)
 
     start_worker(upload)
     buf = bytearray(CHUNK)
     view = memoryview(buf)
+    received = 0
     while True:
         with os_errors("recv", address):
             n = sock.recv_into(buf)
         if n == 0:
             break
+        received += n
         out(bytes(view[:n]))
     if failure:
         # The server closed before taking all of stdin: say so rather than drop data.
         raise failure[0]
+    if received == 0 and not uploaded.is_set():
+        # An end before our request ended, and not a byte: what a server that turns this
+        # client away does (udskit listen --allow-uid, a full server), not an answer.
+        raise UdskitError(
+            f"{address} closed the connection before the request ended, without sending "
+            "anything: the server may refuse this client (its --allow-uid/--allow-gid, "
+            "or a limit on clients); `udskit doctor` and the server's log say more"
+        )
 
 
 def pump_messages(

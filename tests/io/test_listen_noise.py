@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
-from tests.conftest import Peers
+from tests.conftest import UDSKIT, Peers
 
 CLIENTS = 300
 
@@ -35,3 +36,16 @@ def test_reset_clients_are_counted_not_listed(peers: Peers, sockdir: Path) -> No
     counted = sum(int(line.split("listen: ")[1].split()[0]) for line in totals)
     assert counted + len(failed) - len(totals) <= CLIENTS
     assert all(line.startswith("udskit listen: ") for line in lines), lines
+
+
+def test_a_refused_client_is_told_why_it_got_nothing(peers: Peers, sockdir: Path) -> None:
+    path = sockdir / "picky.sock"
+    peers.udskit("listen", path, "--echo", "--allow-uid", "0", "--mode", "0666", wait_for=path)
+    # stdin stays open: the request has not ended when the server turns nobody away.
+    client = peers.start(*peers.as_nobody(*UDSKIT, "connect", path), stdin=subprocess.PIPE)
+    status = client.wait(30)
+    _out, err = client.stop()
+    assert status == 1, err
+    (line,) = err.decode().splitlines()
+    assert "closed the connection before the request ended" in line
+    assert "--allow-uid" in line
