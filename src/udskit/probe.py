@@ -59,8 +59,16 @@ def explain(
     """The specific reason for `err`, or None to fall back on the generic hint."""
     path = address.path if address.kind is AddressKind.PATHNAME else None
     if err == errno.ENOENT and path is not None:
+        if op in ("listen", "bind"):
+            return _cannot_create(path)
         return missing_component(path)
     if err == errno.ECONNREFUSED:
+        if path is None and sock_type is not None:
+            # An abstract name is looked up with the type (unix_find_abstract): one of
+            # another type answers ECONNREFUSED, not EPROTOTYPE as a file would.
+            real = bound_type(address, exclude=sock_type)
+            if real is not None:
+                return f"{address} is a {real.noun} socket; use --type {real.value}"
         return _refused(address, path)
     if err in (errno.EACCES, errno.EPERM) and path is not None:
         return permission_problem(path, binding=op in ("listen", "bind"))
@@ -83,6 +91,18 @@ def explain(
             "it is not reading fast enough: wait and retry"
         )
     return None
+
+
+def _cannot_create(path: str) -> str:
+    """Why bind() found no place for a socket file."""
+    directory = os.path.dirname(os.path.abspath(path)) or "/"
+    missing = missing_component(path)
+    if not missing.startswith("no socket file"):
+        return missing  # a directory on the way is missing, or is not a directory
+    return (
+        f"{directory} takes no new files (a virtual file system such as /proc or /sys?); "
+        "bind in a directory on a real file system, such as /run or /tmp"
+    )
 
 
 def _refused(address: UnixAddress, path: str | None) -> str:
