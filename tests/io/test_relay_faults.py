@@ -523,3 +523,32 @@ def test_exec_command_gone_is_a_clean_end(sockdir: Path) -> None:
             assert recv_all(client) == b"hello\n"
         events.wait_for(EventKind.CLOSED)
         relay.stop()
+
+
+def test_a_relay_at_its_fd_limit_says_so_once_not_every_pause(peers: Peers, sockdir: Path) -> None:
+    back = sockdir / "back.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(back))
+        server.listen(8)
+        front = f"{sockdir}/f.sock"
+        relay = peers.start(
+            sys.executable, "-c", _SCARCE_FDS, f"unix-listen:{front}", f"unix:{back}", "0"
+        )
+        lines = _Lines(relay)
+        assert lines.next()[0] == "listening"
+        assert lines.next()[0] == "ready"
+        clients = []
+        for _ in range(3):  # they wait in the backlog: every accept() fails with EMFILE
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(front)
+            clients.append(client)
+        assert lines.next()[0] == "error"
+        # A pause every 0.1 s, and at most one line per 5 s: nothing more in 3 s (a
+        # slower machine pauses less, never more).
+        fd = lines.fd
+        ready, _, _ = select.select([fd], [], [], 3.0)
+        assert not ready and b"\n" not in lines.buffer, os.read(fd, 65536) if ready else b""
+        for client in clients:
+            client.close()
+        _out, err = relay.stop(signal.SIGTERM)
+    assert b"Traceback" not in err, err.decode()

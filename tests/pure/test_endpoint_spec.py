@@ -127,3 +127,13 @@ def test_every_abstract_endpoint_round_trips(
 def test_every_path_endpoint_round_trips(path: str) -> None:
     spec = EndpointSpec(EndpointKind.UNIX_LISTEN, address=UnixAddress.pathname(path))
     assert parse_endpoint(format_endpoint(spec)) == spec
+
+
+def test_throttle_reports_once_per_interval_with_the_count_held_back() -> None:
+    from udskit.relay.events import Throttle
+
+    throttle = Throttle(5.0)
+    assert throttle.due(100.0) == (True, 0)
+    assert [throttle.due(100.0 + 0.1 * i)[0] for i in range(1, 40)] == [False] * 39
+    assert throttle.due(105.0) == (True, 39)
+    assert throttle.due(105.1) == (False, 0)

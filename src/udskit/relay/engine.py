@@ -24,7 +24,7 @@ from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
 from udskit.endpoints import DEFAULT_BACKLOG, Listener, peer_credentials
 from udskit.errors import SocketError, UsageError
 from udskit.identity import Identity
-from udskit.relay.events import CopyMode, EventKind, RelayEvent, RelayStats
+from udskit.relay.events import CopyMode, EventKind, RelayEvent, RelayStats, Throttle
 from udskit.relay.loop import IN, OUT, Loop, Timer
 from udskit.relay.sides import (
     ListenSide,
@@ -63,6 +63,8 @@ _DRAIN_TICK: Final = 0.02
 SCARCE: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: How long accepting pauses when descriptors or memory run out.
 SCARCE_PAUSE: Final = 0.1
+#: At most one line about it per this many seconds (see Throttle).
+SCARCE_REPORT_INTERVAL: Final = 5.0
 #: How long exec: commands get to exit after SIGTERM when the relay closes.
 _CHILD_GRACE: Final = 2.0
 
@@ -145,6 +147,7 @@ class Relay:
         self._listen: ListenSide | None = None
         self._target: Target | None = None
         self._next_id = 0
+        self._scarce_reports = Throttle(SCARCE_REPORT_INTERVAL)
         self._accept_paused = False
         self._single = not self.left.listening
         self._opened = False
@@ -370,12 +373,15 @@ class Relay:
                 return
             except OSError as exc:
                 if exc.errno in SCARCE:
-                    self.emit(
-                        EventKind.ERROR,
-                        None,
-                        f"accept: {os.strerror(exc.errno or 0)}; pausing {SCARCE_PAUSE:g} s "
-                        "(raise `ulimit -n`?)",
-                    )
+                    due, held = self._scarce_reports.due(time.monotonic())
+                    if due:
+                        again = f" ({held} more pauses since the last line)" if held else ""
+                        self.emit(
+                            EventKind.ERROR,
+                            None,
+                            f"accept: {os.strerror(exc.errno or 0)}; pausing "
+                            f"{SCARCE_PAUSE:g} s at a time (raise `ulimit -n`?){again}",
+                        )
                     self._pause_accept(SCARCE_PAUSE)
                     return
                 continue  # ECONNABORTED and friends: that client is gone already

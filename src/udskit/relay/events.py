@@ -74,3 +74,22 @@ class RelayStats:
     c2s_bytes: int = 0
     s2c_bytes: int = 0
     modes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Throttle:
+    """At most one report per `interval` seconds of a condition that repeats (a relay
+    at its fd limit pauses accepting every 0.1 s: 138 identical lines in one test run).
+    `due(now)` says whether to report now, and how many were held back since the last
+    report."""
+
+    interval: float
+    last: float | None = None
+    held: int = 0
+
+    def due(self, now: float) -> tuple[bool, int]:
+        if self.last is not None and now - self.last < self.interval:
+            self.held += 1
+            return False, 0
+        held, self.held, self.last = self.held, 0, now
+        return True, held
