@@ -467,8 +467,8 @@ def pump_stream(sock: socket.socket, address: UnixAddress, stdin: BinaryIO, out:
             while chunk := _read_chunk(stdin):
                 with os_errors("send", address):
                     sock.sendall(chunk)
+            uploaded.set()  # before the shutdown: the server's end may follow at once
             sock.shutdown(socket.SHUT_WR)
-            uploaded.set()
         except OSError as err:  # SocketError and PeerClosed included
             failure.append(err)
 

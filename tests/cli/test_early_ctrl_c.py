@@ -37,7 +37,7 @@ def interpreter_start() -> float:
 def ctrl_c_after(argv: list[str], delay: float, cwd: Path) -> tuple[int, str]:
     proc = subprocess.Popen(
         [str(UDSKIT_SCRIPT), *argv],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,  # kept open: `connect` runs until it is interrupted
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -71,6 +71,9 @@ def before_udskit(status: int, err: str) -> bool:
     ours = [f for f in frames if "/udskit/" in f or f.endswith("udskit_start.py")]
     return "Traceback" in err and err.rstrip().endswith("KeyboardInterrupt") and not ours
 
+
+#: Commands that end by themselves, possibly before a late Ctrl-C on a busy machine.
+FINITE = frozenset({"send", "ls", "doctor"})
 
 COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
     "listen": lambda d, _s: ["listen", str(d / "new.sock"), "--echo"],
@@ -106,7 +109,8 @@ def test_ctrl_c_in_the_first_100_ms(peers: Peers, sockdir: Path, command: str) -
             continue
         judged += 1
         assert "Traceback" not in err, f"{at}: {err}"
-        assert status in (130, -signal.SIGINT), f"{at}: status {status}: {err}"
+        done = status == 0 and command in FINITE  # it finished before the Ctrl-C came
+        assert done or status in (130, -signal.SIGINT), f"{at}: status {status}: {err}"
         assert len(err.splitlines()) <= 2, f"{at}: {err}"
         left = sorted(p.name for p in sockdir.iterdir() if p.name not in ("server.sock",))
         assert [n for n in left if n.endswith(".sock") or n.startswith(".")] == [], (at, left)

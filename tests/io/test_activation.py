@@ -205,11 +205,14 @@ def test_a_reload_whose_new_child_never_gets_ready_keeps_the_old(
         wait_for=path, listening=True,
     )  # fmt: skip
     wait_until(marker.exists, what="the first child")
+    before = CurlLoop("--unix-socket", str(path), "http://web/")
+    before.run_once()  # the first child's pid, before the new one shares the socket
+    assert before.failures == [], before.outcomes
+    first = before.outcomes[0][1].split()[-1]
     activate.send_signal(signal.SIGHUP)
     loop = CurlLoop("--unix-socket", str(path), "http://web/").start()
     loop.join()
     assert loop.failures == [] and len(loop.outcomes) > 10
-    first = loop.outcomes[0][1].split()[-1]
     # The new child shares the socket while it is given its chance, so it may answer
     # some requests; once the activator says it gave up on it (an event, not a time:
     # on a busy machine that came after the loop), the first one serves on alone.
