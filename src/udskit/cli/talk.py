@@ -175,6 +175,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         help="dgram: how long to wait for late replies after stdin ends (0.5)",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON lines on stdout: a connected event with the server's pid, uid, gid and "
+        "groups, one data event per chunk or message (data in base64), a closed event",
+    )
     p.set_defaults(handler=handle_connect)
 
     p = subparsers.add_parser(
@@ -200,6 +206,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="receive buffer for each reply (default: 65536)",
     )
     p.add_argument("--no-reply", action="store_true", help="do not wait for replies")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON lines on stdout: a connected event (the server's credentials, where the "
+        "type has them), then one reply event per message (length, truncated, data in "
+        "base64), or a no-reply event",
+    )
     p.add_argument(
         "--timeout",
         type=seconds(allow_zero=False),
@@ -276,20 +289,57 @@ def _connect(args: argparse.Namespace, env: Env, address: UnixAddress) -> int:
 
     sock_type = _client_type(args.type, address)
     with open_connection(address, sock_type, bind=args.bind) as sock:
+        out = env.write
+        if args.json:
+            _json_line(env, _connected_event(sock, address, sock_type))
+
+            def out(data: bytes) -> None:
+                _json_line(env, {"event": "data", "length": len(data), "data": _b64(data)})
+
         if sock_type is SocketType.STREAM:
-            pump_stream(sock, address, env.stdin, env.write)
+            pump_stream(sock, address, env.stdin, out)
         else:
             pump_messages(
                 sock,
                 address,
                 sock_type,
                 env.stdin,
-                env.write,
+                out,
                 lambda line: env.err(f"udskit connect: {line}"),
                 buffer=args.buffer,
                 linger=args.wait,
             )
+        if args.json:
+            _json_line(env, {"event": "closed"})
     return ExitStatus.OK
+
+
+def _json_line(env: Env, record: dict[str, object]) -> None:
+    import json
+
+    env.out(json.dumps(record, separators=(",", ":")))  # ASCII: strict UTF-8 JSON
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def _connected_event(sock: Any, address: UnixAddress, sock_type: SocketType) -> dict[str, object]:
+    """Where we are connected, and as whom the kernel knows the server (SO_PEERCRED,
+    SO_PEERGROUPS; a datagram socket has no such record of its peer)."""
+    from udskit.safetext import json_fields
+    from udskit.socktype import SocketType
+
+    record: dict[str, object] = {"event": "connected", "type": sock_type.value}
+    record.update(json_fields("address", str(address)))
+    if sock_type is not SocketType.DGRAM:
+        from udskit.ancillary import peer_credentials
+
+        cred = peer_credentials(sock, pidfd=False)
+        record.update(pid=cred.pid, uid=cred.uid, gid=cred.gid, groups=list(cred.groups))
+    return record
 
 
 def handle_send(args: argparse.Namespace, env: Env) -> int:
@@ -316,6 +366,8 @@ def _send(args: argparse.Namespace, env: Env, address: UnixAddress) -> int:
         messages = [m + b"\n" for m in messages]
     missing = 0
     with open_connection(address, sock_type, bind=args.bind) as sock:
+        if args.json:
+            _json_line(env, _connected_event(sock, address, sock_type))
         replies = send_messages(
             sock,
             address,
@@ -326,6 +378,22 @@ def _send(args: argparse.Namespace, env: Env, address: UnixAddress) -> int:
             timeout=args.timeout,
         )
         for number, reply in enumerate(replies, 1):
+            if args.json:
+                if reply is None:
+                    missing += 1
+                    _json_line(env, {"event": "no-reply", "message": number})
+                else:
+                    _json_line(
+                        env,
+                        {
+                            "event": "reply",
+                            "message": number,
+                            "length": reply.length,
+                            "truncated": reply.truncated,
+                            "data": _b64(reply.data),
+                        },
+                    )
+                continue
             if reply is None:
                 missing += 1
                 if sock_type is SocketType.STREAM:
