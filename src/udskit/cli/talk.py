@@ -199,7 +199,10 @@ def handle_listen(args: argparse.Namespace, env: Env) -> int:
         owner=args.owner,
         group=args.group,
         replace_stale=not args.no_replace,
+        passcred=sock_type is SocketType.DGRAM and options.peers.active,
     ) as listener:
+        for note in listener.notes:
+            env.err(f"udskit listen: {note}")
         if listener.replaced_stale:
             env.err(f"udskit listen: replaced a stale socket file at {listener.address}")
         if args.address == "@" or args.verbose:
