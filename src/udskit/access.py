@@ -115,7 +115,9 @@ _NOBODY_UID = -2
 _NOBODY_GID = -2
 
 
-def directory_exposure(directory: FileFacts, euid: int, name_owner: int | None = None) -> str | None:
+def directory_exposure(
+    directory: FileFacts, euid: int, name_owner: int | None = None
+) -> str | None:
     """Why users other than `euid` can change names in `directory`, or None if they
     cannot. `name_owner` is the owner of the name in question, for the sticky bit
     (a sticky directory keeps others from renaming or removing names they do not own,
@@ -126,7 +128,7 @@ def directory_exposure(directory: FileFacts, euid: int, name_owner: int | None =
     sticky = bool(mode & stat.S_ISVTX)
     protected = sticky and (name_owner is None or name_owner == euid)
     if mode & stat.S_IWOTH and not protected:
-        return "every user (mode %04o)" % mode
+        return f"every user (mode {mode:04o})"
     if mode & stat.S_IWGRP and not protected and not (directory.gid == 0 and euid == 0):
         return f"its group (gid {directory.gid}, mode {mode:04o})"
     return None

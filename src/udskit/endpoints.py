@@ -493,15 +493,13 @@ def recv_message(
         count, anc, flags, raw = sock.recvmsg_into([buf], space, socket.MSG_TRUNC)
     creds: tuple[int, int, int] | None = None
     for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            if len(data) >= _UCRED.size:
-                pid, uid, gid = _UCRED.unpack_from(data)
-                if pid > 0:
-                    creds = (pid, uid, gid)
+        ours = level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+        if ours and len(data) >= _UCRED.size:
+            pid, uid, gid = _UCRED.unpack_from(data)
+            if pid > 0:
+                creds = (pid, uid, gid)
     truncated = bool(flags & socket.MSG_TRUNC) or count > bufsize
-    return Message(
-        bytes(buf[: min(count, bufsize)]), count, truncated, decode_sockaddr(raw), creds
-    )
+    return Message(bytes(buf[: min(count, bufsize)]), count, truncated, decode_sockaddr(raw), creds)
 
 
 def send_message(
