@@ -50,6 +50,14 @@ examples:
   udskit relay --type seqpacket unix-listen:/tmp/a unix:/tmp/b
   udskit relay unix-recvfrom:/tmp/front.dgram unix-sendto:/tmp/back.dgram
 
+who can connect: an abstract name or a TCP port has no permissions, so a listening
+LEFT in front of a socket file RIGHT admits only clients who could have connected to
+that file themselves (write on the file, search on each directory; root always), by
+SO_PEERCRED/SO_PEERGROUPS for unix clients and, for loopback TCP clients, the uid the
+kernel records for their socket (inet_diag) with that user's groups. --allow-uid and
+--allow-gid replace that rule with their lists (unix LEFT only). The start line says
+who is admitted; refused clients are closed before anything reaches RIGHT.
+
 -v prints one line per connection (client pid, uid, command for unix clients) and the
 copy mode; -vv also one line per chunk; --json prints the same as JSON lines.
 Exit: 0 when stopped (Ctrl-C: 130, SIGTERM: 143, socket file removed either way),
@@ -137,6 +145,9 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         default_type=default_type,
         stdio=(env.stdin, env.stdout),
     )
+    relay.open()
+    if relay.admission.filters:
+        env.err(f"udskit relay: {relay.listen_endpoint} admits {relay.admission_text()}")
     relay.serve_forever()
     return ExitStatus.OK
 
