@@ -206,18 +206,22 @@ def open_listener(
                 note = directory.exposure_note(os.path.basename(addr.path))
                 notes = (note,) if note else ()
                 replaced, created = _bind_path(
-                    sock, addr, sock_type, mode, uid, gid, replace_stale, directory
+                    sock, addr, sock_type, mode, uid, gid, replace_stale, directory, backlog
                 )
-                _listen(sock, addr, sock_type, backlog)
         else:
             with os_errors("listen", addr, sock_type):
                 sock.bind(addr.to_sockaddr())
             _listen(sock, addr, sock_type, backlog)
         bound = decode_sockaddr(sock.getsockname())
     except BaseException:
-        sock.close()
+        # Interrupted (a signal, a failure) after bind: our file goes with the socket.
         if directory is not None:
+            with suppress(OSError):
+                ours = socket_file_inode(sock) if sock.getsockname() else None
+                if ours is not None:
+                    directory.unlink_if(os.path.basename(addr.path), ours)
             directory.close()
+        sock.close()
         raise
     return Listener(
         sock,
@@ -259,9 +263,15 @@ def _bind_path(
     gid: int,
     replace_stale: bool,
     directory: Directory,
+    backlog: int,
 ) -> tuple[bool, tuple[int, int] | None]:
-    """Bind to a pathname, replacing a stale socket file. Returns whether it replaced
-    one, and the (st_dev, st_ino) of the socket file it created."""
+    """Bind to a pathname, replacing a stale socket file, and listen. Returns whether it
+    replaced one, and the (st_dev, st_ino) of the socket file it created.
+
+    listen() comes right after bind(): a client that sees the file appear must not be
+    refused while udskit looks up its inode. A restricted file (mode 0000 until its
+    owner and mode are set) listens only once they are: whoever sees it listening sees
+    its final permissions."""
     name = os.path.basename(addr.path)
     restricted = mode is not None or uid != -1 or gid != -1
     replaced = False
@@ -278,6 +288,8 @@ def _bind_path(
                 replaced = True
     else:
         raise _in_use(addr, "the file keeps coming back; another program races us for it")
+    if not restricted:
+        _listen(sock, addr, sock_type, backlog)
     ours = socket_file_inode(sock)
     if ours is None:
         # No sock_diag: the name is all there is. Trust it only where no other user
@@ -317,6 +329,7 @@ def _bind_path(
             except OSError:
                 with os_errors("listen", addr, sock_type):
                     raise
+            _listen(sock, addr, sock_type, backlog)
         except BaseException:
             # Our own file, born with mode 0000: left behind it would block every retry.
             with suppress(OSError):

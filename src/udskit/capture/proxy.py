@@ -298,9 +298,12 @@ def _carry_out(directory: Directory, name: str, record: DumpRecord, plan: Restor
         if reason == "path-missing":
             notes.append(f"{full} had been removed meanwhile; put the original back there")
         elif reason == "path-other":
+            keeper = (
+                staging_full if plan_has_original_at_staging(directory, record) else hidden_full
+            )
             notes.append(
                 f"{full} is now {_what_is(directory, name)}, not udskit's proxy: left "
-                f"alone; the original stays at {hidden_full}"
+                f"alone; the original stays at {keeper}"
             )
         elif reason == "hidden-missing":
             notes.append(f"the original's second name {hidden_full} is gone: nothing to put back")
@@ -366,6 +369,12 @@ def _carry_out(directory: Directory, name: str, record: DumpRecord, plan: Restor
         elif step is Step.FORGET:
             remove_state(directory, name)
     return notes
+
+
+def plan_has_original_at_staging(directory: Directory, record: DumpRecord) -> bool:
+    return directory.inode(record.hidden) != record.original and (
+        directory.inode(record.staging) == record.original
+    )
 
 
 def _expect(directory: Directory, name: str, inode: tuple[int, int]) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "RestoreFacts",
     "RestorePlan",
     "Seen",
+    "Start",
     "StartFacts",
     "Step",
     "plan_restore",
@@ -112,6 +113,8 @@ def plan_restore(facts: RestoreFacts) -> RestorePlan:
     elif staging is Seen.ORIGINAL and path in (Seen.PROXY, Seen.MISSING):
         # Killed while putting back, after the link and with HIDDEN gone meanwhile:
         # the staging name is the original's last name.
+        if hidden is Seen.OTHER:
+            reasons.append("hidden-other")
         steps.append(Step.RESCUE_STAGING)
         restored = True
         staging = Seen.MISSING
@@ -126,6 +129,7 @@ def plan_restore(facts: RestoreFacts) -> RestorePlan:
             steps.append(Step.DROP_PROXY_AT_PATH)
         elif path is Seen.OTHER:
             reasons.append("path-other")
+            forget = staging is not Seen.ORIGINAL  # the original's last name: keep it known
     if staging is Seen.PROXY or (staging is Seen.ORIGINAL and restored):
         steps.append(Step.DROP_STAGING)
     elif staging is Seen.OTHER:
