@@ -28,8 +28,8 @@ from tests.conftest import UDSKIT, Peer, Peers
 from udskit.capture.events import EventKind
 from udskit.capture.pcapng import decode_events
 from udskit.capture.proxy import leftover_names
-from udskit.fsguard import Directory, read_state
 from udskit.cli.dump import _HTTP_SERVER
+from udskit.fsguard import Directory, read_state
 from udskit.tap import Direction
 
 HASH_SERVER = """\

@@ -319,11 +319,10 @@ def _failure_text(error: BaseException) -> str:
 
 def demo(tour: Tour) -> None:
     """Capture a real HTTP exchange (curl over a unix socket) into a pcapng file."""
+    import os
     import shutil
     import subprocess
     import sys
-
-    import os
 
     tour.section("dump: a tcpdump for unix sockets")
     if shutil.which("curl") is None:
