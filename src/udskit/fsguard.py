@@ -284,7 +284,6 @@ def _lock_holder(fd: int) -> str:
 
     st = os.fstat(fd)
     wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    me = os.getpid()
     try:
         with open("/proc/locks", encoding="ascii", errors="replace") as f:
             for line in f:
@@ -293,8 +292,7 @@ def _lock_holder(fd: int) -> str:
                     continue  # a waiter, not the holder
                 if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
                     pid = int(fields[4])
-                    if pid != me:
-                        return f"pid {pid} ({process_command(pid)})"
+                    return f"pid {pid} ({process_command(pid)})"
     except (OSError, ValueError):
         pass
     return "another process"

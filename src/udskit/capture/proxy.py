@@ -207,7 +207,10 @@ class DumpRecord:
         return record
 
     def alive(self) -> bool:
-        """Is the dump that wrote this still running?"""
+        """Is the dump that wrote this still running? (A record of this very process is
+        a takeover that failed part-way here and could not clean up: not running.)"""
+        if self.pid == os.getpid():
+            return False
         return self.started != "" and _process_started(self.pid) == self.started
 
 
@@ -246,8 +249,13 @@ def leftover_names(path: str) -> list[str]:
 
 
 def _load(directory: Directory, name: str) -> DumpRecord | None:
+    """This user's record of a dump of `name` in `directory`. A record made for another
+    path (a directory since removed, whose inode number was reused) is not this one."""
     data = read_state(directory, name)
-    return DumpRecord.from_json(data) if data is not None else None
+    record = DumpRecord.from_json(data) if data is not None else None
+    if record is None or record.path != os.path.join(directory.path, name):
+        return None
+    return record
 
 
 def user_text(uid: int) -> str:
@@ -547,7 +555,13 @@ class Takeover:
         staging = os.path.basename(self.staging)
         sock, proxy = self._bind_staging(directory, st)
         record = DumpRecord(
-            path, hidden, staging, original, proxy, os.getpid(), _process_started(os.getpid())
+            os.path.join(directory.path, name),
+            hidden,
+            staging,
+            original,
+            proxy,
+            os.getpid(),
+            _process_started(os.getpid()),
         )
         try:
             # The record first: after a kill -9 at any later instant, --restore knows
