@@ -233,9 +233,12 @@ def test_flocks_held_by_nobody_stop_neither_listen_nor_dump(
 
 def test_a_lock_held_by_another_udskit_fails_in_bounded_time_naming_it(sockdir: Path) -> None:
     path = str(sockdir / "busy.sock")
-    with exclusive(path), pytest.raises(SocketError) as caught:
-        with exclusive(path, timeout=0.2, op="listen"):
-            pass
+    with (
+        exclusive(path),
+        pytest.raises(SocketError) as caught,
+        exclusive(path, timeout=0.2, op="listen"),
+    ):
+        pass
     message = str(caught.value)
     assert "\n" not in message
     assert f"another udskit works on {sockdir}" in message
@@ -416,7 +419,7 @@ def test_a_datagram_listener_filters_each_datagram(
     assert f"uid {NOBODY} gid {NOBODY} is not allowed" in err.decode()
 
 
-# -- an abstract front to a root-only socket --------------------------------------------------------
+# -- an abstract front to a root-only socket ------------------------------------------------
 ABSTRACT_CLIENT = """\
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
