@@ -290,11 +290,14 @@ def _bind_path(
         raise _in_use(addr, "the file keeps coming back; another program races us for it")
     if not restricted:
         _listen(sock, addr, sock_type, backlog)
-    ours = socket_file_inode(sock)
+    exposed = directory.exposure(os.geteuid()) is not None
+    # Only a user who may rename names here could swap the file between bind and the
+    # lstat; where nobody else can, the lstat is the truth and costs no netlink query.
+    ours = socket_file_inode(sock) if restricted or exposed else directory.inode(name)
     if ours is None:
         # No sock_diag: the name is all there is. Trust it only where no other user
         # can change names; elsewhere refuse to touch mode or owner.
-        if restricted and directory.exposure(os.geteuid()) is not None:
+        if restricted and exposed:
             raise socket_error(
                 "listen",
                 str(addr),

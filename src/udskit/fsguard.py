@@ -219,7 +219,19 @@ def path_facts(path: str) -> PathFacts:
 
 
 # -- the private directory: locks and dump state -----------------------------------------
+_PRIVATE: dict[int, str] = {}
+
+
 def private_dir() -> str:
+    """`find_private_dir()`, checked once per process and user."""
+    euid = os.geteuid()
+    found = _PRIVATE.get(euid)
+    if found is None or not os.path.isdir(found):
+        found = _PRIVATE[euid] = find_private_dir()
+    return found
+
+
+def find_private_dir() -> str:
     """A directory only this user may write, created 0700 if need be.
 
     root: /run/udskit. Others: $XDG_RUNTIME_DIR/udskit, /run/user/UID/udskit, or
