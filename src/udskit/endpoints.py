@@ -200,14 +200,21 @@ def open_listener(
         created: tuple[int, int] | None = None
         replaced = False
         if addr.kind is AddressKind.PATHNAME:
-            with directory_lock(addr.path, "listen"):
-                with os_errors("listen", addr, sock_type):
-                    directory = Directory(addr.path)
-                note = directory.exposure_note(os.path.basename(addr.path))
-                notes = (note,) if note else ()
-                replaced, created = _bind_path(
-                    sock, addr, sock_type, mode, uid, gid, replace_stale, directory, backlog
-                )
+            # Opened before the lock: the fds the lock opens and closes then leave no
+            # gap below the ones the listener keeps.
+            with os_errors("listen", addr, sock_type):
+                directory = Directory(addr.path)
+            try:
+                with directory_lock(addr.path, "listen"):
+                    note = directory.exposure_note(os.path.basename(addr.path))
+                    notes = (note,) if note else ()
+                    replaced, created = _bind_path(
+                        sock, addr, sock_type, mode, uid, gid, replace_stale, directory, backlog
+                    )
+            except _LiveThere:
+                # Who holds it is looked up (in /proc) after the lock is released: twenty
+                # servers started at once must not queue behind each other's lookups.
+                raise _live(addr) from None
         else:
             with os_errors("listen", addr, sock_type):
                 sock.bind(addr.to_sockaddr())
@@ -414,14 +421,18 @@ def _remove_if_stale(addr: UnixAddress, directory: Directory) -> bool:
                     "a socket file exists there and we may not check whether it is live; "
                     "remove it yourself if its server is dead",
                 ) from None
-            raise _live(addr) from None
+            raise _LiveThere from None
     else:
-        raise _live(addr)
+        raise _LiveThere
     finally:
         probe.close()
     # Only the inode that was probed, and relative to the directory that was checked
     # (unlink never follows a symlink, but the directory on the way might change).
     return directory.unlink_if(name, (before.st_dev, before.st_ino))
+
+
+class _LiveThere(Exception):
+    """A live server holds the path (turned into `_live()` outside the lock)."""
 
 
 def _live(addr: UnixAddress) -> Exception:
