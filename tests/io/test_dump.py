@@ -27,9 +27,8 @@ import pytest
 from tests.conftest import UDSKIT, Peer, Peers
 from udskit.capture.events import EventKind
 from udskit.capture.pcapng import decode_events
-from udskit.capture.proxy import leftover_names
+from udskit.capture.proxy import dump_record, leftover_names
 from udskit.cli.dump import _HTTP_SERVER
-from udskit.fsguard import Directory, read_state
 from udskit.tap import Direction
 
 HASH_SERVER = """\
@@ -111,8 +110,7 @@ def assert_restored(path: Path, inode: int) -> None:
     name next to it, no state record."""
     assert os.lstat(path).st_ino == inode, "the original socket file is not back"
     assert leftover_names(str(path)) == []
-    with Directory(str(path)) as directory:
-        assert read_state(directory, path.name) is None
+    assert dump_record(str(path)) is None
 
 
 def dump_names(path: Path) -> list[str]:

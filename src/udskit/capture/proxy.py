@@ -100,6 +100,7 @@ __all__ = [
     "DumpRecord",
     "ProxyDump",
     "Takeover",
+    "dump_record",
     "leftover_names",
     "restore_leftovers",
 ]
@@ -246,6 +247,12 @@ def leftover_names(path: str) -> list[str]:
         )
     except OSError:
         return []
+
+
+def dump_record(path: str) -> DumpRecord | None:
+    """This user's record of a dump of the socket file `path` (None: none is left)."""
+    with Directory(path) as directory:
+        return _load(directory, os.path.basename(path))
 
 
 def _load(directory: Directory, name: str) -> DumpRecord | None:
