@@ -90,6 +90,14 @@ def hooked_os(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Os]:
     yield fake
 
 
+def ctrl_c_here() -> None:
+    """SIGINT to this (the main) thread. os.kill(getpid()) would be a process-directed
+    signal, which the kernel may hand to any thread that does not block it (a thread
+    left by an earlier test), and Python would then raise it in the main thread at once,
+    mask or no mask: the test would no longer be about the mask."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
 def blocked() -> set[int]:
     return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
@@ -124,7 +132,7 @@ def test_a_signal_between_link_and_rename_in_restore_is_held(
     def second_ctrl_c(n: int) -> None:
         masks.append(blocked())
         if n == 2:  # the link of restore(): the second Ctrl-C lands here
-            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c_here()
 
     hooked_os.after_link = second_ctrl_c
     pcap = tmp_path / "c.pcapng"
@@ -175,7 +183,7 @@ def test_a_signal_between_link_and_rename_in_start_is_held(
     def ctrl_c(n: int) -> None:
         masks.append(blocked())
         if n == 1:  # start()'s link, not restore()'s
-            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c_here()
 
     hooked_os.after_link = ctrl_c
     takeover = Takeover(str(sock))
