@@ -31,25 +31,29 @@ from udskit.fsguard import exclusive, socket_file_inode
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
 
-#: Swap every name in DIR that starts with one of the PREFIXES with a symlink to
-#: TARGET, again and again, until killed (renameat2(2) RENAME_EXCHANGE: atomic).
+#: Swap names in DIR with a symlink to TARGET, again and again, until killed, as the issue's
+#: attacker did (renameat2(2) RENAME_EXCHANGE: atomic; each swap toggles, so the symlink
+#: sits at the name half of the time). "=NAME" is one exact name, swapped in a tight
+#: loop; anything else is a prefix, matched against a listing refreshed every 32 rounds.
 SWAPPER = """\
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD, RENAME_EXCHANGE = -100, 2
-directory, target, prefixes = sys.argv[1], sys.argv[2], tuple(sys.argv[3:])
-link = os.path.join(directory, "zz-evil-link")
+directory, target, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
+link = os.path.join(directory, "zz-evil-link").encode()
 os.symlink(target, link)
+exact = [os.path.join(directory, s[1:]).encode() for s in specs if s.startswith("=")]
+prefixes = tuple(s for s in specs if not s.startswith("="))
+found = []
 print("ready", flush=True)
-swaps = 0
+rounds = 0
 while True:
-    for name in os.listdir(directory):
-        if name.startswith(prefixes) and name != "zz-evil-link":
-            path = os.path.join(directory, name).encode()
-            if libc.renameat2(AT_FDCWD, path, AT_FDCWD, link.encode(), RENAME_EXCHANGE) == 0:
-                swaps += 1
-                # and straight back, so the victim keeps finding its names
-                libc.renameat2(AT_FDCWD, path, AT_FDCWD, link.encode(), RENAME_EXCHANGE)
+    if prefixes and rounds % 32 == 0:
+        found = [os.path.join(directory, n).encode() for n in os.listdir(directory)
+                 if n.startswith(prefixes) and n != "zz-evil-link"]
+    for path in exact + found:
+        libc.renameat2(AT_FDCWD, path, AT_FDCWD, link, RENAME_EXCHANGE)
+    rounds += 1
 """
 
 
@@ -98,7 +102,7 @@ def test_symlink_swaps_never_reach_a_root_file_through_listen(
 ) -> None:
     before = untouched(secret)
     path = hostile_dir / "x.sock"
-    swapper = start_swapper(peers, hostile_dir, secret, "x.sock")
+    swapper = start_swapper(peers, hostile_dir, secret, "=x.sock")
     outcomes: dict[str, int] = {}
     for _attempt in range(1000):
         try:
@@ -146,8 +150,9 @@ def test_symlink_swaps_never_reach_a_root_file_through_dump(
     before = untouched(secret)
     path = hostile_dir / "app.sock"
     server = _serve_forever(path)
-    os.chmod(path, 0o600)
-    swapper = start_swapper(peers, hostile_dir, secret, ".app.sock.udskit-", "app.sock")
+    # 0666: a chmod that followed the symlink would make the 0600 secret 0666.
+    os.chmod(path, 0o666)
+    swapper = start_swapper(peers, hostile_dir, secret, "=app.sock", ".app.sock.udskit-")
     outcomes: dict[str, int] = {}
     try:
         for _attempt in range(300):
@@ -158,6 +163,7 @@ def test_symlink_swaps_never_reach_a_root_file_through_dump(
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 server = _serve_forever(path)
+                os.chmod(path, 0o666)
             takeover = Takeover(str(path))
             try:
                 takeover.start()
