@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import grp
 import os
 import pwd
 import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from udskit.address import (
     parse_address,
 )
 from udskit.errors import AddressError, UsageError, socket_error
+from udskit.fsguard import Directory, FileSwapped, exclusive, socket_file_inode
 from udskit.probe import bound_owners, file_kind, os_errors
 from udskit.socktype import SocketType
 
@@ -46,6 +47,7 @@ __all__ = [
     "open_listener",
     "open_socketpair",
     "peer_credentials",
+    "peer_groups",
     "recv_message",
     "resolve_group",
     "resolve_user",
@@ -104,12 +106,17 @@ class Listener:
         sock_type: SocketType,
         created: tuple[int, int] | None,
         replaced_stale: bool,
+        directory: Directory | None = None,
+        notes: tuple[str, ...] = (),
     ) -> None:
         self.sock = sock
         self.address = address
         self.type = sock_type
         self.replaced_stale = replaced_stale
+        #: Lines for the user, e.g. that other users may replace the socket file.
+        self.notes = notes
         self._created = created
+        self._directory = directory  # held open: close() unlinks relative to it
         self._closed = False
 
     def fileno(self) -> int:
@@ -123,6 +130,9 @@ class Listener:
     def detach_file(self) -> None:
         """Leave the socket file in place on close (another process took it over)."""
         self._created = None
+        if self._directory is not None:
+            self._directory.close()
+            self._directory = None
 
     def close(self) -> None:
         if self._closed:
@@ -134,15 +144,13 @@ class Listener:
             self._unlink_own_file()
 
     def _unlink_own_file(self) -> None:
-        if self._created is None or self.address.kind is not AddressKind.PATHNAME:
+        directory, self._directory = self._directory, None
+        if directory is None:
             return
-        try:
-            st = os.lstat(self.address.path)
-        except OSError:
-            return
-        if (st.st_dev, st.st_ino) == self._created:
-            with suppress(FileNotFoundError):
-                os.unlink(self.address.path)
+        with directory:
+            if self._created is not None:
+                with suppress(OSError):
+                    directory.unlink_if(os.path.basename(self.address.path), self._created)
 
     def __enter__(self) -> Listener:
         return self
@@ -168,12 +176,16 @@ def open_listener(
     owner: str | int | None = None,
     group: str | int | None = None,
     replace_stale: bool = True,
+    passcred: bool = False,
 ) -> Listener:
     """Bind (safely) and listen. Close the result, or use it as a context manager.
 
     With `mode`, `owner` or `group`, the socket file is created with no permissions at
     all and opened up only after the owner is set, so at no instant can anybody
-    connect whom the final mode would refuse.
+    connect whom the final mode would refuse. Mode and owner are set on the inode the
+    socket is bound to, never through a name another user may have swapped
+    (`udskit.fsguard`). `passcred` turns SO_PASSCRED on before bind, so that even the
+    first datagram carries its sender's credentials.
     """
     addr = as_address(address)
     if addr.kind is AddressKind.UNNAMED:
@@ -186,25 +198,52 @@ def open_listener(
     uid = resolve_user(owner) if owner is not None else -1
     gid = resolve_group(group) if group is not None else -1
     sock = _new_socket(sock_type)
+    if passcred:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    directory: Directory | None = None
+    notes: tuple[str, ...] = ()
     try:
         created: tuple[int, int] | None = None
         replaced = False
         if addr.kind is AddressKind.PATHNAME:
-            with directory_lock(addr.path):
-                replaced = _bind_path(sock, addr, sock_type, mode, uid, gid, replace_stale)
-                st = os.lstat(addr.path)
-                created = (st.st_dev, st.st_ino)
-                _listen(sock, addr, sock_type, backlog)
+            # Opened before the lock: the fds the lock opens and closes then leave no
+            # gap below the ones the listener keeps.
+            with os_errors("listen", addr, sock_type):
+                directory = Directory(addr.path)
+            try:
+                with directory_lock(addr.path, "listen"):
+                    note = directory.exposure_note(os.path.basename(addr.path))
+                    notes = (note,) if note else ()
+                    replaced, created = _bind_path(
+                        sock, addr, sock_type, mode, uid, gid, replace_stale, directory, backlog
+                    )
+            except _LiveThere:
+                # Who holds it is looked up (in /proc) after the lock is released: twenty
+                # servers started at once must not queue behind each other's lookups.
+                raise _live(addr) from None
         else:
             with os_errors("listen", addr, sock_type):
                 sock.bind(addr.to_sockaddr())
             _listen(sock, addr, sock_type, backlog)
         bound = decode_sockaddr(sock.getsockname())
     except BaseException:
+        # Interrupted (a signal, a failure) after bind: our file goes with the socket.
+        if directory is not None:
+            with suppress(OSError):
+                ours = socket_file_inode(sock) if sock.getsockname() else None
+                if ours is not None:
+                    directory.unlink_if(os.path.basename(addr.path), ours)
+            directory.close()
         sock.close()
         raise
     return Listener(
-        sock, bound if bound.kind is not AddressKind.UNNAMED else addr, sock_type, created, replaced
+        sock,
+        bound if bound.kind is not AddressKind.UNNAMED else addr,
+        sock_type,
+        created,
+        replaced,
+        directory,
+        notes,
     )
 
 
@@ -215,24 +254,17 @@ def _listen(sock: socket.socket, addr: UnixAddress, sock_type: SocketType, backl
 
 
 @contextmanager
-def directory_lock(path: str) -> Iterator[None]:
-    """flock() the directory that holds `path` while its socket file changes hands.
+def directory_lock(path: str, op: str = "lock") -> Iterator[None]:
+    """Exclude other udskit processes (of this user) from the directory that holds
+    `path` while its socket file changes hands, for at most `fsguard.LOCK_WAIT`.
 
     Two udskit servers starting at once must not both take a stale file for dead and
     have one unlink the other's fresh socket; a dump starting or stopping must not
-    interleave its links and renames with a bind. Without read permission on the
-    directory this locks nothing: there is no other lock every binder would honour."""
-    directory = os.path.dirname(os.path.abspath(path)) or "/"
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
+    interleave its links and renames with a bind. The lock file is udskit's own, in a
+    directory only this user may write: a flock on the socket's directory itself could
+    be held by any user who can open it, and hung root's udskit."""
+    with exclusive(path, op=op):
         yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _bind_path(
@@ -243,9 +275,17 @@ def _bind_path(
     uid: int,
     gid: int,
     replace_stale: bool,
-) -> bool:
-    """Bind to a pathname, replacing a stale socket file. Returns whether it replaced one."""
-    path = addr.path
+    directory: Directory,
+    backlog: int,
+) -> tuple[bool, tuple[int, int] | None]:
+    """Bind to a pathname, replacing a stale socket file, and listen. Returns whether it
+    replaced one, and the (st_dev, st_ino) of the socket file it created.
+
+    listen() comes right after bind(): a client that sees the file appear must not be
+    refused while udskit looks up its inode. A restricted file (mode 0000 until its
+    owner and mode are set) listens only once they are: whoever sees it listening sees
+    its final permissions."""
+    name = os.path.basename(addr.path)
     restricted = mode is not None or uid != -1 or gid != -1
     replaced = False
     for _attempt in range(5):
@@ -257,35 +297,61 @@ def _bind_path(
                 raise
             if not replace_stale:
                 raise _in_use(addr, "a file exists there (stale replacement is off)") from None
-            if _remove_if_stale(addr):
+            if _remove_if_stale(addr, directory):
                 replaced = True
     else:
         raise _in_use(addr, "the file keeps coming back; another program races us for it")
+    if not restricted:
+        _listen(sock, addr, sock_type, backlog)
+    exposed = directory.exposure(os.geteuid()) is not None
+    # Only a user who may rename names here could swap the file between bind and the
+    # lstat; where nobody else can, the lstat is the truth and costs no netlink query.
+    ours = socket_file_inode(sock) if restricted or exposed else directory.inode(name)
+    if ours is None:
+        # No sock_diag: the name is all there is. Trust it only where no other user
+        # can change names; elsewhere refuse to touch mode or owner.
+        if restricted and exposed:
+            raise socket_error(
+                "listen",
+                str(addr),
+                errno.EPERM,
+                f"{directory.exposure_note(name)}, and without sock_diag (unix_diag) "
+                "udskit cannot tell its own file from a swapped one; drop "
+                "--mode/--owner/--group or bind in a directory only you can write",
+            )
+        ours = directory.inode(name)
     if restricted:
-        ours = os.lstat(path)
+        assert ours is not None
         try:
-            if uid != -1 or gid != -1:
-                try:
-                    os.chown(path, uid, gid)
-                except PermissionError:
-                    raise socket_error(
-                        "listen",
-                        str(addr),
-                        errno.EPERM,
-                        "giving the socket file another owner needs root (CAP_CHOWN), and "
-                        "--group needs you to be a member of that group",
-                    ) from None
             final_mode = mode if mode is not None else 0o777 & ~_current_umask()
-            with os_errors("listen", addr, sock_type):
-                os.chmod(path, final_mode)
+            try:
+                directory.set_owner_and_mode(name, ours, uid, gid, final_mode)
+            except FileSwapped as err:
+                raise socket_error(
+                    "listen",
+                    str(addr),
+                    errno.EBUSY,
+                    f"{err} before udskit could set its mode and owner; nothing was "
+                    f"changed ({directory.exposure_note(name) or 'another process is racing'})",
+                ) from None
+            except PermissionError:
+                raise socket_error(
+                    "listen",
+                    str(addr),
+                    errno.EPERM,
+                    "giving the socket file another owner needs root (CAP_CHOWN), and "
+                    "--group needs you to be a member of that group",
+                ) from None
+            except OSError:
+                with os_errors("listen", addr, sock_type):
+                    raise
+            _listen(sock, addr, sock_type, backlog)
         except BaseException:
             # Our own file, born with mode 0000: left behind it would block every retry.
             with suppress(OSError):
-                now = os.lstat(path)
-                if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
-                    os.unlink(path)
+                directory.unlink_if(name, ours)
             raise
-    return replaced
+    return replaced, ours
 
 
 def _bind_once(
@@ -329,19 +395,20 @@ def _in_use(addr: UnixAddress, detail: str) -> Exception:
     return socket_error("listen", str(addr), errno.EADDRINUSE, detail)
 
 
-def _remove_if_stale(addr: UnixAddress) -> bool:
+def _remove_if_stale(addr: UnixAddress, directory: Directory) -> bool:
     """Unlink the file at `addr` if it is a socket file with no socket behind it.
 
     The probe is a datagram connect(): the kernel answers ECONNREFUSED when no socket
     is bound to that inode (stale), EPROTOTYPE when a socket of another type is bound
     (live, even if it has not called listen() yet), and succeeds for a bound datagram
     socket. It never creates a connection on a live server (unix_find_other in
-    net/unix/af_unix.c).
+    net/unix/af_unix.c). The probe goes by path: if another user swaps the file in
+    between, the inode check before unlink notices and we look again.
     """
     path = addr.path
-    try:
-        before = os.lstat(path)
-    except FileNotFoundError:
+    name = os.path.basename(path)
+    before = directory.lstat(name)
+    if before is None:
         return False  # gone meanwhile: just bind again
     if not stat.S_ISSOCK(before.st_mode):
         raise _in_use(
@@ -360,19 +427,18 @@ def _remove_if_stale(addr: UnixAddress) -> bool:
                     "a socket file exists there and we may not check whether it is live; "
                     "remove it yourself if its server is dead",
                 ) from None
-            raise _live(addr) from None
+            raise _LiveThere from None
     else:
-        raise _live(addr)
+        raise _LiveThere
     finally:
         probe.close()
-    try:
-        after = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
-        return False  # replaced meanwhile: look again
-    os.unlink(path)
-    return True
+    # Only the inode that was probed, and relative to the directory that was checked
+    # (unlink never follows a symlink, but the directory on the way might change).
+    return directory.unlink_if(name, (before.st_dev, before.st_ino))
+
+
+class _LiveThere(Exception):
+    """A live server holds the path (turned into `_live()` outside the lock)."""
 
 
 def _live(addr: UnixAddress) -> Exception:
@@ -431,26 +497,47 @@ def open_socketpair(
 @final
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One received message. `length` is its real size; `truncated` if it exceeded the buffer."""
+    """One received message. `length` is its real size; `truncated` if it exceeded the buffer.
+
+    `credentials` is the sender's (pid, uid, gid) from SCM_CREDENTIALS when it was asked
+    for and the kernel attached it (the receiver needs SO_PASSCRED)."""
 
     data: bytes
     length: int
     truncated: bool
     sender: UnixAddress
+    credentials: tuple[int, int, int] | None = None
 
 
-def recv_message(sock: socket.socket, bufsize: int, address: UnixAddress) -> Message:
+_UCRED: Final = struct.Struct("3i")
+
+
+def recv_message(
+    sock: socket.socket, bufsize: int, address: UnixAddress, *, credentials: bool = False
+) -> Message:
     """Receive one datagram or seqpacket record, noticing truncation.
 
     With MSG_TRUNC in the flags the kernel returns the real length even when the buffer
     was smaller (unix_dgram_recvmsg, Linux >= 3.4), so a cut message is reported rather
     than silently shortened. recvmsg_into hands back that count as it is.
+
+    With `credentials`, the sender's SCM_CREDENTIALS are read too. A datagram queued
+    before SO_PASSCRED was on carries pid 0 and the overflow uid (65534), which are not
+    the sender's: such a message gets `credentials=None`.
     """
     buf = bytearray(bufsize)
+    space = socket.CMSG_SPACE(_UCRED.size) if credentials else 0
     with os_errors("recv", address):
-        count, _anc, flags, raw = sock.recvmsg_into([buf], 0, socket.MSG_TRUNC)
+        count, anc, flags, raw = sock.recvmsg_into([buf], space, socket.MSG_TRUNC)
+    creds: tuple[int, int, int] | None = None
+    for level, kind, data in anc:
+        ours = level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+        if ours and len(data) >= _UCRED.size:
+            pid, uid, gid = _UCRED.unpack_from(data)
+            if pid > 0:
+                creds = (pid, uid, gid)
     truncated = bool(flags & socket.MSG_TRUNC) or count > bufsize
-    return Message(bytes(buf[: min(count, bufsize)]), count, truncated, decode_sockaddr(raw))
+    return Message(bytes(buf[: min(count, bufsize)]), count, truncated, decode_sockaddr(raw), creds)
 
 
 def send_message(
@@ -466,11 +553,29 @@ def send_message(
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the peer, as the kernel recorded them at connect (SO_PEERCRED)."""
-    import struct
-
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
+
+
+#: SO_PEERGROUPS (Linux 4.13); Python's socket module does not always export it.
+SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
+
+
+def peer_groups(sock: socket.socket) -> tuple[int, ...] | None:
+    """The peer's supplementary groups as of connect (SO_PEERGROUPS), or None where
+    the kernel does not tell."""
+    size = 64 * 4
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < 65536 * 4:
+                size *= 4
+                continue
+            return None
+        count = len(raw) // 4
+        return struct.unpack(f"{count}I", raw[: count * 4])
 
 
 # -- asyncio -----------------------------------------------------------------------------------

@@ -72,6 +72,10 @@ class PeerFilter:
     uids: frozenset[int] = frozenset()
     gids: frozenset[int] = frozenset()
 
+    @property
+    def active(self) -> bool:
+        return bool(self.uids or self.gids)
+
     def allows(self, uid: int, gid: int, conn: socket.socket | None = None) -> bool:
         if not self.uids and not self.gids:
             return True
@@ -402,8 +406,25 @@ def _as_line(data: bytes) -> bytes:
 def _serve_datagrams(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
     served = 0
     warned_unnamed = False
+    checking = options.peers.active
+    if checking:
+        # Datagrams have no connection to check once: each one carries its sender's
+        # credentials (SCM_CREDENTIALS) only while SO_PASSCRED is on. open_listener
+        # (passcred=True) turns it on before bind; this covers a listener made without.
+        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     while options.count is None or served < options.count:
-        message = recv_message(listener.sock, options.buffer, listener.address)
+        message = recv_message(
+            listener.sock, options.buffer, listener.address, credentials=checking
+        )
+        if checking:
+            creds = message.credentials
+            if creds is None or not options.peers.allows(creds[1], creds[2]):
+                who = f"pid {creds[0]} uid {creds[1]} gid {creds[2]}" if creds else "unknown"
+                log(
+                    f"dropped a datagram from {message.sender}: sender {who} is not "
+                    "allowed (--allow-uid/--allow-gid); no reply"
+                )
+                continue
         served += 1
         sender = message.sender
         if options.verbose:

@@ -27,7 +27,7 @@ import pytest
 from tests.conftest import UDSKIT, Peer, Peers
 from udskit.capture.events import EventKind
 from udskit.capture.pcapng import decode_events
-from udskit.capture.proxy import hidden_path, staging_path
+from udskit.capture.proxy import dump_record, leftover_names
 from udskit.cli.dump import _HTTP_SERVER
 from udskit.tap import Direction
 
@@ -106,9 +106,16 @@ def stop_dump(dump: Peer, signum: int = signal.SIGINT) -> tuple[int, str, str]:
 
 
 def assert_restored(path: Path, inode: int) -> None:
+    """The original is at PATH, and nothing of the dump is left: no hidden or staging
+    name next to it, no state record."""
     assert os.lstat(path).st_ino == inode, "the original socket file is not back"
-    assert not os.path.lexists(hidden_path(str(path)))
-    assert not os.path.lexists(staging_path(str(path)))
+    assert leftover_names(str(path)) == []
+    assert dump_record(str(path)) is None
+
+
+def dump_names(path: Path) -> list[str]:
+    """The dump's hidden and staging names next to PATH (random: found by prefix)."""
+    return leftover_names(str(path))
 
 
 def tshark(peers: Peers, pcap: Path, *args: str) -> list[str]:
@@ -270,7 +277,7 @@ def test_original_is_back_after_a_signal(
     sock = redis(peers, sockdir)
     original = os.lstat(sock).st_ino
     dump = start_dump(peers, sock)
-    assert os.path.lexists(hidden_path(str(sock)))
+    assert len(dump_names(sock)) == 1  # the hidden name (the staging one became PATH)
     assert ping(sock) == b"+PONG\r\n"
     got, out, err = stop_dump(dump, signum)
     assert got == status, err
@@ -313,36 +320,54 @@ def dead_socket_file(path: str) -> None:
         s.bind(path)
 
 
-def test_restore_after_a_kill_while_putting_the_original_back(peers: Peers, sockdir: Path) -> None:
-    """Killed inside restore() between link(hidden, staging) and rename(staging, PATH):
-    PATH is still the dead proxy's file; the hidden and staging names are both the
-    original."""
-    sock = redis(peers, sockdir)
-    original = os.lstat(sock).st_ino
-    os.link(sock, hidden_path(str(sock)))
-    os.link(sock, staging_path(str(sock)))
-    dead = str(sockdir / "dead.sock")
-    dead_socket_file(dead)
-    os.rename(dead, sock)  # the dead proxy in PATH's place
-    with pytest.raises(ConnectionRefusedError):
-        ping(sock)
-    restore = peers.udskit_run("dump", "--restore", sock)
-    assert restore.returncode == 0, restore.stderr
-    assert "restored the original socket file" in restore.stderr.decode()
-    assert_restored(sock, original)
-    assert ping(sock) == b"+PONG\r\n"
+#: A takeover and restore in a child that SIGKILLs itself right after the Nth link or
+#: rename (argv[2], e.g. "rename1"): the states a `kill -9` can leave, for real.
+KILLED_TAKEOVER = """\
+import os, signal, sys
+from udskit.capture import proxy
+from udskit.capture.proxy import Takeover
+real = os
+counts = {}
+def hook(what):
+    counts[what] = counts.get(what, 0) + 1
+    if f"{what}{counts[what]}" == sys.argv[2]:
+        real.kill(real.getpid(), signal.SIGKILL)
+class Hooked:
+    def __getattr__(self, name):
+        return getattr(real, name)
+    def link(self, *a, **k):
+        real.link(*a, **k); hook("link")
+    def rename(self, *a, **k):
+        real.rename(*a, **k); hook("rename")
+proxy.os = Hooked()
+t = Takeover(sys.argv[1])
+t.start()
+t.restore()
+t.close()
+"""
 
 
-def test_restore_after_a_kill_while_taking_over(peers: Peers, sockdir: Path) -> None:
-    """Killed inside start() between link(PATH, hidden) and rename(staging, PATH): PATH
-    is the original, the hidden name a second name of it, the staging name the dead
-    proxy's file."""
+@pytest.mark.parametrize(
+    ("killed_after", "path_is"),
+    [
+        ("link1", "original"),  # start(): the hidden name made, PATH still the original
+        ("rename1", "proxy"),  # taken over: the dead proxy's file at PATH
+        ("link2", "proxy"),  # restore(): the fresh name made, not yet renamed over PATH
+        ("rename2", "original"),  # put back; the hidden name not yet dropped
+    ],
+)
+def test_restore_after_a_kill_at_every_step(
+    peers: Peers, sockdir: Path, killed_after: str, path_is: str
+) -> None:
     sock = redis(peers, sockdir)
     original = os.lstat(sock).st_ino
-    os.link(sock, hidden_path(str(sock)))
-    dead_socket_file(staging_path(str(sock)))
+    killed = peers.run(sys.executable, "-c", KILLED_TAKEOVER, sock, killed_after)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (os.lstat(sock).st_ino == original) == (path_is == "original")
+    assert dump_names(sock) != []
     refused = peers.udskit_run("dump", sock)
-    assert refused.returncode == 1 and b"--restore" in refused.stderr
+    assert refused.returncode == 1
+    assert b"was killed and left it moved; run `udskit dump --restore" in refused.stderr
     restore = peers.udskit_run("dump", "--restore", sock)
     assert restore.returncode == 0, restore.stderr
     assert_restored(sock, original)

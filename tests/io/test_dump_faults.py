@@ -46,7 +46,9 @@ STOP = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 def echo(peers: Peers, sockdir: Path, kind: str = "stream") -> Path:
     sock = sockdir / "echo.sock"
-    peers.start(sys.executable, "-c", ECHO_SERVER, sock, kind, wait_for=sock)
+    # listening=True: bound is not enough, a stream connect() before listen() is refused.
+    listening = True if kind != "dgram" else None
+    peers.start(sys.executable, "-c", ECHO_SERVER, sock, kind, wait_for=sock, listening=listening)
     return sock
 
 
@@ -71,13 +73,13 @@ class _Os(ModuleType):
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
-    def link(self, src: str, dst: str) -> None:
-        os.link(src, dst)
+    def link(self, src: str, dst: str, **kwargs: Any) -> None:
+        os.link(src, dst, **kwargs)
         self.links += 1
         self.after_link(self.links)
 
-    def rename(self, src: str, dst: str) -> None:
-        os.rename(src, dst)
+    def rename(self, src: str, dst: str, **kwargs: Any) -> None:
+        os.rename(src, dst, **kwargs)
         self.renames += 1
         self.after_rename(self.renames)
 
@@ -156,11 +158,11 @@ def test_an_interrupt_before_restore_starts_is_retried_by_close(
     real_lock = directory_lock
     calls = []
 
-    def lock(path: str) -> Any:
+    def lock(path: str, op: str = "lock") -> Any:
         calls.append(path)
         if len(calls) == 2:  # 1: start(); 2: restore()
             raise KeyboardInterrupt
-        return real_lock(path)
+        return real_lock(path, op)
 
     monkeypatch.setattr(proxy, "directory_lock", lock)
     pcap = tmp_path / "c.pcapng"
@@ -202,12 +204,14 @@ def test_an_exception_right_after_the_rename_puts_the_original_back(
     peers: Peers, sockdir: Path, hooked_os: _Os
 ) -> None:
     """The reviewer's injection: as if a handler raised just after rename(2) returned.
-    The undo looks at inodes: the hidden name is the original's only name by then."""
+    The undo looks at inodes: the hidden name is the original's only name by then.
+    (Only the takeover's rename raises: the undo's own rename must be let through.)"""
     sock = echo(peers, sockdir)
     original = os.lstat(sock).st_ino
 
-    def interrupt(_n: int) -> None:
-        raise KeyboardInterrupt
+    def interrupt(n: int) -> None:
+        if n == 1:
+            raise KeyboardInterrupt
 
     hooked_os.after_rename = interrupt
     with pytest.raises(KeyboardInterrupt):

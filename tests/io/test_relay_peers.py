@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,17 @@ def start_relay(peers: Peers, *args: str, tcp_port: int | None = None) -> Peer:
     return relay
 
 
+def _listens_at(path: Path) -> Callable[[], bool]:
+    from udskit.inspect.lister import bound_socket_at
+    from udskit.inspect.sockdiag import SocketState
+
+    def check() -> bool:
+        found = bound_socket_at(path)
+        return found is not None and found.state is SocketState.LISTEN
+
+    return check
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     root = tmp_path / "site"
@@ -110,6 +122,9 @@ def test_man_in_the_middle_with_one_relay(peers: Peers, sockdir: Path, site: Pat
     peers.start(sys.executable, "-c", UNIX_HTTP, app, cwd=site, wait_for=app)
     os.rename(app, f"{app}.orig")
     relay = start_relay(peers, "-vv", f"unix-listen:{app}", f"unix:{app}.orig")
+    # The server's socket keeps the bound name app.sock after the rename, so the wait
+    # above can see it before the relay listens: wait for the file at app.sock itself.
+    wait_until(_listens_at(app), what="the relay to listen at app.sock")
     result = peers.run(
         "curl", "-sS", "--max-time", "20", "--unix-socket", app, "http://x/hello.txt"
     )

@@ -5,17 +5,17 @@ the original server or the proxy, never find the path missing (ENOENT), so the p
 is never unlinked and never renamed away:
 
 1. the proxy binds a fresh socket at a staging name in the same directory
-   (`.NAME.udskit-dump-new`), born with mode 0000 and then given the original file's
-   owner, group and mode;
+   (`.NAME.udskit-new-TOKEN`, TOKEN random), born with mode 0000 and then given the
+   original file's owner, group and mode on its own inode (`udskit.fsguard`);
 2. link(2) gives the original socket file a second, hidden name,
-   `.NAME.udskit-dump`: connect(2) finds a socket through the file's inode
+   `.NAME.udskit-dump-TOKEN`: connect(2) finds a socket through the file's inode
    (unix_find_bsd in net/unix/af_unix.c), so that name reaches the original server
    and is how the proxy forwards to it;
 3. rename(2) moves the staging file over PATH: rename replaces its target atomically
    (rename(2): "there will be no point at which newpath is missing"), so a client sees
    either the original's inode or the proxy's.
 
-Putting it back: link(2) the hidden name to the staging name again and rename(2) that
+Putting it back: link(2) the hidden name to a fresh random name and rename(2) that
 over PATH (atomic, like the takeover). The hidden name itself stays until close(): the
 proxy keeps accepting for a moment, for clients whose connect() had already found its
 file, and lets open connections finish for a grace period, and it forwards all of them
@@ -27,35 +27,61 @@ original with only its hidden name and a dead proxy at PATH. A signal that arriv
 meanwhile stays pending and is handled once both calls are done and recorded. (The mask
 is per thread; `udskit dump` runs its proxy in one thread.)
 
-The hidden name is derived from PATH alone, so after a `kill -9` `udskit dump --restore
-PATH` finds it, and `udskit dump PATH` notices it and says so. Connections that existed
+The directory may belong to somebody else, who can plant, swap or remove names at any
+moment. So the names are unpredictable and created exclusively (link and bind fail on
+an existing name), every name is used relative to the directory fd udskit opened, and
+before it touches PATH the dump records the inodes it created (the original's and the
+proxy's) in a state file only its user can write (`fsguard.write_state`). What to do
+with the names, at the end, after a failed start or after a `kill -9` (`udskit dump
+--restore PATH`), is decided by `capture.restoreplan` from what each name is compared
+with that record; a name no record mentions is never touched, and is reported as what
+it is (its kind and owner), never blamed on another process. Connections that existed
 before the dump started go straight to the server and are never touched.
 
 The kernel's bound name of the proxy socket (getsockname, `ss -x`, /proc/net/unix)
 stays the staging name: bind(2) records the name it was given, and there is no way to
 bind to a path that exists. `udskit ls` therefore shows the proxy as
-`.NAME.udskit-dump-new`, which at least says what it is.
+`.NAME.udskit-new-TOKEN`, which at least says what it is.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import signal
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, final
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final, final
 
 from udskit.address import AddressKind, UnixAddress, parse_address
+from udskit.capture.restoreplan import (
+    RestoreFacts,
+    RestorePlan,
+    Seen,
+    Start,
+    StartFacts,
+    Step,
+    plan_restore,
+    plan_start,
+)
 from udskit.endpoints import DEFAULT_BACKLOG, Listener, directory_lock, open_listener
-from udskit.errors import SocketError, UsageError, socket_error
+from udskit.errors import UsageError, socket_error
+from udskit.fsguard import (
+    Directory,
+    FileSwapped,
+    read_state,
+    remove_state,
+    socket_file_inode,
+    write_state,
+)
 from udskit.identity import IdentityPlan, decide_identity, others_may_connect
+from udskit.inspect.fdscan import process_command, user_name
 from udskit.probe import (
-    bound_owners,
     bound_type,
     current_user,
     describe_file,
@@ -70,38 +96,19 @@ if TYPE_CHECKING:
     from udskit.relay import Relay
 
 __all__ = [
-    "HIDDEN_SUFFIX",
-    "STAGING_SUFFIX",
-    "Leftovers",
+    "HIDDEN_MARK",
+    "STAGING_MARK",
+    "DumpRecord",
     "ProxyDump",
     "Takeover",
-    "find_leftovers",
-    "hidden_path",
+    "dump_record",
+    "leftover_names",
     "restore_leftovers",
-    "staging_path",
 ]
 
-HIDDEN_SUFFIX: Final = ".udskit-dump"
-STAGING_SUFFIX: Final = ".udskit-dump-new"
-
-
-def hidden_path(path: str) -> str:
-    """Where the original socket file is kept during a dump: `DIR/.NAME.udskit-dump`."""
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}{HIDDEN_SUFFIX}")
-
-
-def staging_path(path: str) -> str:
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}{STAGING_SUFFIX}")
-
-
-def _inode(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino)
+#: The hidden and staging names are `.NAME` + mark + a random token.
+HIDDEN_MARK: Final = ".udskit-dump-"
+STAGING_MARK: Final = ".udskit-new-"
 
 
 def is_live(path: str) -> bool:
@@ -154,92 +161,296 @@ def detect_type(address: UnixAddress) -> SocketType:
     raise UsageError(f"cannot tell the socket type of {address}; give --type")
 
 
-# -- leftovers -------------------------------------------------------------------------------
+# -- records and leftovers ---------------------------------------------------------------------
 @final
 @dataclass(frozen=True, slots=True)
-class Leftovers:
-    """What a dump that did not finish left next to PATH."""
+class DumpRecord:
+    """What a dump created, written to its private state file before it touches PATH."""
 
     path: str
-    hidden: str | None  # the original's hidden name, if it is there
-    staging: str | None  # a staging socket file, if it is there
-    path_live: bool  # something serves PATH (another dump running?)
+    hidden: str  # names in PATH's directory
+    staging: str
+    original: tuple[int, int]  # (st_dev, st_ino) of the service's socket file
+    proxy: tuple[int, int]  # of the proxy's socket file
+    pid: int
+    started: str  # /proc/PID/stat start time: a reused pid is not the dump
 
-    def describe(self) -> str:
-        found = [p for p in (self.hidden, self.staging) if p is not None]
-        return ", ".join(found)
+    def to_json(self) -> dict[str, object]:
+        return {
+            "version": _RECORD_VERSION,
+            "path": self.path,
+            "hidden": self.hidden,
+            "staging": self.staging,
+            "original": list(self.original),
+            "proxy": list(self.proxy),
+            "pid": self.pid,
+            "started": self.started,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DumpRecord | None:
+        try:
+            if data.get("version") != _RECORD_VERSION:
+                return None
+            record = cls(
+                str(data["path"]),
+                str(data["hidden"]),
+                str(data["staging"]),
+                (int(data["original"][0]), int(data["original"][1])),
+                (int(data["proxy"][0]), int(data["proxy"][1])),
+                int(data["pid"]),
+                str(data["started"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+        for name in (record.hidden, record.staging):
+            if "/" in name or not name.startswith("."):
+                return None  # only names in PATH's own directory
+        return record
+
+    def alive(self) -> bool:
+        """Is the dump that wrote this still running? (A record of this very process is
+        a takeover that failed part-way here and could not clean up: not running.)"""
+        if self.pid == os.getpid():
+            return False
+        return self.started != "" and _process_started(self.pid) == self.started
 
 
-def find_leftovers(path: str) -> Leftovers | None:
-    hidden = hidden_path(path)
-    staging = staging_path(path)
-    has_hidden = os.path.lexists(hidden)
-    has_staging = os.path.lexists(staging)
-    if not has_hidden and not has_staging:
+_RECORD_VERSION: Final = 1
+
+
+def _process_started(pid: int) -> str:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or '' if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def _new_names(name: str) -> tuple[str, str]:
+    """The hidden and staging names: unpredictable, so nobody can plant a file there
+    beforehand; both are created exclusively anyway (link and bind fail on EEXIST)."""
+    token = secrets.token_hex(6)
+    return f".{name}{HIDDEN_MARK}{token}", f".{name}{STAGING_MARK}{token}"
+
+
+def leftover_names(path: str) -> list[str]:
+    """Names next to PATH that look like a dump's (`.NAME.udskit-*`), whoever made them."""
+    directory, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}.udskit-"
+    try:
+        return sorted(
+            os.path.join(directory, n) for n in os.listdir(directory) if n.startswith(prefix)
+        )
+    except OSError:
+        return []
+
+
+def dump_record(path: str) -> DumpRecord | None:
+    """This user's record of a dump of the socket file `path` (None: none is left)."""
+    with Directory(path) as directory:
+        return _load(directory, os.path.basename(path))
+
+
+def _load(directory: Directory, name: str) -> DumpRecord | None:
+    """This user's record of a dump of `name` in `directory`. A record made for another
+    path (a directory since removed, whose inode number was reused) is not this one."""
+    data = read_state(directory, name)
+    record = DumpRecord.from_json(data) if data is not None else None
+    if record is None or record.path != os.path.join(directory.path, name):
         return None
-    return Leftovers(
-        path,
-        hidden if has_hidden else None,
-        staging if has_staging else None,
-        os.path.lexists(path) and is_live(path),
+    return record
+
+
+def user_text(uid: int) -> str:
+    name = user_name(uid)
+    return f"uid {uid} ({name})" if name != str(uid) else f"uid {uid}"
+
+
+def _what_is(directory: Directory, name: str) -> str:
+    """'a socket file owned by uid 65534 (nobody)', for messages about a name that is
+    not udskit's. The owner comes from lstat: a symlink is described as one."""
+    st = directory.lstat(name)
+    if st is None:
+        return "gone"
+    return f"a {file_kind(st.st_mode)} owned by {user_text(st.st_uid)}"
+
+
+def _seen(directory: Directory, name: str, record: DumpRecord) -> Seen:
+    inode = directory.inode(name)
+    if inode is None:
+        return Seen.MISSING
+    if inode == record.original:
+        return Seen.ORIGINAL
+    if inode == record.proxy:
+        return Seen.PROXY
+    return Seen.OTHER
+
+
+def _facts(
+    directory: Directory, name: str, record: DumpRecord, *, keep_hidden: bool, own: bool
+) -> RestoreFacts:
+    return RestoreFacts(
+        path=_seen(directory, name, record),
+        hidden=_seen(directory, record.hidden, record),
+        staging=_seen(directory, record.staging, record),
+        other_dump_running=not own and record.alive(),
+        keep_hidden=keep_hidden,
     )
+
+
+def _carry_out(directory: Directory, name: str, record: DumpRecord, plan: RestorePlan) -> list[str]:
+    """Do what `plan` says, each step only on the inode it expects. Returns notes for
+    the user about what was in the way (nothing when all went as planned)."""
+    notes: list[str] = []
+    full = os.path.join(directory.path, name)
+    hidden_full = os.path.join(directory.path, record.hidden)
+    staging_full = os.path.join(directory.path, record.staging)
+    for reason in plan.reasons:
+        if reason == "path-missing":
+            notes.append(f"{full} had been removed meanwhile; put the original back there")
+        elif reason == "path-other":
+            keeper = (
+                staging_full if plan_has_original_at_staging(directory, record) else hidden_full
+            )
+            notes.append(
+                f"{full} is now {_what_is(directory, name)}, not udskit's proxy: left "
+                f"alone; the original stays at {keeper}"
+            )
+        elif reason == "hidden-missing":
+            notes.append(f"the original's second name {hidden_full} is gone: nothing to put back")
+        elif reason == "hidden-other":
+            notes.append(
+                f"{hidden_full} is now {_what_is(directory, record.hidden)}, not the "
+                "original socket file: left alone, nothing to put back"
+            )
+        elif reason == "staging-other":
+            notes.append(
+                f"{staging_full} is {_what_is(directory, record.staging)}, not udskit's: left alone"
+            )
+    for step in plan.steps:
+        if step is Step.PUT_BACK:
+            with signals_held():
+                _expect(directory, record.hidden, record.original)
+                os.rename(record.hidden, name, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+        elif step is Step.PUT_BACK_KEEP:
+            # A fresh name made exclusively by link(2), checked, then renamed over PATH:
+            # the hidden name stays for the clients the proxy still accepts. The caller
+            # recorded the fresh name as the staging name first (a kill -9 in between
+            # leaves nothing the record does not know).
+            fresh = record.staging
+            with signals_held():
+                os.link(
+                    record.hidden,
+                    fresh,
+                    src_dir_fd=directory.fd,
+                    dst_dir_fd=directory.fd,
+                    follow_symlinks=False,
+                )
+                try:
+                    _expect(directory, fresh, record.original)
+                    os.rename(fresh, name, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+                except BaseException:
+                    with suppress(OSError):
+                        directory.unlink_if(fresh, record.original)
+                    raise
+        elif step is Step.LINK_BACK:
+            _expect(directory, record.hidden, record.original)
+            os.link(
+                record.hidden,
+                name,
+                src_dir_fd=directory.fd,
+                dst_dir_fd=directory.fd,
+                follow_symlinks=False,
+            )
+        elif step is Step.RESCUE_STAGING:
+            with signals_held():
+                _expect(directory, record.staging, record.original)
+                os.rename(record.staging, name, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+        elif step is Step.DROP_HIDDEN:
+            # Only while the original is also at PATH: never its last name.
+            if directory.inode(name) == record.original:
+                directory.unlink_if(record.hidden, record.original)
+        elif step is Step.DROP_STAGING:
+            if not directory.unlink_if(record.staging, record.proxy) and (
+                directory.inode(name) == record.original
+            ):
+                directory.unlink_if(record.staging, record.original)
+        elif step is Step.DROP_PROXY_AT_PATH:
+            directory.unlink_if(name, record.proxy)
+        elif step is Step.FORGET:
+            remove_state(directory, name)
+    return notes
+
+
+def plan_has_original_at_staging(directory: Directory, record: DumpRecord) -> bool:
+    return directory.inode(record.hidden) != record.original and (
+        directory.inode(record.staging) == record.original
+    )
+
+
+def _expect(directory: Directory, name: str, inode: tuple[int, int]) -> None:
+    if directory.inode(name) != inode:
+        raise FileSwapped(
+            f"{os.path.join(directory.path, name)} changed under udskit (now "
+            f"{_what_is(directory, name)})"
+        )
 
 
 def restore_leftovers(path: str) -> list[str]:
     """`udskit dump --restore PATH`: put the original back after a killed dump.
 
-    Refuses while PATH is live and the hidden original is too (a dump is running: stop
-    it instead). Returns what was done, one line each."""
+    Goes by this user's state record only: names next to PATH that no record mentions
+    are reported as what they are and left alone. Refuses while the dump that wrote
+    the record is still running. Returns what was done, one line each."""
     address = parse_address(path)
     if address.kind is not AddressKind.PATHNAME:
         raise UsageError(f"--restore takes a socket file path, not {address}")
     path = address.path  # `unix:/run/x.sock` names the file /run/x.sock
-    done: list[str] = []
-    with directory_lock(path):
-        left = find_leftovers(path)
-        if left is None:
-            return [f"nothing to restore: no {hidden_path(path)} next to {path}"]
-        if left.hidden is not None and _inode(path) == _inode(left.hidden):
-            # Killed between link and rename: PATH is still the original itself.
-            os.unlink(left.hidden)
-            done.append(f"removed {left.hidden}, a second name of {path} (which is intact)")
-        elif left.hidden is not None:
-            hidden_live = is_live(left.hidden)
-            if left.path_live and hidden_live:
-                owners = bound_owners(address)
-                who = f" ({owners})" if owners else ""
+    name = os.path.basename(path)
+    with directory_lock(path, "restore"):
+        with os_errors("restore", address):
+            directory = Directory(path)
+        with directory:
+            record = _load(directory, name)
+            if record is None:
+                done = [
+                    f"{p} is {_what_is(directory, os.path.basename(p))}; udskit has no "
+                    "record of making it, so it is left alone"
+                    for p in leftover_names(path)
+                ]
+                done.append(
+                    f"nothing to restore: no record of a udskit dump of {path} by {current_user()}"
+                )
+                return done
+            facts = _facts(directory, name, record, keep_hidden=False, own=False)
+            plan = plan_restore(facts)
+            if plan.refused:
                 raise socket_error(
                     "restore",
                     path,
                     errno.EBUSY,
-                    f"a proxy still serves {path}{who}: a udskit dump is running there; "
-                    "stop it (Ctrl-C or kill PID) and it restores the original itself",
+                    f"the udskit dump that moved it still runs (pid {record.pid}, "
+                    f"{process_command(record.pid)}); stop it (Ctrl-C or kill PID) and it "
+                    "restores the original itself",
                 )
-            if hidden_live or not os.path.lexists(path):
-                with os_errors("restore", address), signals_held():
-                    os.rename(left.hidden, path)
-                done.append(f"restored the original socket file {path} from {left.hidden}")
-            else:
-                # The server is gone and PATH holds something else: the original file is
-                # a dead socket's; keeping it would only make a stale file.
-                os.unlink(left.hidden)
-                done.append(f"removed {left.hidden}: the original server is no longer there")
-        if left.staging is not None and (
-            _is_dead_socket_file(left.staging) or _inode(left.staging) == _inode(path)
-        ):
-            # A dead proxy's file, or (killed while putting the original back) a second
-            # name of the original that is already at PATH.
-            os.unlink(left.staging)
-            done.append(f"removed the staging file {left.staging}")
-    return done
-
-
-def _is_dead_socket_file(path: str) -> bool:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISSOCK(st.st_mode) and not is_live(path)
+            with os_errors("restore", address):
+                done = _carry_out(directory, name, record, plan)
+            if (
+                Step.PUT_BACK in plan.steps
+                or Step.LINK_BACK in plan.steps
+                or (Step.RESCUE_STAGING in plan.steps)
+            ):
+                done.append(f"restored the original socket file {path}")
+            elif plan.restored:
+                done.append(f"{path} is the original socket file; removed the dump's other names")
+            elif Step.DROP_PROXY_AT_PATH in plan.steps:
+                done.append(f"removed the dead proxy's socket file at {path}")
+            return done
 
 
 # -- the takeover ----------------------------------------------------------------------------
@@ -265,14 +476,18 @@ class Takeover:
                 "a path; point the clients at a new address with --listen ADDR instead"
             )
         self.path = self.address.path
-        self.upstream = hidden_path(self.path)
-        self.staging = staging_path(self.path)
+        self.name = os.path.basename(self.path)
+        hidden, staging = _new_names(self.name)
+        directory = os.path.dirname(self.path)
+        self.upstream = os.path.join(directory, hidden)
+        self.staging = os.path.join(directory, staging)
         self.requested_type = sock_type
         self.sock_type = sock_type or SocketType.STREAM
         self.backlog = backlog
         self.sock: socket.socket | None = None
-        self._proxy_inode: tuple[int, int] | None = None
-        self._original_inode: tuple[int, int] | None = None
+        self.record: DumpRecord | None = None
+        #: Lines for the user at start (a directory in other hands).
+        self.notes: list[str] = []
         self.restored = False  # the original is back at PATH
         self._restore_done = False
         self._hidden_kept = False  # the hidden name outlives restore() until close()
@@ -286,61 +501,117 @@ class Takeover:
                     f"{path} is too long to keep a hidden name next to it ({name} would "
                     "exceed 107 bytes); use --listen ADDR with a shorter path"
                 )
-        with directory_lock(path):
-            left = find_leftovers(path)
-            if left is not None:
-                raise self._leftovers_error(left)
+        with directory_lock(path, "dump"):
+            with os_errors("connect", address):
+                directory = Directory(path)
+            with directory:
+                return self._start_in(directory)
+
+    def _start_in(self, directory: Directory) -> socket.socket:
+        path, address, name = self.path, self.address, self.name
+        previous = _load(directory, name)
+        st = directory.lstat(name)
+        is_socket = st is not None and stat.S_ISSOCK(st.st_mode)
+        decision = plan_start(
+            StartFacts(
+                recorded=previous is not None,
+                recorded_alive=previous is not None and previous.alive(),
+                exists=st is not None,
+                is_socket=is_socket,
+                live=is_socket and is_live(path),
+            )
+        )
+        if decision is Start.RUNNING:
+            assert previous is not None
+            raise socket_error(
+                "dump",
+                path,
+                errno.EEXIST,
+                f"another udskit dump already runs on {path} (pid {previous.pid}, "
+                f"{process_command(previous.pid)}); stop it first, or dump its clients "
+                "with --listen",
+            )
+        if decision is Start.KILLED:
+            raise socket_error(
+                "dump",
+                path,
+                errno.EEXIST,
+                "a udskit dump of it was killed and left it moved; run "
+                f"`udskit dump --restore {path}` to put the original back",
+            )
+        if decision is Start.MISSING:
+            with os_errors("connect", address):
+                os.lstat(path)
+        if decision is Start.NOT_SOCKET:
+            assert st is not None
+            raise UsageError(f"{path} is a {file_kind(st.st_mode)}, not a socket file")
+        if decision is Start.STALE:
+            raise socket_error(
+                "connect",
+                path,
+                errno.ECONNREFUSED,
+                "the socket file exists but no server is behind it (stale); start the server first",
+            )
+        assert st is not None
+        self.sock_type = checked_type(address, self.requested_type)
+        self._check_directory()
+        note = directory.exposure_note(name)
+        if note is not None:
+            self.notes.append(note)
+        original = (st.st_dev, st.st_ino)
+        hidden = os.path.basename(self.upstream)
+        staging = os.path.basename(self.staging)
+        sock, proxy = self._bind_staging(directory, st)
+        record = DumpRecord(
+            os.path.join(directory.path, name),
+            hidden,
+            staging,
+            original,
+            proxy,
+            os.getpid(),
+            _process_started(os.getpid()),
+        )
+        try:
+            # The record first: after a kill -9 at any later instant, --restore knows
+            # exactly which inodes are the dump's.
+            write_state(directory, name, record.to_json())
+        except BaseException:
+            sock.close()
+            directory.unlink_if(staging, proxy)
+            raise
+        # Both steps, and what records them, with the stop signals held: a signal
+        # handled in between would strand the original under its hidden name.
+        with signals_held():
             try:
-                st = os.lstat(path)
-            except OSError:
-                with os_errors("connect", address):
-                    raise
-            if not stat.S_ISSOCK(st.st_mode):
-                raise UsageError(f"{path} is a {file_kind(st.st_mode)}, not a socket file")
-            if not is_live(path):
-                raise socket_error(
-                    "connect",
-                    path,
-                    errno.ECONNREFUSED,
-                    "the socket file exists but no server is behind it (stale); "
-                    "start the server first",
-                )
-            self.sock_type = checked_type(address, self.requested_type)
-            self._check_directory()
-            sock = self._bind_staging(st)
-            original = (st.st_dev, st.st_ino)
-            proxy = _inode(self.staging)
-            # Both steps, and what records them, with the stop signals held: a signal
-            # handled in between would strand the original under its hidden name.
-            with signals_held():
-                try:
-                    with os_errors("dump", address):
-                        os.link(path, self.upstream)
-                        os.rename(self.staging, path)
-                except BaseException:
-                    self._undo_start(sock, original, proxy)
-                    raise
-                self._original_inode = original
-                self._proxy_inode = proxy
-                self.sock = sock
+                with os_errors("dump", address):
+                    os.link(
+                        name,
+                        hidden,
+                        src_dir_fd=directory.fd,
+                        dst_dir_fd=directory.fd,
+                        follow_symlinks=False,
+                    )
+                    _expect(directory, hidden, original)
+                    os.rename(staging, name, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+            except BaseException:
+                self._undo_start(directory, sock, record)
+                raise
+            self.record = record
+            self.sock = sock
         return sock
 
-    def _undo_start(
-        self, sock: socket.socket, original: tuple[int, int], proxy: tuple[int, int] | None
-    ) -> None:
-        """A takeover failed part-way: look at what the inodes say happened and undo
-        exactly that (never unlink the hidden name while it is the original's only one)."""
+    def _undo_start(self, directory: Directory, sock: socket.socket, record: DumpRecord) -> None:
+        """A takeover failed part-way: the restore plan, from what the inodes say now,
+        undoes exactly what happened. A hidden name that leads somewhere else (PATH was
+        swapped between lstat and link) was made by this link: it goes too."""
         try:
-            if proxy is not None and _inode(self.path) == proxy:
-                # The rename happened: put the original back over the proxy's file.
-                os.rename(self.upstream, self.path)
-            elif _inode(self.upstream) == original and _inode(self.path) == original:
-                os.unlink(self.upstream)  # only linked: PATH is still the original
+            inode = directory.inode(record.hidden)
+            if inode is not None and inode != record.original:
+                directory.unlink_if(record.hidden, inode)
+            plan = plan_restore(_facts(directory, self.name, record, keep_hidden=False, own=True))
+            _carry_out(directory, self.name, record, plan)
         finally:
             sock.close()
-            if proxy is not None and _inode(self.staging) == proxy:
-                with suppress(OSError):
-                    os.unlink(self.staging)
 
     def _check_directory(self) -> None:
         """Taking the socket's place means creating and renaming files next to it."""
@@ -357,41 +628,55 @@ class Takeover:
             "owner, or capture clients pointed at a new address with --listen ADDR",
         )
 
-    def _leftovers_error(self, left: Leftovers) -> SocketError:
-        running = left.hidden is not None and _inode(left.hidden) != _inode(self.path)
-        if running and left.path_live and left.hidden is not None and is_live(left.hidden):
-            owners = bound_owners(self.address)
-            who = f" ({owners})" if owners else ""
-            detail = (
-                f"another udskit dump already runs on {self.path}{who}; stop it first, "
-                f"or dump its clients with --listen"
-            )
-        else:
-            detail = (
-                f"found leftovers of a udskit dump that was killed ({left.describe()}); "
-                f"run `udskit dump --restore {self.path}` to put the original back"
-            )
-        return socket_error("dump", self.path, errno.EEXIST, detail)
-
-    def _bind_staging(self, original: os.stat_result) -> socket.socket:
+    def _bind_staging(
+        self, directory: Directory, original: os.stat_result
+    ) -> tuple[socket.socket, tuple[int, int]]:
         """The proxy's socket at the staging name, with the original file's mode, owner
-        and group. Born with mode 0000 (umask 0777 around bind) so nobody can connect
-        before the permissions are right; the staging name is private anyway."""
-        if _is_dead_socket_file(self.staging):
-            os.unlink(self.staging)
+        and group, set on the proxy's own inode (never through a swapped name). Born with
+        mode 0000 (umask 0777 around bind) so nobody can connect before the permissions
+        are right. bind fails if the name exists: it is created exclusively."""
+        staging_name = os.path.basename(self.staging)
         staging = UnixAddress.pathname(self.staging)
         sock = socket.socket(socket.AF_UNIX, self.sock_type.kernel | socket.SOCK_CLOEXEC)
+        proxy: tuple[int, int] | None = None
         try:
+            if not self.sock_type.connection_oriented:
+                # Before bind, so the very first datagram carries its sender's
+                # credentials (a datagram queued earlier has none: pid 0, uid 65534).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             old = os.umask(0o777)
             try:
                 with os_errors("listen", staging, self.sock_type):
                     sock.bind(self.staging)
             finally:
                 os.umask(old)
+            proxy = socket_file_inode(sock)
+            if proxy is None:
+                if directory.exposure(os.geteuid()) is not None:
+                    raise socket_error(
+                        "dump",
+                        self.path,
+                        errno.EPERM,
+                        f"{directory.exposure_note(self.name)}, and without sock_diag "
+                        "(unix_diag) udskit cannot tell its own file from a swapped one; "
+                        "capture with --listen ADDR instead",
+                    )
+                proxy = directory.inode(staging_name)
+            assert proxy is not None
+            ids = (original.st_uid, original.st_gid)
+            uid, gid = ids if ids != (os.geteuid(), os.getegid()) else (-1, -1)
             try:
-                if (original.st_uid, original.st_gid) != (os.geteuid(), os.getegid()):
-                    os.chown(self.staging, original.st_uid, original.st_gid)
-                os.chmod(self.staging, stat.S_IMODE(original.st_mode))
+                directory.set_owner_and_mode(
+                    staging_name, proxy, uid, gid, stat.S_IMODE(original.st_mode)
+                )
+            except FileSwapped as err:
+                raise socket_error(
+                    "dump",
+                    self.path,
+                    errno.EBUSY,
+                    f"{err} before udskit could set its mode and owner; nothing was "
+                    "changed and the original was not moved",
+                ) from None
             except PermissionError:
                 raise socket_error(
                     "dump",
@@ -403,17 +688,14 @@ class Takeover:
                 ) from None
             if self.sock_type.connection_oriented:
                 sock.listen(self.backlog)
-            else:
-                # Before the rename, so the very first datagram carries its sender's
-                # credentials (a datagram queued earlier has none: pid 0, uid 65534).
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.setblocking(False)
         except BaseException:
             sock.close()
-            with suppress(OSError):
-                os.unlink(self.staging)
+            if proxy is not None:
+                with suppress(OSError):
+                    directory.unlink_if(staging_name, proxy)
             raise
-        return sock
+        return sock, proxy
 
     # -- restore ---------------------------------------------------------------------------
     def restore(self) -> list[str]:
@@ -423,69 +705,49 @@ class Takeover:
         their way in, then closes it. Returns notes for the user (nothing when all is
         as expected). `restored` turns true only once the original is at PATH; if this
         is interrupted before that, calling it again (close() does) tries again."""
-        if self._restore_done or self.sock is None:
+        if self._restore_done or self.sock is None or self.record is None:
             return []
-        notes: list[str] = []
-        with directory_lock(self.path):
-            current = _inode(self.path)
-            hidden = _inode(self.upstream)
-            if hidden is None:
-                notes.append(f"{self.upstream} vanished meanwhile: nothing to put back")
-                if current == self._proxy_inode:
-                    os.unlink(self.path)
-            elif current == self._proxy_inode or current is None:
-                if current is None and not is_live(self.upstream):
-                    os.unlink(self.upstream)
-                    notes.append(
-                        f"{self.path} was removed meanwhile and its server is gone; left it removed"
-                    )
-                else:
-                    self._put_back()
-            elif current == hidden:
-                self.restored = True  # an earlier attempt got as far as the rename
-            else:
-                notes.append(
-                    f"{self.path} was replaced meanwhile by another file; "
-                    f"the original stays at {self.upstream}"
-                )
+        record = self.record
+        with directory_lock(self.path, "restore"), Directory(self.path) as directory:
+            plan = plan_restore(_facts(directory, self.name, record, keep_hidden=True, own=True))
+            if Step.PUT_BACK_KEEP in plan.steps:
+                # The staging name became PATH at the takeover and anybody may have
+                # taken it since: put back through a fresh one, recorded before use.
+                record = replace(record, staging=_new_names(self.name)[1])
+                write_state(directory, self.name, record.to_json())
+                self.record = record
+            with os_errors("restore", self.address):
+                notes = _carry_out(directory, self.name, record, plan)
+            self._hidden_kept = directory.inode(record.hidden) == record.original
+            self.restored = plan.restored
             self._restore_done = True
         return notes
 
-    def _put_back(self) -> None:
-        """A new name over PATH, keeping the hidden one: clients the proxy still accepts
-        while it drains are forwarded by the hidden name, which must not vanish under
-        them (close() removes it once the relay is done)."""
-        with signals_held():
-            if _inode(self.staging) == _inode(self.upstream) or _is_dead_socket_file(self.staging):
-                os.unlink(self.staging)  # our own link from an attempt cut short
-            with os_errors("restore", self.address):
-                os.link(self.upstream, self.staging)
-                try:
-                    os.rename(self.staging, self.path)
-                except BaseException:
-                    with suppress(OSError):
-                        os.unlink(self.staging)
-                    raise
-            self._hidden_kept = True
-            self.restored = True
-
     def close(self) -> None:
-        """Restore (if not yet), close the proxy's socket, drop the hidden second name."""
+        """Restore (if not yet), close the proxy's socket, drop the dump's other names
+        and its record."""
         try:
             self.restore()
         finally:
             if self.sock is not None:
                 self.sock.close()
-            if self._hidden_kept:
-                self._hidden_kept = False
-                with directory_lock(self.path):
-                    hidden = _inode(self.upstream)
-                    if hidden is not None and hidden == _inode(self.path):
-                        os.unlink(self.upstream)
+            record = self.record
+            if record is not None and self._restore_done:
+                self.record = None
+                with directory_lock(self.path, "restore"), Directory(self.path) as directory:
+                    plan = plan_restore(
+                        _facts(directory, self.name, record, keep_hidden=False, own=True)
+                    )
+                    # Only cleaning up now: the original is where restore() left it.
+                    steps = tuple(s for s in plan.steps if s in _CLEANUP)
+                    _carry_out(directory, self.name, record, replace(plan, steps=steps, reasons=()))
 
     @property
     def upstream_address(self) -> UnixAddress:
         return UnixAddress.pathname(self.upstream)
+
+
+_CLEANUP: Final = frozenset({Step.DROP_HIDDEN, Step.DROP_STAGING, Step.FORGET})
 
 
 # -- the running dump ------------------------------------------------------------------------
@@ -520,7 +782,11 @@ class ProxyDump:
         sock_type: SocketType | None = None,
         grace: float = 2.0,
         allow_identity_change: bool = False,
+        allow_uids: Collection[int] = (),
+        allow_gids: Collection[int] = (),
     ) -> None:
+        self.allow_uids = frozenset(allow_uids)
+        self.allow_gids = frozenset(allow_gids)
         self.target = parse_address(target)
         self.allow_identity_change = allow_identity_change
         #: Decided in start(): whether clients keep their identity upstream.
@@ -592,12 +858,18 @@ class ProxyDump:
             upstream = self.target
         self.sock_type = sock_type
         try:
+            # A front beside the file (--listen) admits only who could have connected
+            # to the file itself (or the allow lists); the proxy in the file's place has
+            # the file's own mode and owner, which the kernel checks already.
             self._relay = Relay(
                 front,
                 upstream,
                 tap=self.tap,
                 default_type=sock_type,
                 carry_identity=self.identity_plan is IdentityPlan.CARRY,
+                allow_uids=self.allow_uids,
+                allow_gids=self.allow_gids,
+                guard=self.takeover is None,
             )
             self._relay.open()
         except BaseException:
@@ -654,6 +926,14 @@ class ProxyDump:
                 f"{'are' if count != 1 else 'is'} not seen (pooled keep-alive clients "
                 "show up only once they reconnect)"
             )
+    @property
+    def start_notes(self) -> list[str]:
+        """Lines for the user once started: a directory in other hands, and for a front
+        beside the file, who may connect to it."""
+        notes = list(self.takeover.notes) if self.takeover is not None else []
+        if self.listen is not None and self._relay is not None:
+            notes.append(f"{self.listen} admits {self._relay.admission_text()}")
+        return notes
 
     def describe(self) -> str:
         kind = self.sock_type.value if self.sock_type is not None else "?"

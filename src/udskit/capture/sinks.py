@@ -99,18 +99,44 @@ def _cannot_write(path: str, exc: OSError) -> UdskitError:
 
 
 def _open_for_writing(path: str) -> tuple[int, bool]:
-    """An fd to write `path` without truncating it yet, and whether we created it."""
+    """An fd to write `path` without truncating it yet, and whether we created it.
+
+    A capture holds whatever the socket carried, so a new file is created 0600 (as
+    dumpcap does), with O_EXCL|O_NOFOLLOW: never through a symlink another user
+    planted (fs.protected_symlinks does not cover every directory). An existing name
+    is opened with O_NOFOLLOW too and used only if it is this user's own regular file,
+    or not a regular file at all (a FIFO, /dev/null, /dev/full, a tty). The one
+    symlink followed on purpose is /dev/stdout and its kin, which belong to the system.
+    """
     flags = os.O_WRONLY | os.O_CLOEXEC
     try:
         try:
-            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), True
         except FileExistsError:
-            return os.open(path, flags), False
+            pass
+        follow = os.path.realpath(os.path.dirname(os.path.abspath(path))) in ("/dev", "/dev/fd")
+        fd = os.open(path, flags | (0 if follow else os.O_NOFOLLOW))
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(
+                f"cannot write {path}: it is a symlink, which udskit does not follow for "
+                "-w (it could lead anywhere); give the real path"
+            ) from None
         raise UsageError(
             f"cannot write {path}: {os.strerror(exc.errno or 0).lower()}; "
             "pick a writable path for -w"
         ) from None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_uid != os.geteuid():
+        os.close(fd)
+        from udskit.inspect.fdscan import user_name
+
+        raise UsageError(
+            f"cannot write {path}: it belongs to {user_name(st.st_uid)} (uid {st.st_uid}), "
+            "not to you; udskit writes captures only into files it creates or that are "
+            "your own: remove it or pick another path"
+        )
+    return fd, False
 
 
 def _truncate(fd: int) -> None:

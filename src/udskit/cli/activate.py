@@ -253,11 +253,12 @@ def take_or_none(control: str, want: list[Any], env: Env, command: str, must: bo
 
 @contextmanager
 def serving_listener(
-    args: argparse.Namespace, env: Env, sock_type: SocketType
+    args: argparse.Namespace, env: Env, sock_type: SocketType, *, passcred: bool = False
 ) -> Iterator[tuple[Listener, Stopper | None]]:
     """The listener `udskit listen` serves: inherited (--from-systemd), taken over
     (--handoff), or bound afresh; with --handoff, offered to a successor meanwhile
-    (the Stopper is set when one took it: stop accepting, drain)."""
+    (the Stopper is set when one took it: stop accepting, drain). `passcred`: each
+    datagram comes with its sender's credentials (SO_PASSCRED), for --allow-uid."""
     from udskit.address import format_address, parse_address
     from udskit.endpoints import Listener, open_listener
     from udskit.errors import UsageError
@@ -302,7 +303,14 @@ def serving_listener(
                 owner=args.owner,
                 group=args.group,
                 replace_stale=not args.no_replace,
+                passcred=passcred,
             )
+            for note in listener.notes:
+                env.err(f"udskit listen: {note}")
+    if passcred:  # an inherited or adopted socket too
+        import socket
+
+        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     stopper: Stopper | None = None
     offer: HandoffOffer | None = None
     thread = None

@@ -15,7 +15,7 @@ DESCRIPTION = """\
 Capture the traffic of a live unix socket, as tcpdump does for network interfaces.
 
 The proxy engine takes the socket file's place without a gap: the original file gets a
-hidden second name (.NAME.udskit-dump) and a proxy with the same mode, owner and group
+hidden second name (.NAME.udskit-dump-RANDOM) and a proxy with the same mode, owner and group
 is renamed over PATH; each new client is forwarded to the original and every chunk is
 recorded with its time, direction and the client's pid, uid, gid and command.
 Connections that were open before the dump are not touched (nor seen: their count is
@@ -34,7 +34,9 @@ examples:
   udskit dump -w cap.pcapng --decode-as postgres /run/postgresql/.s.PGSQL.5432
   udskit dump -r cap.pcapng -X                   read a capture back
   udskit dump --listen @dbg /run/app.sock        abstract or immovable: clients that
-                                                 connect to @dbg are recorded
+                                                 connect to @dbg are recorded; @dbg admits
+                                                 only who could connect to the file
+  udskit dump --listen @dbg --allow-uid 1000 /run/app.sock   ...and user 1000, on purpose
   udskit dump --restore /run/app.sock            after a kill -9 of a dump
   tshark -r cap.pcapng -Y http.request -T fields -e http.request.uri
   tshark -r cap.pcapng -T fields -e frame.comment    client pid and command
@@ -54,6 +56,17 @@ capabilities udskit dump refuses a socket that other users' clients may reach, u
 --allow-identity-change: then the server takes every client for you (one WARNING).
 File descriptors passed either way (SCM_RIGHTS) go on with their bytes and show as
 "fds N: pipe:[...]" lines, "fds" JSON events and pcapng comments.
+who can connect: in the file's place the proxy has the file's mode, owner and group.
+A --listen front (an abstract name has no permissions at all) admits, by each client's
+SO_PEERCRED and SO_PEERGROUPS, only users who could have connected to ADDR's file
+(write on the file, search on each directory; root always), unless --allow-uid or
+--allow-gid name who else; the start line says who. Refused clients never reach ADDR.
+
+files: -w creates FILE with mode 0600 (a capture holds whatever the socket carried),
+exclusively and never through a symlink; an existing FILE is used only if it is your
+own regular file. The dump's hidden and staging names are random and made
+exclusively; its record (in /run/udskit for root, else $XDG_RUNTIME_DIR/udskit) lets
+--restore put back exactly what it moved, and nothing that another user planted.
 
 exit statuses: 0 done, 1 a socket operation failed, 2 bad arguments,
 130 Ctrl-C and 143 SIGTERM (the original socket is back in both cases).
@@ -76,6 +89,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="ADDR",
         help="leave ADDR in place; listen here and forward to ADDR (abstract sockets, "
         "or files that may not be moved)",
+    )
+    source.add_argument(
+        "--allow-uid",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="with --listen: admit clients of this user (name or uid) to the front; "
+        "repeatable. Without it the front admits only who could connect to ADDR's file "
+        "itself (its mode, owner, group and directories; root always)",
+    )
+    source.add_argument(
+        "--allow-gid",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="with --listen: admit clients of this group; repeatable",
     )
     source.add_argument(
         "--type",
@@ -235,17 +264,25 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
     from udskit.capture.pcapng import parse_decode_as
     from udskit.capture.proxy import ProxyDump
     from udskit.capture.sinks import DumpTap, LineSink, PcapngWriter
-    from udskit.errors import UdskitError
+    from udskit.endpoints import resolve_group, resolve_user
+    from udskit.errors import UdskitError, UsageError
     from udskit.socktype import SocketType
 
     port = parse_decode_as(args.decode_as) if args.decode_as else None
     sock_type = SocketType.parse(args.type) if args.type else None
+    if (args.allow_uid or args.allow_gid) and args.listen is None:
+        raise UsageError(
+            "--allow-uid/--allow-gid apply to a --listen front; in the file's place the "
+            "proxy keeps the file's own permissions"
+        )
     dump = ProxyDump(
         args.address,
         listen=args.listen,
         sock_type=sock_type,
         grace=args.grace,
         allow_identity_change=args.allow_identity_change,
+        allow_uids=[resolve_user(u) for u in args.allow_uid],
+        allow_gids=[resolve_group(g) for g in args.allow_gid],
     )
     # Opened (so a bad path fails before anything is moved), emptied only once started.
     writer = PcapngWriter(args.write, port) if args.write is not None else None
@@ -263,6 +300,8 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
             started = True
             for warning in dump.warnings:
                 env.err(f"udskit dump: {warning}")
+            for note in dump.start_notes:
+                env.err(f"udskit dump: {note}")
             env.err(f"udskit dump: {dump.describe()}; Ctrl-C to stop")
             dump.run()
         finally:
@@ -314,6 +353,7 @@ def _failure_text(error: BaseException) -> str:
 
 def demo(tour: Tour) -> None:
     """Capture a real HTTP exchange (curl over a unix socket) into a pcapng file."""
+    import os
     import shutil
     import subprocess
     import sys
@@ -332,8 +372,9 @@ def demo(tour: Tour) -> None:
     )
     try:
         tour.wait_for(sock, listening=True)
+        before = os.lstat(sock).st_ino
         dump = tour.spawn("dump", "-w", pcap, "--print", sock, wait_for=None)
-        _wait_for_takeover(tour, sock, dump)
+        _wait_for_takeover(sock, dump, before)
         for url in ("http://localhost/hello", "http://localhost/api/items?id=7"):
             tour.out.write(f"   $ curl --unix-socket {sock} {url}\n")
             result = subprocess.run(
@@ -366,14 +407,12 @@ def demo(tour: Tour) -> None:
             server.wait()
 
 
-def _wait_for_takeover(tour: Tour, sock: str, proc: Any) -> None:
+def _wait_for_takeover(sock: str, proc: Any, before: int) -> None:
     import os
     import time
 
-    from udskit.capture.proxy import hidden_path
-
     deadline = time.monotonic() + 10
-    while not os.path.lexists(hidden_path(sock)):
+    while os.lstat(sock).st_ino == before:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("udskit dump did not take over the socket")
         time.sleep(0.01)

@@ -95,7 +95,8 @@ def add_listener_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="USER",
-        help="accept only clients of this user, by SO_PEERCRED (name or uid); repeatable",
+        help="accept only clients of this user (name or uid), by SO_PEERCRED, and for "
+        "datagrams by each one's SCM_CREDENTIALS; repeatable",
     )
     parser.add_argument(
         "--allow-gid",

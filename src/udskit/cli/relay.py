@@ -57,6 +57,14 @@ examples:
                                                        refused client (the first drains)
   udskit relay systemd:web unix:/run/app.sock          LEFT inherited (LISTEN_FDS, name web)
 
+who can connect: an abstract name or a TCP port has no permissions, so a listening
+LEFT in front of a socket file RIGHT admits only clients who could have connected to
+that file themselves (write on the file, search on each directory; root always), by
+SO_PEERCRED/SO_PEERGROUPS for unix clients and, for loopback TCP clients, the uid the
+kernel records for their socket (inet_diag) with that user's groups. --allow-uid and
+--allow-gid replace that rule with their lists (unix LEFT only). The start line says
+who is admitted; refused clients are closed before anything reaches RIGHT.
+
 -v prints one line per connection (client pid, uid, command for unix clients) and the
 copy mode; -vv also one line per chunk; --json prints the same as JSON lines.
 Exit: 0 when stopped (Ctrl-C: 130, SIGTERM: 143, socket file removed either way),
@@ -163,6 +171,8 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         # The kernel chose (tcp-listen:0, an autobound '@'): a user cannot connect to
         # what they cannot see. -v and --json say it in their own listening event.
         env.err(f"udskit relay: listening on {bound}")
+    if relay.admission.filters:
+        env.err(f"udskit relay: {bound} admits {relay.admission_text()}")
     relay.serve_forever()
     return ExitStatus.OK
 

@@ -254,7 +254,8 @@ def handle_listen(args: argparse.Namespace, env: Env) -> int:
     )
     from udskit.cli.activate import serving_listener
 
-    with serving_listener(args, env, sock_type) as (listener, stop):
+    passcred = sock_type is SocketType.DGRAM and options.peers.active
+    with serving_listener(args, env, sock_type, passcred=passcred) as (listener, stop):
         if listener.replaced_stale:
             env.err(f"udskit listen: replaced a stale socket file at {listener.address}")
         if args.address == "@" or args.verbose:

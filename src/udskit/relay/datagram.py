@@ -105,7 +105,7 @@ class DatagramRelay:
         self.assocs: dict[Key, _Association] = {}
         self.blocked = 0  # associations with datagrams waiting for upstream
         self.scarce: Timer | None = None  # out of fds: reading paused until this fires
-        self._check_each = bool(relay.allow_uids or relay.allow_gids)
+        self._check_each = relay.admission.filters
         front.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         relay.loop.register(self.fd, IN, self._on_front)
         self._sweep_timer = relay.loop.call_later(relay.dgram_idle / 2, self._sweep)

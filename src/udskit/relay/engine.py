@@ -18,12 +18,16 @@ from collections.abc import Callable, Collection
 from contextlib import suppress
 from typing import TYPE_CHECKING, BinaryIO, Final, final
 
+from udskit.access import Admission, FileFacts, PathFacts, who_may_connect
 from udskit.address import UnixAddress
 from udskit.credswitch import connect_as, peer_identity
 from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
 from udskit.endpoints import DEFAULT_BACKLOG, Listener, peer_credentials
 from udskit.errors import SocketError, UsageError
+from udskit.fsguard import path_facts
 from udskit.identity import Identity
+from udskit.inspect.fdscan import user_name
+from udskit.peercred import PeerIdentity, identify_peer
 from udskit.relay.events import CopyMode, EventKind, RelayEvent, RelayStats, Throttle
 from udskit.relay.loop import IN, OUT, Loop, Timer
 from udskit.relay.sides import (
@@ -107,6 +111,7 @@ class Relay:
         default_type: SocketType = SocketType.STREAM,
         stdio: tuple[BinaryIO, BinaryIO] | None = None,
         carry_identity: bool = False,
+        guard: bool = True,
     ) -> None:
         self._adopted: Listener | socket.socket | None = None
         if isinstance(left, (Listener, socket.socket)):
@@ -120,6 +125,10 @@ class Relay:
         self.max_clients = max_clients if max_clients and max_clients > 0 else None
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
+        #: Who LEFT lets in: the allow lists, or (`guard`, RIGHT a socket file) whoever
+        #: could have connected to RIGHT's file itself; settled by open().
+        self.guard = guard
+        self.admission = Admission(self.allow_uids, self.allow_gids)
         self.backlog = backlog
         self.mode, self.owner, self.group = mode, owner, group
         self.splice = splice
@@ -218,6 +227,7 @@ class Relay:
         self._opened = True
         try:
             self._target = resolve_target(self.right)
+            self.admission = self._admission()
             if self._adopted is not None:
                 self._listen = adopt_listen_side(self._adopted)
             elif self.left.listening:
@@ -417,43 +427,63 @@ class Relay:
         command = process_command(pid) if pid > 0 else None
         return ClientInfo(pid if pid > 0 else None, uid, gid, command, groups)
 
-    def allowed(self, uid: int | None, gid: int | None) -> bool:
-        if not (self.allow_uids or self.allow_gids):
-            return True
-        return (uid is not None and uid in self.allow_uids) or (
-            gid is not None and gid in self.allow_gids
+    def _admission(self) -> Admission:
+        """The allow lists if given; else, in front of a socket file (RIGHT unix:PATH)
+        and with `guard`, the file's own permissions: an abstract name or a TCP port has
+        none, and a front must not let in anyone the file would have refused."""
+        if self.admission.explicit or not self.guard or not self.left.listening:
+            return self.admission
+        address = self.right.address
+        if self.right.kind is not EndpointKind.UNIX or address is None or not address.is_pathname:
+            return self.admission
+        try:
+            facts = path_facts(address.path)
+        except OSError:
+            # Not there (yet): admit as a root-only file would, rather than everyone.
+            facts = PathFacts(address.path, FileFacts(0, 0, 0))
+        return Admission(target=facts)
+
+    def admission_text(self) -> str:
+        """Who may connect to LEFT, for the start line and --help."""
+        admission = self.admission
+        if admission.explicit:
+            listed = [f"user {user_name(u)}" for u in sorted(admission.uids)]
+            listed += [f"group {group_name(g)}" for g in sorted(admission.gids)]
+            return "only " + ", ".join(listed) + " (--allow-uid/--allow-gid)"
+        if admission.target is None:
+            return "anyone who can reach it"
+        file = admission.target.file
+        names = who_may_connect(
+            admission.target, {file.uid: user_name(file.uid)}, {file.gid: group_name(file.gid)}
+        )
+        return (
+            f"{names}, as {admission.target.path}'s "
+            "permissions allow (widen with --allow-uid/--allow-gid)"
         )
 
-    def _in_allowed_group(self, sock: socket.socket) -> bool:
-        """A member of an --allow-gid group through a supplementary group
-        (SO_PEERGROUPS), as file permissions would let it in."""
-        if not self.allow_gids or sock.family != socket.AF_UNIX:
-            return False
-        from udskit.ancillary import peer_groups
-
-        try:
-            return not self.allow_gids.isdisjoint(peer_groups(sock))
-        except OSError:
-            return False
+    def allowed(self, uid: int | None, gid: int | None, groups: Collection[int] = ()) -> bool:
+        return self.admission.admits(uid, gid, groups)
 
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         client = ClientInfo()
+        identity: PeerIdentity | None = None
         if sock.family == socket.AF_UNIX:
-            if self._want_client_info or self.allow_uids or self.allow_gids or self.carry_identity:
+            if self._want_client_info or self.admission.filters or self.carry_identity:
                 client = self.client_info(sock)
         else:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.admission.filters:
+            identity = identify_peer(sock)
         conn = ConnectionInfo(
             self.new_id(), self.left.sock_type, str(self.listen_endpoint), str(self.right), client
         )
-        if not self.allowed(client.uid, client.gid) and not self._in_allowed_group(sock):
+        if identity is not None and not self.allowed(identity.uid, identity.gid, identity.groups):
+            # Refused before anything reaches RIGHT: no upstream connection is made.
             self.stats.refused += 1
             sock.close()
             self.emit(
-                EventKind.REFUSED,
-                conn,
-                f"uid {client.uid} gid {client.gid} is not in --allow-uid/--allow-gid",
+                EventKind.REFUSED, conn, self.admission.why_refused(identity.uid, identity.gid)
             )
             return
         self.stats.accepted += 1
@@ -768,3 +798,12 @@ class _Connecting:
             self.sock.close()
         self.client.close()
         self.relay._connecting.discard(self)
+
+
+def group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
