@@ -71,6 +71,16 @@ def ready(address: UnixAddress) -> bool:
 SOCAT_CLOSING_SECONDS = "30"
 
 
+def as_other_user(args: list[str]) -> list[str]:
+    """`setpriv ... sys.executable ...` with our interpreter replaced by one that any
+    user can run (`nobody_python`): the checkout's .venv may sit where other users
+    cannot enter, such as under /root (0700) or in a soak's private clone."""
+    if not args or os.path.basename(args[0]) != "setpriv" or sys.executable not in args:
+        return args
+    at = args.index(sys.executable)
+    return [*args[:at], nobody_python(), *args[at + 1 :]]
+
+
 def patient_socat(args: list[str]) -> list[str]:
     """`args` with `-t SOCAT_CLOSING_SECONDS` for a socat that was given no -t."""
     for i, arg in enumerate(args):
@@ -133,7 +143,15 @@ class Peer:
         self.stop()
 
 
-NOBODY_RUNTIME = ("udskit_start", "udskit", "rich", "pygments", "markdown_it", "mdurl")
+NOBODY_RUNTIME = (
+    "udskit_start",
+    "udskit",
+    "rich",
+    "pygments",
+    "markdown_it",
+    "mdurl",
+    "jeepney",  # a test's D-Bus client run as nobody
+)
 _nobody: dict[str, str] = {}
 
 
@@ -223,7 +241,7 @@ class Peers:
         cwd: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
     ) -> Peer:
-        args = patient_socat([os.fspath(a) for a in argv])
+        args = as_other_user(patient_socat([os.fspath(a) for a in argv]))
         if args[0] != sys.executable:
             self.require(args[0])
         proc = subprocess.Popen(
@@ -263,7 +281,7 @@ class Peers:
         cwd: str | os.PathLike[str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a program to completion (killed by PID if it outlives `timeout`)."""
-        args = patient_socat([os.fspath(a) for a in argv])
+        args = as_other_user(patient_socat([os.fspath(a) for a in argv]))
         if args[0] not in (sys.executable, "setpriv"):
             self.require(args[0])
         with subprocess.Popen(
@@ -302,6 +320,21 @@ class Peers:
     def stop_all(self) -> None:
         for peer in reversed(self._started):
             peer.stop()
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_are_left_as_found() -> Iterator[None]:
+    """Every test leaves the stop signals' handlers as it found them. A handler left
+    behind by an in-process run (one that stops a loop instead of raising) made a later
+    test's Ctrl-C do nothing: this names the test that left it, not its victim."""
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {s: signal.getsignal(s) for s in stops}
+    yield
+    after = {s: signal.getsignal(s) for s in stops}
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+    changed = [signal.Signals(s).name for s in stops if after[s] is not before[s]]
+    assert not changed, f"this test left its own handler for {', '.join(changed)}"
 
 
 @pytest.fixture

@@ -26,7 +26,10 @@ done
 top=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 work=$(mktemp -d /tmp/udskit-soak.XXXXXX)
 hog_pid=""
+run_pid=""
 cleanup() {
+  # The run is in its own session: stop it (and every peer it started) by its group.
+  if [ -n "$run_pid" ]; then kill -INT -- "-$run_pid" 2>/dev/null || true; sleep 2; kill -KILL -- "-$run_pid" 2>/dev/null || true; fi
   if [ -n "$hog_pid" ]; then kill "$hog_pid" 2>/dev/null || true; wait "$hog_pid" 2>/dev/null || true; fi
   if [ "$keep" = 0 ]; then rm -rf "$work"; else echo "kept: $work"; fi
 }
@@ -50,11 +53,15 @@ for i in $(seq 1 "$runs"); do
     hog=" (busy loop on CPU $hog_cpu)"
   fi
   start=$(date +%s)
-  if .venv/bin/pytest -q -p no:cacheprovider --junitxml="$work/run-$i.xml" >"$work/run-$i.log" 2>&1; then
+  # In the background and waited for, so that Ctrl-C or SIGTERM reach the traps at once.
+  setsid .venv/bin/pytest -q -p no:cacheprovider --junitxml="$work/run-$i.xml" >"$work/run-$i.log" 2>&1 &
+  run_pid=$!
+  if wait "$run_pid"; then
     green=$(( green + 1 )); verdict=green
   else
     verdict=FAILED
   fi
+  run_pid=""
   if [ -n "$hog_pid" ]; then kill "$hog_pid"; wait "$hog_pid" 2>/dev/null || true; hog_pid=""; fi
   echo "run $i/$runs: $verdict in $(( $(date +%s) - start )) s$hog: $(tail -n 1 "$work/run-$i.log")"
 done

@@ -166,7 +166,9 @@ class Admission:
         if uid is None or gid is None:
             return False
         if self.explicit:
-            return uid in self.uids or gid in self.gids
+            # A supplementary group counts as the primary one does (SO_PEERGROUPS), as
+            # it would for the file's own group permission.
+            return uid in self.uids or gid in self.gids or not self.gids.isdisjoint(groups)
         assert self.target is not None
         return may_connect(self.target, uid, gid, groups)
 

@@ -240,20 +240,23 @@ def adopt_listener(sock: socket.socket) -> Listener:
         raise HandoffError("only unix listeners become Listener objects")
     kind = SocketType.from_kernel(sock.type & 0xF)
     created: tuple[int, int] | None = None
+    directory = None
     if address.is_pathname:
+        from udskit.fsguard import Directory
+
         with suppress(OSError, UdskitError, ValueError):
             from udskit.inspect.lister import query_unix_socket
             from udskit.inspect.sockdiag import Show
 
+            # Held open, so that close() removes the name relative to this directory,
+            # and only while it is still this socket's file (Listener.close).
+            directory = Directory(address.path)
             info = query_unix_socket(os.fstat(sock.fileno()).st_ino, Show.VFS)
-            st = os.lstat(address.path)
-            if (
-                info is not None
-                and info.vfs is not None
-                and ((info.vfs.dev, info.vfs.ino) == (st.st_dev, st.st_ino))
-            ):
-                created = (st.st_dev, st.st_ino)
-    return Listener(sock, address, kind, created, False)
+            found = directory.inode(os.path.basename(address.path))
+            vfs = info.vfs if info is not None else None
+            if vfs is not None and found is not None and (vfs.dev, vfs.ino) == found:
+                created = found
+    return Listener(sock, address, kind, created, False, directory)
 
 
 # -- the running server -------------------------------------------------------------------

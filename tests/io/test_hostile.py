@@ -136,9 +136,17 @@ def _inode(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def _serve_forever(path: Path) -> socket.socket:
+def _serve_forever(path: Path, mode: int | None = None) -> socket.socket:
+    """A listener at `path`; with `mode`, its file is born with it (under a umask), since
+    a chmod by name here, in the attacker's directory, could follow a swapped-in symlink
+    (the test itself made the secret 0666 so, once, after a round the attacker won)."""
     server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
+    old = os.umask(0o777 & ~mode) if mode is not None else None
+    try:
+        server.bind(str(path))
+    finally:
+        if old is not None:
+            os.umask(old)
     server.listen(64)
     return server
 
@@ -149,9 +157,8 @@ def test_symlink_swaps_never_reach_a_root_file_through_dump(
     """The dump's staging (chmod/chown) and hidden names and its restore, raced."""
     before = untouched(secret)
     path = hostile_dir / "app.sock"
-    server = _serve_forever(path)
     # 0666: a chmod that followed the symlink would make the 0600 secret 0666.
-    os.chmod(path, 0o666)
+    server = _serve_forever(path, 0o666)
     swapper = start_swapper(peers, hostile_dir, secret, "=app.sock", ".app.sock.udskit-")
     outcomes: dict[str, int] = {}
     try:
@@ -162,8 +169,7 @@ def test_symlink_swaps_never_reach_a_root_file_through_dump(
                 server.close()
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-                server = _serve_forever(path)
-                os.chmod(path, 0o666)
+                server = _serve_forever(path, 0o666)
             takeover = Takeover(str(path))
             try:
                 takeover.start()

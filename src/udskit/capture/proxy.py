@@ -912,6 +912,12 @@ class ProxyDump:
                 "not as itself (--allow-identity-change): its access checks by peer "
                 "credentials (SO_PEERCRED) now judge the proxy's user"
             )
+        elif plan is IdentityPlan.CARRY and (self.allow_uids or self.allow_gids):
+            self.warnings.append(
+                f"WARNING: clients let in by --allow-uid/--allow-gid who could not connect "
+                f"to {self.target} themselves reach it as {current_user()}, and the server "
+                "sees them so; every other client is seen as itself"
+            )
 
     def _count_earlier_connections(self, st: os.stat_result) -> None:
         """Connections made before the takeover go straight to the server: say how
@@ -926,6 +932,7 @@ class ProxyDump:
                 f"{'are' if count != 1 else 'is'} not seen (pooled keep-alive clients "
                 "show up only once they reconnect)"
             )
+
     @property
     def start_notes(self) -> list[str]:
         """Lines for the user once started: a directory in other hands, and for a front

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from contextlib import suppress
 from typing import TYPE_CHECKING, BinaryIO, Final, final
 
-from udskit.access import Admission, FileFacts, PathFacts, who_may_connect
+from udskit.access import Admission, FileFacts, PathFacts, may_connect, who_may_connect
 from udskit.address import UnixAddress
 from udskit.credswitch import connect_as, peer_identity
 from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
@@ -509,7 +509,23 @@ class Relay:
                 self._failed(conn, client, "the client's credentials are unknown: not forwarded")
                 return
             identity = Identity(c.uid, c.gid, c.groups or ())
+            if self.admission.explicit and not self._could_reach_right(identity):
+                # Let in on purpose by --allow-uid/--allow-gid although the file would
+                # refuse it: as itself it would be refused upstream, so the proxy connects
+                # as its own user (the dump says so at start).
+                identity = None
         _Connecting(self, conn, client, self._target, identity).attempt()
+
+    def _could_reach_right(self, identity: Identity) -> bool:
+        """Would the kernel let this user connect to RIGHT's socket file itself?"""
+        address = self.right.address
+        if self.right.kind is not EndpointKind.UNIX or address is None or not address.is_pathname:
+            return True  # an abstract name has no permissions
+        try:
+            facts = path_facts(address.path)
+        except OSError:
+            return True  # the connect will say what is wrong
+        return may_connect(facts, identity.uid, identity.gid, identity.groups)
 
     def _failed(
         self, conn: ConnectionInfo, client: socket.socket, message: str, err: int | None = None
