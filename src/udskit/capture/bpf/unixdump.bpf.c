@@ -1,0 +1,444 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * udskit's eBPF capture of unix socket traffic, from syscall tracepoints only.
+ *
+ * Why syscall tracepoints and not kprobes on unix_stream_sendmsg: they are a stable
+ * ABI (the context layout below is the syscall's arguments, from
+ * /sys/kernel/tracing/events/syscalls/NAME/format), they need no kernel headers or
+ * BTF, and they load where lockdown=integrity refuses kprobes and fentry.
+ *
+ * Which descriptors are watched is decided in user space: the map `socks` holds one
+ * entry per (process, fd) of interest, filled at start from /proc/PID/fd and
+ * sock_diag. Every connection is recorded at ONE of its ends, sends and receives
+ * both, so each byte is seen once; the entry's flags say whether that end is the
+ * server's (its sends go server to client). A listener's entry makes accept(2)
+ * add the new descriptor here, in the kernel, before the server can read from it,
+ * so no byte of a new connection is missed. close(2) and dup(2) keep the map
+ * current and tell user space.
+ *
+ * No kernel headers: the few types and helper numbers we need are declared here
+ * (helper numbers are ABI, include/uapi/linux/bpf.h).
+ */
+
+typedef unsigned char __u8;
+typedef unsigned int __u32;
+typedef int __s32;
+typedef unsigned long long __u64;
+typedef long long __s64;
+
+#define SEC(name) __attribute__((section(name), used))
+#define __uint(name, val) int (*name)[val]
+#define __type(name, val) typeof(val) *name
+#define INLINE static inline __attribute__((always_inline))
+
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_RINGBUF 27
+#define BPF_ANY 0
+
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
+                                   __u64 flags) = (void *)2;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
+static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *src) = (void *)112;
+static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
+static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
+
+/* The raw syscall tracepoint contexts: common header, syscall number, arguments. */
+struct enter_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
+};
+
+struct exit_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+struct iovec_u {
+	__u64 base;
+	__u64 len;
+};
+
+struct msghdr_u {
+	__u64 name;
+	__u32 namelen;
+	__u32 pad;
+	__u64 iov;
+	__u64 iovlen;
+	__u64 control;
+	__u64 controllen;
+	__u32 flags;
+};
+
+/* Keep in step with udskit/capture/ebpf_records.py. */
+#define SNAP_LEN 65536
+#define SMALL 512
+#define MEDIUM 8192
+
+#define F_LISTENER 1 /* accept(2) on it adds the new descriptor */
+#define F_SERVER 2   /* this end's sends go server to client */
+#define F_RECORD 4   /* record its sends and receives */
+
+#define K_SEND 1
+#define K_RECV 2
+#define K_ACCEPT 3
+#define K_CLOSE 4
+#define K_DUP 5
+
+#define R_TRUNCATED 0x100   /* the chunk is longer than what was recorded */
+#define R_READ_FAILED 0x200 /* bpf_probe_read_user failed: bytes are missing */
+
+#define OP_BUF 1    /* args: fd, buf, count (write, read, sendto, recvfrom) */
+#define OP_IOV 2    /* args: fd, iov, vlen (writev, readv) */
+#define OP_MSG 3    /* args: fd, msghdr (sendmsg, recvmsg) */
+#define OP_ACCEPT 4 /* args: listening fd */
+#define OP_DUP 5    /* args: old fd */
+
+#define MSG_PEEK 2
+#define F_DUPFD 0
+#define F_DUPFD_CLOEXEC 1030
+
+#define C_LOST_EVENTS 0
+#define C_LOST_BYTES 1
+#define C_READ_FAILED 2
+#define C_NEXT_COOKIE 3
+#define C_COUNTERS 4
+
+struct key {
+	__u32 tgid;
+	__u32 fd;
+};
+
+struct val {
+	__u32 cookie;
+	__u32 flags;
+};
+
+struct call {
+	__u64 ptr;
+	__u64 count;
+	__u32 fd;
+	__u32 op;
+	__u32 cookie;
+	__u32 flags;
+};
+
+struct rec {
+	__u64 time_ns; /* CLOCK_MONOTONIC */
+	__u32 kind_flags; /* K_* | R_* | F_* << 16 */
+	__u32 tgid;
+	__u32 tid;
+	__s32 fd;
+	__u32 cookie;
+	__u32 caplen;
+	__u64 len; /* the real length; newfd for K_ACCEPT and K_DUP */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct key);
+	__type(value, struct val);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct call);
+} calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, C_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24); /* user space may resize it before loading */
+} events SEC(".maps");
+
+INLINE void count(__u32 which, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &which);
+	if (v)
+		__sync_fetch_and_add(v, n);
+}
+
+INLINE struct val *watched(__u32 tgid, __u64 fd)
+{
+	struct key k = {.tgid = tgid, .fd = (__u32)fd};
+	if (fd > 0x7fffffff)
+		return 0;
+	return bpf_map_lookup_elem(&socks, &k);
+}
+
+/* On entry: remember the call of a watched descriptor until its exit. */
+INLINE int enter(__u64 fd, __u32 op, __u64 ptr, __u64 count_, __u32 need)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct val *v = watched(id >> 32, fd);
+	if (!v || !(v->flags & need))
+		return 0;
+	struct call c = {.ptr = ptr, .count = count_, .fd = (__u32)fd, .op = op,
+			 .cookie = v->cookie, .flags = v->flags};
+	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+INLINE void head(struct rec *r, __u32 kind, struct call *c, __u64 id, __u64 len, __u32 cap)
+{
+	r->time_ns = bpf_ktime_get_ns();
+	r->kind_flags = kind | ((c->flags & 0xff) << 16);
+	r->tgid = id >> 32;
+	r->tid = (__u32)id;
+	r->fd = (__s32)c->fd;
+	r->cookie = c->cookie;
+	r->caplen = cap;
+	r->len = len;
+}
+
+/* One chunk: `len` bytes moved, of which the first `avail` are at `src`. The ring
+ * buffer wants constant sizes, hence three size classes. */
+INLINE void emit_data(__u32 kind, struct call *c, __u64 id, __u64 src, __u64 avail, __u64 len)
+{
+	__u64 cap = avail < len ? avail : len;
+	__u32 flags = 0;
+	long err;
+	if (cap > SNAP_LEN)
+		cap = SNAP_LEN;
+	if (cap < len)
+		flags |= R_TRUNCATED;
+	if (cap <= SMALL) {
+		struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + SMALL, 0);
+		if (!r)
+			goto lost;
+		__u32 n = cap & (2 * SMALL - 1);
+		if (n > SMALL)
+			n = SMALL;
+		err = bpf_probe_read_user((void *)(r + 1), n, (void *)src);
+		head(r, kind | flags | (err ? R_READ_FAILED : 0), c, id, len, err ? 0 : n);
+		bpf_ringbuf_submit(r, 0);
+	} else if (cap <= MEDIUM) {
+		struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + MEDIUM, 0);
+		if (!r)
+			goto lost;
+		__u32 n = cap & (2 * MEDIUM - 1);
+		if (n > MEDIUM)
+			n = MEDIUM;
+		err = bpf_probe_read_user((void *)(r + 1), n, (void *)src);
+		head(r, kind | flags | (err ? R_READ_FAILED : 0), c, id, len, err ? 0 : n);
+		bpf_ringbuf_submit(r, 0);
+	} else {
+		struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + SNAP_LEN, 0);
+		if (!r)
+			goto lost;
+		__u32 n = cap & (2 * SNAP_LEN - 1);
+		if (n > SNAP_LEN)
+			n = SNAP_LEN;
+		err = bpf_probe_read_user((void *)(r + 1), n, (void *)src);
+		head(r, kind | flags | (err ? R_READ_FAILED : 0), c, id, len, err ? 0 : n);
+		bpf_ringbuf_submit(r, 0);
+	}
+	if (err)
+		count(C_READ_FAILED, 1);
+	return;
+lost:
+	count(C_LOST_EVENTS, 1);
+	count(C_LOST_BYTES, len);
+}
+
+INLINE void emit_fd(__u32 kind, struct call *c, __u64 id, __u64 newfd)
+{
+	struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec), 0);
+	if (!r) {
+		count(C_LOST_EVENTS, 1);
+		return;
+	}
+	head(r, kind, c, id, newfd, 0);
+	bpf_ringbuf_submit(r, 0);
+}
+
+/* On exit: record what the call moved (the first iovec of a vector, for now). */
+INLINE int leave(struct exit_ctx *ctx, __u32 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &id);
+	if (!c)
+		return 0;
+	struct call copy = *c;
+	bpf_map_delete_elem(&calls, &id);
+	__s64 ret = ctx->ret;
+	if (ret <= 0)
+		return 0;
+	if (copy.op == OP_BUF) {
+		emit_data(kind, &copy, id, copy.ptr, copy.count, (__u64)ret);
+	} else if (copy.op == OP_IOV || copy.op == OP_MSG) {
+		__u64 iov_ptr = copy.ptr;
+		if (copy.op == OP_MSG) {
+			struct msghdr_u m;
+			if (bpf_probe_read_user(&m, sizeof(m), (void *)copy.ptr) || m.iovlen == 0)
+				goto failed;
+			iov_ptr = m.iov;
+		}
+		struct iovec_u iov;
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)iov_ptr))
+			goto failed;
+		emit_data(kind, &copy, id, iov.base, iov.len, (__u64)ret);
+	}
+	return 0;
+failed:
+	emit_data(kind, &copy, id, 0, 0, (__u64)ret);
+	count(C_READ_FAILED, 1);
+	return 0;
+}
+
+#define ARG(i) (ctx->args[i])
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int enter_write(struct enter_ctx *ctx) { return enter(ARG(0), OP_BUF, ARG(1), ARG(2), F_RECORD); }
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct enter_ctx *ctx) { return enter(ARG(0), OP_BUF, ARG(1), ARG(2), F_RECORD); }
+SEC("tracepoint/syscalls/sys_enter_writev")
+int enter_writev(struct enter_ctx *ctx) { return enter(ARG(0), OP_IOV, ARG(1), ARG(2), F_RECORD); }
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int enter_sendmsg(struct enter_ctx *ctx) { return enter(ARG(0), OP_MSG, ARG(1), 0, F_RECORD); }
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int enter_read(struct enter_ctx *ctx) { return enter(ARG(0), OP_BUF, ARG(1), ARG(2), F_RECORD); }
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct enter_ctx *ctx)
+{
+	if (ARG(3) & MSG_PEEK) /* peeked bytes are read again later */
+		return 0;
+	return enter(ARG(0), OP_BUF, ARG(1), ARG(2), F_RECORD);
+}
+SEC("tracepoint/syscalls/sys_enter_readv")
+int enter_readv(struct enter_ctx *ctx) { return enter(ARG(0), OP_IOV, ARG(1), ARG(2), F_RECORD); }
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct enter_ctx *ctx)
+{
+	if (ARG(2) & MSG_PEEK)
+		return 0;
+	return enter(ARG(0), OP_MSG, ARG(1), 0, F_RECORD);
+}
+
+SEC("tracepoint/syscalls/sys_exit_write")
+int exit_write(struct exit_ctx *ctx) { return leave(ctx, K_SEND); }
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int exit_sendto(struct exit_ctx *ctx) { return leave(ctx, K_SEND); }
+SEC("tracepoint/syscalls/sys_exit_writev")
+int exit_writev(struct exit_ctx *ctx) { return leave(ctx, K_SEND); }
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int exit_sendmsg(struct exit_ctx *ctx) { return leave(ctx, K_SEND); }
+SEC("tracepoint/syscalls/sys_exit_read")
+int exit_read(struct exit_ctx *ctx) { return leave(ctx, K_RECV); }
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int exit_recvfrom(struct exit_ctx *ctx) { return leave(ctx, K_RECV); }
+SEC("tracepoint/syscalls/sys_exit_readv")
+int exit_readv(struct exit_ctx *ctx) { return leave(ctx, K_RECV); }
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int exit_recvmsg(struct exit_ctx *ctx) { return leave(ctx, K_RECV); }
+
+/* accept(2) on a watched listener: watch the new descriptor at once, as the server's
+ * end, under a fresh cookie, and tell user space. */
+SEC("tracepoint/syscalls/sys_enter_accept")
+int enter_accept(struct enter_ctx *ctx) { return enter(ARG(0), OP_ACCEPT, 0, 0, F_LISTENER); }
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int enter_accept4(struct enter_ctx *ctx) { return enter(ARG(0), OP_ACCEPT, 0, 0, F_LISTENER); }
+
+INLINE int accepted(struct exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &id);
+	if (!c)
+		return 0;
+	struct call copy = *c;
+	bpf_map_delete_elem(&calls, &id);
+	if (ctx->ret < 0 || copy.op != OP_ACCEPT)
+		return 0;
+	__u32 which = C_NEXT_COOKIE;
+	__u64 *seq = bpf_map_lookup_elem(&counters, &which);
+	if (!seq)
+		return 0;
+	struct key k = {.tgid = id >> 32, .fd = (__u32)ctx->ret};
+	struct val v = {.cookie = 0x80000000u | (__u32)__sync_fetch_and_add(seq, 1),
+			.flags = F_SERVER | F_RECORD};
+	bpf_map_update_elem(&socks, &k, &v, BPF_ANY);
+	copy.cookie = v.cookie;
+	copy.flags = v.flags;
+	emit_fd(K_ACCEPT, &copy, id, (__u64)ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int exit_accept(struct exit_ctx *ctx) { return accepted(ctx); }
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int exit_accept4(struct exit_ctx *ctx) { return accepted(ctx); }
+
+/* dup(2), dup2, dup3, fcntl(F_DUPFD): the copy is watched like the original. */
+SEC("tracepoint/syscalls/sys_enter_dup")
+int enter_dup(struct enter_ctx *ctx) { return enter(ARG(0), OP_DUP, 0, 0, F_RECORD | F_LISTENER); }
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int enter_dup2(struct enter_ctx *ctx) { return enter(ARG(0), OP_DUP, 0, 0, F_RECORD | F_LISTENER); }
+SEC("tracepoint/syscalls/sys_enter_dup3")
+int enter_dup3(struct enter_ctx *ctx) { return enter(ARG(0), OP_DUP, 0, 0, F_RECORD | F_LISTENER); }
+SEC("tracepoint/syscalls/sys_enter_fcntl")
+int enter_fcntl(struct enter_ctx *ctx)
+{
+	if (ARG(1) != F_DUPFD && ARG(1) != F_DUPFD_CLOEXEC)
+		return 0;
+	return enter(ARG(0), OP_DUP, 0, 0, F_RECORD | F_LISTENER);
+}
+
+INLINE int duplicated(struct exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &id);
+	if (!c)
+		return 0;
+	struct call copy = *c;
+	bpf_map_delete_elem(&calls, &id);
+	if (ctx->ret < 0 || copy.op != OP_DUP || (__u64)ctx->ret == copy.fd)
+		return 0;
+	struct key k = {.tgid = id >> 32, .fd = (__u32)ctx->ret};
+	struct val v = {.cookie = copy.cookie, .flags = copy.flags};
+	bpf_map_update_elem(&socks, &k, &v, BPF_ANY);
+	emit_fd(K_DUP, &copy, id, (__u64)ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_dup")
+int exit_dup(struct exit_ctx *ctx) { return duplicated(ctx); }
+SEC("tracepoint/syscalls/sys_exit_dup2")
+int exit_dup2(struct exit_ctx *ctx) { return duplicated(ctx); }
+SEC("tracepoint/syscalls/sys_exit_dup3")
+int exit_dup3(struct exit_ctx *ctx) { return duplicated(ctx); }
+SEC("tracepoint/syscalls/sys_exit_fcntl")
+int exit_fcntl(struct exit_ctx *ctx) { return duplicated(ctx); }
+
+/* close(2) of a watched descriptor: forget it (the number will be reused). */
+SEC("tracepoint/syscalls/sys_enter_close")
+int enter_close(struct enter_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct key k = {.tgid = id >> 32, .fd = (__u32)ARG(0)};
+	struct val *v = watched(k.tgid, ARG(0));
+	if (!v)
+		return 0;
+	struct call c = {.fd = k.fd, .cookie = v->cookie, .flags = v->flags};
+	bpf_map_delete_elem(&socks, &k);
+	emit_fd(K_CLOSE, &c, id, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
