@@ -755,12 +755,20 @@ class DumpTap:
             self._fail(exc)
 
     def data(
-        self, conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
+        self,
+        conn: ConnectionInfo,
+        direction: Direction,
+        data: bytes | memoryview,
+        time_ns: int,
+        length: int | None = None,
     ) -> None:
+        """`length`: the chunk's real size when `data` is already cut (the eBPF
+        engine's snap length); None means all of it is in `data`."""
         client = self._clients.get(conn.id)
         if client is None or self._done:
             return
-        length = len(data)
+        if length is None:
+            length = len(data)
         snaplen = self._snaplen
         if snaplen is not None and length > snaplen:
             data = data[:snaplen]
@@ -800,11 +808,16 @@ class DumpTap:
         count = 0
 
         def data(
-            conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
+            conn: ConnectionInfo,
+            direction: Direction,
+            data: bytes | memoryview,
+            time_ns: int,
+            length: int | None = None,
         ) -> None:
             nonlocal out, count
             n = len(data)
-            out += pack(_KIND_DATA, direction is c2s, conn.id, n, n, time_ns)
+            real = n if length is None else length
+            out += pack(_KIND_DATA, direction is c2s, conn.id, real, n, time_ns)
             out += data
             count += 1
             if len(out) >= FLUSH_BYTES:
