@@ -226,9 +226,16 @@ class EbpfDump:
         self._stopping.set()
 
     # -- start ----------------------------------------------------------------------------
+    def load(self) -> None:
+        """Compile (once), load and attach the program: where the engine cannot run,
+        this raises BpfUnavailable before anything else happens."""
+        if self._program is None:
+            self._program = BpfProgram(self._on_record)
+
     def start(self) -> None:
         self._offset = time.time_ns() - time.monotonic_ns()
-        self._program = BpfProgram(self._on_record)
+        self.load()
+        assert self._program is not None
         try:
             self._watch(self._plan())
         except BaseException:

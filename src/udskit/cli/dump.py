@@ -71,6 +71,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="the socket's type (default: found from /proc/net/unix)",
     )
     source.add_argument(
+        "--engine",
+        choices=("proxy", "ebpf", "auto"),
+        default="proxy",
+        help="proxy: take the socket's place (new clients only); ebpf: watch the "
+        "syscalls in the kernel (existing connections too, abstract names, socketpairs; "
+        "root); auto: ebpf where it can run, else proxy (default: proxy)",
+    )
+    source.add_argument(
+        "--inode",
+        type=int,
+        metavar="N",
+        help="(ebpf) capture the connection of socket inode N (a socketpair: see "
+        "`udskit ls`), instead of ADDR",
+    )
+    source.add_argument(
         "--restore",
         action="store_true",
         help="put the original socket file ADDR back after a dump was killed (kill -9)",
@@ -93,7 +108,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     out.add_argument("--utc", action="store_true", help="times in UTC instead of local time")
     limits = parser.add_argument_group("filters and limits")
     limits.add_argument("-c", "--count", type=int, metavar="N", help="stop after N data events")
-    limits.add_argument("--pid", type=int, metavar="PID", help="only clients with this pid")
+    limits.add_argument(
+        "--pid",
+        type=int,
+        metavar="PID",
+        help="only clients with this pid; (ebpf) without ADDR: every unix connection PID holds",
+    )
     limits.add_argument(
         "-s", "--snaplen", type=int, metavar="N", help="record at most N bytes of each chunk"
     )
@@ -133,7 +153,9 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         if args.address is not None or args.listen is not None:
             raise UsageError("-r reads a file: give no ADDR or --listen with it")
         return _read(args, env, selection, fmt if printing else None)
-    if args.address is None:
+    if args.address is None and args.inode is None and not (
+        args.pid is not None and args.engine != "proxy"
+    ):
         raise UsageError("give the socket to capture (ADDR), or -r FILE")
     return _capture(args, env, selection, fmt if printing else None)
 
@@ -201,15 +223,22 @@ def _quiet_stdout(env: Env) -> None:
 
 
 def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
+    from udskit.capture.events import Selection
     from udskit.capture.pcapng import parse_decode_as
     from udskit.capture.proxy import ProxyDump
     from udskit.capture.sinks import DumpTap, LineSink, PcapngWriter
     from udskit.errors import UdskitError
     from udskit.socktype import SocketType
 
+    from udskit.capture.engine import choose_engine
+
     port = parse_decode_as(args.decode_as) if args.decode_as else None
     sock_type = SocketType.parse(args.type) if args.type else None
-    dump = ProxyDump(args.address, listen=args.listen, sock_type=sock_type, grace=args.grace)
+    dump: Any = choose_engine(args, env.err)  # an EbpfDump, or None for the proxy
+    if dump is not None and args.address is None and args.inode is None:
+        selection = Selection(count=args.count, snaplen=args.snaplen)  # --pid is the target
+    if dump is None:
+        dump = ProxyDump(args.address, listen=args.listen, sock_type=sock_type, grace=args.grace)
     # Opened (so a bad path fails before anything is moved), emptied only once started.
     writer = PcapngWriter(args.write, port) if args.write is not None else None
     printer = LineSink(env.stdout, fmt, args.utc) if fmt is not None else None

@@ -1,0 +1,47 @@
+"""I/O: which capture engine `udskit dump` uses: the proxy, or eBPF, or the best one.
+
+`--engine auto` takes eBPF where it can run (root, libbpf, clang or a cached build,
+a kernel that loads the program) and otherwise the proxy, saying why in one line.
+What only eBPF can capture (`--inode`, `--pid` without an address) fails instead of
+falling back, since the proxy would capture something else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from udskit.capture.bpf_loader import BpfUnavailable
+from udskit.capture.ebpf import EbpfDump, target_from
+from udskit.errors import UsageError
+
+__all__ = ["choose_engine"]
+
+
+def choose_engine(args: argparse.Namespace, say: Callable[[str], None]) -> EbpfDump | None:
+    """A loaded EbpfDump for `args`, or None when the proxy engine is to be used."""
+    engine = args.engine
+    only_ebpf = args.inode is not None or (args.address is None and args.pid is not None)
+    if engine == "proxy":
+        if only_ebpf:
+            raise UsageError("--inode, and --pid without ADDR, need --engine ebpf (or auto)")
+        return None
+    if args.listen is not None:
+        if engine == "ebpf":
+            raise UsageError("--listen is for the proxy engine: the eBPF engine moves nothing")
+        say("udskit dump: engine proxy (--listen given)")
+        return None
+    if args.address is not None and args.inode is not None:
+        raise UsageError("give ADDR or --inode N, not both")
+    target = target_from(
+        args.address, args.inode, args.pid if args.address is None else None
+    )
+    dump = EbpfDump(target)
+    try:
+        dump.load()
+    except BpfUnavailable as exc:
+        if engine == "ebpf" or only_ebpf:
+            raise
+        say(f"udskit dump: engine proxy, as eBPF cannot run here: {exc}")
+        return None
+    return dump
