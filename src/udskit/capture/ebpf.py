@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Any, Final, final
 
 from udskit.address import AddressKind, parse_address
 from udskit.capture.bpf_loader import BpfProgram, BpfUnavailable
@@ -48,7 +48,7 @@ from udskit.capture.ebpf_records import (
 )
 from udskit.errors import UdskitError
 from udskit.inspect.fdscan import process_command, walk_socket_fds
-from udskit.inspect.sockdiag import Show, VfsInode, kernel_dev_to_st_dev
+from udskit.inspect.sockdiag import Show, VfsInode
 from udskit.signals import STOP_SIGNALS
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Tap
@@ -178,6 +178,7 @@ class EbpfDump:
         self._program: BpfProgram | None = None
         self._cookies: dict[int, _Conn] = {}
         self._by_fd: dict[tuple[int, int], _Conn] = {}
+        self._pieces: dict[int, list[Any]] = {}  # tid -> [bytes so far, real length]
         self._next_cookie = 1
         self._next_id = 0
         self._stopping = threading.Event()
@@ -253,7 +254,6 @@ class EbpfDump:
                 f"sock_diag is not available ({exc}): the eBPF engine needs it to find the "
                 "connections; use --engine proxy"
             ) from None
-        sockets = [s._replace(vfs=_stat_vfs(s.vfs)) for s in sockets]
         triples, _facts = walk_socket_fds(skip_pid=os.getpid())
         holders: dict[int, list[tuple[int, int]]] = {}
         for i in range(0, len(triples), 3):
@@ -317,13 +317,26 @@ class EbpfDump:
             if conn is None:
                 self.stats.orphans += 1
                 return
-            if self.tap is not None:
-                direction = direction_of(kind, record.flags)
-                t = record.time_ns + self._offset
-                if record.length == len(record.data):
-                    self.tap.data(conn.info, direction, record.data, t)
-                else:
-                    self.tap.data(conn.info, direction, record.data, t, record.length)  # type: ignore[call-arg]
+            if self.tap is None:
+                return
+            data, length = record.data, record.length
+            if conn.info.sock_type is not SocketType.STREAM and (
+                record.more or record.tid in self._pieces
+            ):
+                # A message recorded in pieces is one chunk again.
+                held = self._pieces.setdefault(record.tid, [bytearray(), 0])
+                held[0] += data
+                held[1] += length
+                if record.more:
+                    return
+                del self._pieces[record.tid]
+                data, length = bytes(held[0]), held[1]
+            direction = direction_of(kind, record.flags)
+            t = record.time_ns + self._offset
+            if length == len(data):
+                self.tap.data(conn.info, direction, data, t)
+            else:
+                self.tap.data(conn.info, direction, data, t, length)  # type: ignore[call-arg]
         elif kind is RecordKind.ACCEPT:
             self._accepted(record)
         elif kind is RecordKind.DUP:
@@ -420,7 +433,3 @@ class EbpfDump:
         self._notes += self.stats.loss_notes()
         return self._notes
 
-
-def _stat_vfs(vfs: VfsInode | None) -> VfsInode | None:
-    """sock_diag's device number in stat()'s encoding, to compare with os.stat()."""
-    return None if vfs is None else VfsInode(kernel_dev_to_st_dev(vfs.dev), vfs.ino)

@@ -48,6 +48,7 @@ HEADER: Final = struct.Struct("<QIIIiIIQ")
 
 _TRUNCATED: Final = 0x100
 _READ_FAILED: Final = 0x200
+_MORE: Final = 0x400
 
 
 class RecordKind(enum.IntEnum):
@@ -85,6 +86,9 @@ class Record:
     data: bytes
     truncated: bool
     read_failed: bool
+    #: The call moved more than SNAP_LEN bytes: the next record of this thread holds
+    #: the next piece (a message is the pieces joined; a stream may keep them apart).
+    more: bool = False
 
     @property
     def new_fd(self) -> int:
@@ -112,6 +116,7 @@ def decode_record(raw: bytes | memoryview) -> Record:
         bytes(raw[HEADER.size : end]),
         bool(kind_flags & _TRUNCATED),
         bool(kind_flags & _READ_FAILED),
+        bool(kind_flags & _MORE),
     )
 
 

@@ -45,6 +45,8 @@ static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *src) = (void *)112;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
+static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx,
+                        __u64 flags) = (void *)181;
 
 /* The raw syscall tracepoint contexts: common header, syscall number, arguments. */
 struct enter_ctx {
@@ -94,6 +96,12 @@ struct msghdr_u {
 
 #define R_TRUNCATED 0x100   /* the chunk is longer than what was recorded */
 #define R_READ_FAILED 0x200 /* bpf_probe_read_user failed: bytes are missing */
+#define R_MORE 0x400        /* the next record of this thread continues this call */
+
+/* A call moving more than SNAP_LEN bytes is recorded as several pieces, up to
+ * MAX_PIECES of them (64 MiB); what is beyond is marked as cut. */
+#define MAX_PIECES 1024
+#define MAX_IOVECS 64
 
 #define OP_BUF 1    /* args: fd, buf, count (write, read, sendto, recvfrom) */
 #define OP_IOV 2    /* args: fd, iov, vlen (writev, readv) */
@@ -128,6 +136,16 @@ struct call {
 	__u32 op;
 	__u32 cookie;
 	__u32 flags;
+	/* filled at exit, while the call's bytes are walked */
+	__u64 id;
+	__u32 kind;
+	__u32 pad;
+	__u64 iov_ptr;  /* the next iovec to read */
+	__u64 iov_left; /* iovecs not read yet */
+	__u64 base;     /* the current buffer */
+	__u64 len;      /* its length */
+	__u64 off;      /* how far into it */
+	__u64 left;     /* bytes of the call not recorded yet */
 };
 
 struct rec {
@@ -209,10 +227,10 @@ INLINE void head(struct rec *r, __u32 kind, struct call *c, __u64 id, __u64 len,
 
 /* One chunk: `len` bytes moved, of which the first `avail` are at `src`. The ring
  * buffer wants constant sizes, hence three size classes. */
-INLINE void emit_data(__u32 kind, struct call *c, __u64 id, __u64 src, __u64 avail, __u64 len)
+INLINE void emit_data(__u32 kind, struct call *c, __u64 id, __u64 src, __u64 avail, __u64 len,
+		       __u32 flags)
 {
 	__u64 cap = avail < len ? avail : len;
-	__u32 flags = 0;
 	long err;
 	if (cap > SNAP_LEN)
 		cap = SNAP_LEN;
@@ -268,37 +286,86 @@ INLINE void emit_fd(__u32 kind, struct call *c, __u64 id, __u64 newfd)
 	bpf_ringbuf_submit(r, 0);
 }
 
-/* On exit: record what the call moved (the first iovec of a vector, for now). */
+/* Walking what a call moved: one buffer, or an iovec array, piece by piece. The
+ * state lives in the `calls` map value, not on the stack: the verifier then sees
+ * unknown numbers and checks the loop body once, instead of following each value. */
+struct walker {
+	struct call *w;
+};
+
+static long walk_step(__u32 index, void *arg)
+{
+	struct call *w = ((struct walker *)arg)->w;
+	if (!w)
+		return 1;
+	if (w->left == 0)
+		return 1;
+	if (w->off >= w->len) {
+		struct iovec_u iov;
+		if (w->iov_left == 0 || w->iov_left > MAX_IOVECS ||
+		    bpf_probe_read_user(&iov, sizeof(iov), (void *)w->iov_ptr)) {
+			/* The bytes are not where we can find them: say how many. */
+			emit_data(w->kind, w, w->id, 0, 0, w->left, 0);
+			count(C_READ_FAILED, 1);
+			w->left = 0;
+			return 1;
+		}
+		w->iov_ptr += sizeof(iov);
+		w->iov_left -= 1;
+		w->base = iov.base;
+		w->len = iov.len;
+		w->off = 0;
+		return 0;
+	}
+	__u64 n = w->len - w->off;
+	if (n > w->left)
+		n = w->left;
+	if (n > SNAP_LEN)
+		n = SNAP_LEN;
+	__u32 more = n < w->left ? R_MORE : 0;
+	emit_data(w->kind, w, w->id, w->base + w->off, n, n, more);
+	w->off += n;
+	w->left -= n;
+	return 0;
+}
+
+/* On exit: record what the call moved. */
 INLINE int leave(struct exit_ctx *ctx, __u32 kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *c = bpf_map_lookup_elem(&calls, &id);
 	if (!c)
 		return 0;
-	struct call copy = *c;
-	bpf_map_delete_elem(&calls, &id);
 	__s64 ret = ctx->ret;
-	if (ret <= 0)
-		return 0;
-	if (copy.op == OP_BUF) {
-		emit_data(kind, &copy, id, copy.ptr, copy.count, (__u64)ret);
-	} else if (copy.op == OP_IOV || copy.op == OP_MSG) {
-		__u64 iov_ptr = copy.ptr;
-		if (copy.op == OP_MSG) {
-			struct msghdr_u m;
-			if (bpf_probe_read_user(&m, sizeof(m), (void *)copy.ptr) || m.iovlen == 0)
-				goto failed;
-			iov_ptr = m.iov;
+	if (ret <= 0 || (c->op != OP_BUF && c->op != OP_IOV && c->op != OP_MSG))
+		goto done;
+	c->id = id;
+	c->kind = kind;
+	c->left = (__u64)ret;
+	c->off = 0;
+	c->base = 0;
+	c->len = 0;
+	c->iov_ptr = 0;
+	c->iov_left = 0;
+	if (c->op == OP_BUF) {
+		c->base = c->ptr;
+		c->len = c->count;
+	} else if (c->op == OP_IOV) {
+		c->iov_ptr = c->ptr;
+		c->iov_left = c->count;
+	} else {
+		struct msghdr_u m;
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)c->ptr) == 0) {
+			c->iov_ptr = m.iov;
+			c->iov_left = m.iovlen;
 		}
-		struct iovec_u iov;
-		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)iov_ptr))
-			goto failed;
-		emit_data(kind, &copy, id, iov.base, iov.len, (__u64)ret);
 	}
-	return 0;
-failed:
-	emit_data(kind, &copy, id, 0, 0, (__u64)ret);
-	count(C_READ_FAILED, 1);
+	struct walker walker = {.w = c};
+	bpf_loop(MAX_PIECES + MAX_IOVECS, walk_step, &walker, 0);
+	if (c->left) /* more than MAX_PIECES pieces: the rest is marked as cut */
+		emit_data(kind, c, id, 0, 0, c->left, 0);
+done:
+	bpf_map_delete_elem(&calls, &id);
 	return 0;
 }
 
