@@ -15,7 +15,12 @@ from udskit.capture.bpf_loader import BpfUnavailable
 from udskit.capture.ebpf import EbpfDump, target_from
 from udskit.errors import UsageError
 
-__all__ = ["choose_engine"]
+__all__ = ["EBPF_BACKLOG_BYTES", "choose_engine"]
+
+#: With eBPF, waiting for the pcapng writer slows no client down (the kernel keeps
+#: going and the ring buffer fills), so the capture may hold more in memory before
+#: it records chunks as lengths only: a burst of a few hundred MiB is kept whole.
+EBPF_BACKLOG_BYTES = 512 << 20
 
 
 def choose_engine(args: argparse.Namespace, say: Callable[[str], None]) -> EbpfDump | None:

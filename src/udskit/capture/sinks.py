@@ -170,6 +170,9 @@ class PcapngWriter:
         self.cut_bytes = 0
         self.dropped_chunks = 0
         self.cut_short = False  # stopped by a signal before the writer was done
+        #: How much may wait in memory for the writer (the eBPF engine, which slows
+        #: nobody down by waiting, allows more: see udskit.capture.engine).
+        self.backlog_limit = BACKLOG_BYTES
         self._closed = False
 
     def begin(self) -> None:
@@ -277,8 +280,9 @@ class PcapngWriter:
             raise self._failure() from None
 
     def _enqueue(self, records: bytes | bytearray) -> None:
-        if self._queued + len(records) > BACKLOG_BYTES:
-            records = self._shed(records, keep_lengths=self._queued <= BACKLOG_BYTES)
+        limit = self.backlog_limit
+        if self._queued + len(records) > limit:
+            records = self._shed(records, keep_lengths=self._queued <= limit)
         self._queue.append(records)
         self._queued += len(records)
 

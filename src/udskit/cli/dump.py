@@ -241,6 +241,10 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         dump = ProxyDump(args.address, listen=args.listen, sock_type=sock_type, grace=args.grace)
     # Opened (so a bad path fails before anything is moved), emptied only once started.
     writer = PcapngWriter(args.write, port) if args.write is not None else None
+    if writer is not None and not isinstance(dump, ProxyDump):
+        from udskit.capture.engine import EBPF_BACKLOG_BYTES
+
+        writer.backlog_limit = EBPF_BACKLOG_BYTES
     printer = LineSink(env.stdout, fmt, args.utc) if fmt is not None else None
     tap = DumpTap(dump.display_path, selection, writer, printer, on_limit=dump.stop)
     dump.tap = tap
