@@ -64,7 +64,9 @@ _SYS_PIDFD_GETFD: Final = 438  # the same number on every architecture
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def target_from(address: str | None = None, inode: int | None = None, pid: int | None = None) -> Target:
+def target_from(
+    address: str | None = None, inode: int | None = None, pid: int | None = None
+) -> Target:
     """The capture target from what a user gives: an address, an inode or a pid."""
     if address is not None:
         addr = parse_address(address)
@@ -117,13 +119,15 @@ def _peer_cred_of(pid: int, fd: int) -> ClientInfo:
 def _process_info(pid: int) -> ClientInfo:
     """The holder itself as the client (its real uid and gid)."""
     uid = gid = None
-    with suppress(OSError, ValueError, IndexError):
-        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    uid = int(line.split()[1])
-                elif line.startswith("Gid:"):
-                    gid = int(line.split()[1])
+    with (
+        suppress(OSError, ValueError, IndexError),
+        open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f,
+    ):
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[1])
+            elif line.startswith("Gid:"):
+                gid = int(line.split()[1])
     return ClientInfo(pid, uid, gid, process_command(pid))
 
 
@@ -432,4 +436,3 @@ class EbpfDump:
                 program.close()
         self._notes += self.stats.loss_notes()
         return self._notes
-

@@ -38,9 +38,7 @@ def choose_engine(args: argparse.Namespace, say: Callable[[str], None]) -> EbpfD
         return None
     if args.address is not None and args.inode is not None:
         raise UsageError("give ADDR or --inode N, not both")
-    target = target_from(
-        args.address, args.inode, args.pid if args.address is None else None
-    )
+    target = target_from(args.address, args.inode, args.pid if args.address is None else None)
     dump = EbpfDump(target)
     try:
         dump.load()

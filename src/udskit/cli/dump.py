@@ -153,8 +153,10 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         if args.address is not None or args.listen is not None:
             raise UsageError("-r reads a file: give no ADDR or --listen with it")
         return _read(args, env, selection, fmt if printing else None)
-    if args.address is None and args.inode is None and not (
-        args.pid is not None and args.engine != "proxy"
+    if (
+        args.address is None
+        and args.inode is None
+        and not (args.pid is not None and args.engine != "proxy")
     ):
         raise UsageError("give the socket to capture (ADDR), or -r FILE")
     return _capture(args, env, selection, fmt if printing else None)
@@ -223,14 +225,13 @@ def _quiet_stdout(env: Env) -> None:
 
 
 def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
+    from udskit.capture.engine import choose_engine
     from udskit.capture.events import Selection
     from udskit.capture.pcapng import parse_decode_as
     from udskit.capture.proxy import ProxyDump
     from udskit.capture.sinks import DumpTap, LineSink, PcapngWriter
     from udskit.errors import UdskitError
     from udskit.socktype import SocketType
-
-    from udskit.capture.engine import choose_engine
 
     port = parse_decode_as(args.decode_as) if args.decode_as else None
     sock_type = SocketType.parse(args.type) if args.type else None
