@@ -36,6 +36,7 @@ from typing import Any, Final, final
 from udskit.address import AddressKind, parse_address
 from udskit.capture.bpf_loader import BpfProgram, BpfUnavailable
 from udskit.capture.ebpf_records import (
+    HEADER,
     Plan,
     PlannedConn,
     Record,
@@ -51,7 +52,7 @@ from udskit.inspect.fdscan import process_command, walk_socket_fds
 from udskit.inspect.sockdiag import Show, VfsInode
 from udskit.signals import STOP_SIGNALS
 from udskit.socktype import SocketType
-from udskit.tap import ClientInfo, ConnectionInfo, Tap
+from udskit.tap import ClientInfo, ConnectionInfo, Direction, Tap
 
 __all__ = ["EbpfDump", "EbpfStats", "target_from"]
 
@@ -62,6 +63,15 @@ POLL_MS: Final = 100
 _C_LOST_EVENTS, _C_LOST_BYTES, _C_READ_FAILED = 0, 1, 2
 _SYS_PIDFD_GETFD: Final = 438  # the same number on every architecture
 _libc = ctypes.CDLL(None, use_errno=True)
+# The hot path's view of a record (see ebpf_records for the whole of it).
+_HEADER = HEADER.unpack_from
+_HEADER_SIZE: Final = HEADER.size
+_K_SEND: Final = int(RecordKind.SEND)
+_K_RECV: Final = int(RecordKind.RECV)
+_MORE_BIT: Final = 0x400
+_SERVER_BIT: Final = int(WatchFlags.SERVER) << 16
+_S2C: Final = Direction.S2C
+_C2S: Final = Direction.C2S
 
 
 def target_from(
@@ -313,8 +323,30 @@ class EbpfDump:
 
     # -- records ---------------------------------------------------------------------------
     def _on_record(self, raw: memoryview) -> None:
-        record = decode_record(raw)
+        """One ring-buffer record (a view into the ring: copy what is kept). Plain
+        data chunks take the short way: this runs once per syscall watched."""
         self.stats.records += 1
+        time_ns, kind_flags, _tgid, tid, _fd, cookie, caplen, length = _HEADER(raw)
+        kind = kind_flags & 0xFF
+        if kind <= _K_RECV and not kind_flags & _MORE_BIT and tid not in self._pieces:
+            conn = self._cookies.get(cookie)
+            if conn is None:
+                self.stats.orphans += 1
+                return
+            tap = self.tap
+            if tap is None:
+                return
+            server = kind_flags & _SERVER_BIT
+            direction = _S2C if bool(server) == (kind == _K_SEND) else _C2S
+            data = raw[_HEADER_SIZE : _HEADER_SIZE + caplen]
+            if length == caplen:
+                tap.data(conn.info, direction, data, time_ns + self._offset)
+            else:
+                tap.data(conn.info, direction, data, time_ns + self._offset, length)  # type: ignore[call-arg]
+            return
+        self._other_record(decode_record(raw))
+
+    def _other_record(self, record: Record) -> None:
         kind = record.kind
         if kind is RecordKind.SEND or kind is RecordKind.RECV:
             conn = self._cookies.get(record.cookie)

@@ -81,7 +81,8 @@ struct msghdr_u {
 
 /* Keep in step with udskit/capture/ebpf_records.py. */
 #define SNAP_LEN 65536
-#define SMALL 512
+#define TINY 128
+#define SMALL 1024
 #define MEDIUM 8192
 
 #define F_LISTENER 1 /* accept(2) on it adds the new descriptor */
@@ -225,8 +226,23 @@ INLINE void head(struct rec *r, __u32 kind, struct call *c, __u64 id, __u64 len,
 	r->len = len;
 }
 
-/* One chunk: `len` bytes moved, of which the first `avail` are at `src`. The ring
- * buffer wants constant sizes, hence three size classes. */
+/* One reservation of a constant size (the ring buffer wants constants), filled with
+ * up to `size` bytes from `src`. */
+#define EMIT_CLASS(size)                                                                  \
+	do {                                                                              \
+		struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + (size), 0); \
+		if (!r)                                                                   \
+			goto lost;                                                        \
+		__u32 n = cap & (2 * (size) - 1);                                         \
+		if (n > (size))                                                           \
+			n = (size);                                                       \
+		err = bpf_probe_read_user((void *)(r + 1), n, (void *)src);               \
+		head(r, kind | flags | (err ? R_READ_FAILED : 0), c, id, len, err ? 0 : n);   \
+		bpf_ringbuf_submit(r, 0);                                                 \
+	} while (0)
+
+/* One chunk: `len` bytes moved, of which the first `avail` are at `src`. Four size
+ * classes, so that a 5-byte redis reply does not take 64 KiB of the ring. */
 INLINE void emit_data(__u32 kind, struct call *c, __u64 id, __u64 src, __u64 avail, __u64 len,
 		       __u32 flags)
 {
@@ -236,37 +252,14 @@ INLINE void emit_data(__u32 kind, struct call *c, __u64 id, __u64 src, __u64 ava
 		cap = SNAP_LEN;
 	if (cap < len)
 		flags |= R_TRUNCATED;
-	if (cap <= SMALL) {
-		struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + SMALL, 0);
-		if (!r)
-			goto lost;
-		__u32 n = cap & (2 * SMALL - 1);
-		if (n > SMALL)
-			n = SMALL;
-		err = bpf_probe_read_user((void *)(r + 1), n, (void *)src);
-		head(r, kind | flags | (err ? R_READ_FAILED : 0), c, id, len, err ? 0 : n);
-		bpf_ringbuf_submit(r, 0);
-	} else if (cap <= MEDIUM) {
-		struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + MEDIUM, 0);
-		if (!r)
-			goto lost;
-		__u32 n = cap & (2 * MEDIUM - 1);
-		if (n > MEDIUM)
-			n = MEDIUM;
-		err = bpf_probe_read_user((void *)(r + 1), n, (void *)src);
-		head(r, kind | flags | (err ? R_READ_FAILED : 0), c, id, len, err ? 0 : n);
-		bpf_ringbuf_submit(r, 0);
-	} else {
-		struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + SNAP_LEN, 0);
-		if (!r)
-			goto lost;
-		__u32 n = cap & (2 * SNAP_LEN - 1);
-		if (n > SNAP_LEN)
-			n = SNAP_LEN;
-		err = bpf_probe_read_user((void *)(r + 1), n, (void *)src);
-		head(r, kind | flags | (err ? R_READ_FAILED : 0), c, id, len, err ? 0 : n);
-		bpf_ringbuf_submit(r, 0);
-	}
+	if (cap <= TINY)
+		EMIT_CLASS(TINY);
+	else if (cap <= SMALL)
+		EMIT_CLASS(SMALL);
+	else if (cap <= MEDIUM)
+		EMIT_CLASS(MEDIUM);
+	else
+		EMIT_CLASS(SNAP_LEN);
 	if (err)
 		count(C_READ_FAILED, 1);
 	return;
