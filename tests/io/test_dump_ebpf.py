@@ -101,6 +101,7 @@ class Dump:
         out = proc.stdout.read()
         status = proc.wait(120)
         self._reader.join(30)
+        print("\n".join(self.lines))  # shown by pytest when the test fails
         proc.stdout.close()
         proc.stderr.close()
         lost = [x for x in self.lines if "WARNING" in x or "dropped" in x or "without" in x]

@@ -407,10 +407,10 @@ class EbpfDump:
     def _fd_closed(self, record: Record) -> None:
         key = (record.tgid, record.fd)
         conn = self._cookies.get(record.cookie)
+        if conn is None:  # a listener (cookie 0), or a connection we never knew
+            return
         if self._by_fd.get(key) is conn:
             del self._by_fd[key]
-        if conn is None:
-            return
         conn.fds.discard(key)
         if not conn.fds and conn.open:
             conn.open = False
