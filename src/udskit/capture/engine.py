@@ -8,7 +8,6 @@ falling back, since the proxy would capture something else.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 from udskit.capture.bpf_loader import BpfUnavailable
@@ -23,22 +22,33 @@ __all__ = ["EBPF_BACKLOG_BYTES", "choose_engine"]
 EBPF_BACKLOG_BYTES = 512 << 20
 
 
-def choose_engine(args: argparse.Namespace, say: Callable[[str], None]) -> EbpfDump | None:
-    """A loaded EbpfDump for `args`, or None when the proxy engine is to be used."""
-    engine = args.engine
-    only_ebpf = args.inode is not None or (args.address is None and args.pid is not None)
+def choose_engine(
+    engine: str,
+    *,
+    address: str | None = None,
+    inode: int | None = None,
+    pid: int | None = None,
+    listen: str | None = None,
+    say: Callable[[str], None] = lambda _line: None,
+) -> EbpfDump | None:
+    """A loaded EbpfDump, or None when the proxy engine is to be used (`say` is told
+    why, in one line, when auto falls back). `pid` is the target only without an
+    address (with one it is a filter, applied by the caller's Selection)."""
+    if engine not in ("proxy", "ebpf", "auto"):
+        raise UsageError(f"unknown engine {engine!r}: proxy, ebpf or auto")
+    only_ebpf = inode is not None or (address is None and pid is not None)
     if engine == "proxy":
         if only_ebpf:
             raise UsageError("--inode, and --pid without ADDR, need --engine ebpf (or auto)")
         return None
-    if args.listen is not None:
+    if listen is not None:
         if engine == "ebpf":
             raise UsageError("--listen is for the proxy engine: the eBPF engine moves nothing")
         say("udskit dump: engine proxy (--listen given)")
         return None
-    if args.address is not None and args.inode is not None:
+    if address is not None and inode is not None:
         raise UsageError("give ADDR or --inode N, not both")
-    target = target_from(args.address, args.inode, args.pid if args.address is None else None)
+    target = target_from(address, inode, pid if address is None else None)
     dump = EbpfDump(target)
     try:
         dump.load()

@@ -235,7 +235,14 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
 
     port = parse_decode_as(args.decode_as) if args.decode_as else None
     sock_type = SocketType.parse(args.type) if args.type else None
-    dump: Any = choose_engine(args, env.err)  # an EbpfDump, or None for the proxy
+    dump: Any = choose_engine(  # an EbpfDump, or None for the proxy
+        args.engine,
+        address=args.address,
+        inode=args.inode,
+        pid=args.pid,
+        listen=args.listen,
+        say=env.err,
+    )
     if dump is not None and args.address is None and args.inode is None:
         selection = Selection(count=args.count, snaplen=args.snaplen)  # --pid is the target
     if dump is None:
