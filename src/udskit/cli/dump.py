@@ -20,6 +20,12 @@ recorded with its time, direction and the client's pid, uid, gid and command.
 Connections that were open before the dump are not touched. On exit (Ctrl-C, SIGTERM,
 SIGHUP, -c reached, an error) the original file is put back. After a kill -9, run
 `udskit dump --restore PATH`.
+
+The eBPF engine (--engine ebpf, root) moves nothing: it watches the syscalls that move
+data on the connections of ADDR (open ones too, and new ones from their first byte),
+of a socket inode (--inode, socketpairs) or of a process (--pid without ADDR). Losses
+in the kernel's ring buffer are counted and reported at the end. --engine auto uses it
+where it can run and otherwise the proxy, saying why.
 """
 
 EPILOG = """\
@@ -34,6 +40,11 @@ examples:
   udskit dump --listen @dbg /run/app.sock        abstract or immovable: clients that
                                                  connect to @dbg are recorded
   udskit dump --restore /run/app.sock            after a kill -9 of a dump
+  udskit dump --engine ebpf /run/app.sock        connections already open too; nobody
+                                                 moved or reconnected (root)
+  udskit dump --engine ebpf -A @app-debug        an abstract name, as is
+  udskit dump --engine ebpf --inode 123456       one socketpair (inode from `udskit ls`)
+  udskit dump --engine ebpf --pid 4242 --json    every unix connection of process 4242
   tshark -r cap.pcapng -Y http.request -T fields -e http.request.uri
   tshark -r cap.pcapng -T fields -e frame.comment    client pid and command
 
