@@ -394,6 +394,9 @@ def test_curl_keepalive_on_a_pathname_socket_and_tshark_dissects_it(
     assert sha(got[1][Direction.C2S]) == seen["received"]
     assert sha(got[1][Direction.S2C]) == seen["sent"]
     assert clients(pcap)[1] == {curl.pid}
+    # curl hung up first; the server then exited without close(2): still one close.
+    closes = [e.direction for e in decode_events(pcap.read_bytes()) if e.kind is EventKind.CLOSE]
+    assert closes == [Direction.C2S]
     result = peers.run(
         "tshark", "-r", pcap, "-Y", "http.request", "-T", "fields", "-e", "http.request.uri"
     )

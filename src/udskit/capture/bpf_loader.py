@@ -224,6 +224,7 @@ class BpfProgram:
                 prog = lib.bpf_object__next_program(self._obj, prog)
             self.socks_fd = self._map_fd(b"socks")
             self.counters_fd = self._map_fd(b"counters")
+            self.procs_fd = self._map_fd(b"procs")
 
             self._ring = RingReader(self._map_fd(b"events"), ring_bytes, on_record)
         except BaseException:
@@ -246,6 +247,12 @@ class BpfProgram:
             raise BpfUnavailable(
                 f"cannot watch fd {fd} of pid {pid}: {_errno_text(err)} (too many sockets?)"
             )
+
+    def watch_process(self, pid: int) -> None:
+        """Tell us when `pid` exits (it holds watched descriptors)."""
+        key = ctypes.c_uint32(pid)
+        value = ctypes.c_uint32(1)
+        self._lib.bpf_map_update_elem(self.procs_fd, ctypes.byref(key), ctypes.byref(value), 0)
 
     def unwatch(self, pid: int, fd: int) -> None:
         key = (ctypes.c_uint32 * 2)(pid, fd)

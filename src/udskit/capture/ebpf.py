@@ -148,6 +148,8 @@ class _Conn:
     server_side: bool
     fds: set[tuple[int, int]] = field(default_factory=set)
     open: bool = True
+    #: The direction whose sender closed first, once a read at our end saw EOF.
+    first: Direction | None = None
 
 
 @final
@@ -193,6 +195,7 @@ class EbpfDump:
         self._cookies: dict[int, _Conn] = {}
         self._by_fd: dict[tuple[int, int], _Conn] = {}
         self._pieces: dict[int, list[Any]] = {}  # tid -> [bytes so far, real length]
+        self._listeners: set[tuple[int, int]] = set()
         self._next_cookie = 1
         self._next_id = 0
         self._stopping = threading.Event()
@@ -287,6 +290,11 @@ class EbpfDump:
         assert program is not None
         for pid, fd in plan.listeners:
             program.watch(pid, fd, 0, WatchFlags.LISTENER)
+            self._listeners.add((pid, fd))
+        for pid in {pid for pid, _fd in plan.listeners} | {
+            pid for planned in plan.conns for pid, _fd in planned.fds
+        }:
+            program.watch_process(pid)
         self.watched_listeners = len(plan.listeners)
         now = time.time_ns()
         for planned in plan.conns:
@@ -381,7 +389,14 @@ class EbpfDump:
                 conn.fds.add((record.tgid, record.new_fd))
                 self._by_fd[(record.tgid, record.new_fd)] = conn
         elif kind is RecordKind.CLOSE:
-            self._fd_closed(record)
+            self._fd_closed(record.tgid, record.fd, record.cookie, record.time_ns)
+        elif kind is RecordKind.EOF:
+            conn = self._cookies.get(record.cookie)
+            if conn is not None and conn.first is None:
+                # Our end read EOF: the other end stopped sending first.
+                conn.first = Direction.C2S if conn.server_side else Direction.S2C
+        elif kind is RecordKind.EXIT:
+            self._process_exited(record.tgid, record.time_ns)
 
     def _accepted(self, record: Record) -> None:
         key = (record.tgid, record.new_fd)
@@ -404,9 +419,10 @@ class EbpfDump:
             return self.sock_type
         return SocketType.STREAM
 
-    def _fd_closed(self, record: Record) -> None:
-        key = (record.tgid, record.fd)
-        conn = self._cookies.get(record.cookie)
+    def _fd_closed(self, pid: int, fd: int, cookie: int, time_ns: int) -> None:
+        key = (pid, fd)
+        self._listeners.discard(key)
+        conn = self._cookies.get(cookie)
         if conn is None:  # a listener (cookie 0), or a connection we never knew
             return
         if self._by_fd.get(key) is conn:
@@ -414,8 +430,23 @@ class EbpfDump:
         conn.fds.discard(key)
         if not conn.fds and conn.open:
             conn.open = False
+            # No EOF seen first: our end closed first.
+            first = conn.first or (Direction.S2C if conn.server_side else Direction.C2S)
             if self.tap is not None:
-                self.tap.closed(conn.info, None, record.time_ns + self._offset)
+                self.tap.closed(conn.info, first, time_ns + self._offset)
+
+    def _process_exited(self, pid: int, time_ns: int) -> None:
+        """Its descriptors closed without close(2): forget them, here and in the map."""
+        program = self._program
+        for key in [k for k in self._listeners if k[0] == pid]:
+            self._listeners.discard(key)
+            if program is not None:
+                program.unwatch(*key)
+        for key, conn in [(k, c) for k, c in self._by_fd.items() if k[0] == pid]:
+            if program is not None:
+                program.unwatch(*key)
+            cookie = next((c for c, v in self._cookies.items() if v is conn), 0)
+            self._fd_closed(key[0], key[1], cookie, time_ns)
 
     # -- run and close ---------------------------------------------------------------------
     def run(self) -> None:

@@ -59,6 +59,8 @@ class RecordKind(enum.IntEnum):
     ACCEPT = 3
     CLOSE = 4
     DUP = 5
+    EOF = 6  # a read returned 0: the peer closed its sending side
+    EXIT = 7  # a process holding watched descriptors exited
 
 
 class WatchFlags(enum.IntFlag):

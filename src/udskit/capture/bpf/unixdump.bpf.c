@@ -94,6 +94,8 @@ struct msghdr_u {
 #define K_ACCEPT 3
 #define K_CLOSE 4
 #define K_DUP 5
+#define K_EOF 6  /* a read returned 0: the peer closed its sending side */
+#define K_EXIT 7 /* a process holding watched descriptors exited */
 
 #define R_TRUNCATED 0x100   /* the chunk is longer than what was recorded */
 #define R_READ_FAILED 0x200 /* bpf_probe_read_user failed: bytes are missing */
@@ -173,6 +175,15 @@ struct {
 	__type(key, __u64);
 	__type(value, struct call);
 } calls SEC(".maps");
+
+/* The processes that hold watched descriptors (filled by user space): their exit
+ * closes those descriptors without any close(2). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} procs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -330,7 +341,13 @@ INLINE int leave(struct exit_ctx *ctx, __u32 kind)
 	if (!c)
 		return 0;
 	__s64 ret = ctx->ret;
-	if (ret <= 0 || (c->op != OP_BUF && c->op != OP_IOV && c->op != OP_MSG))
+	if (c->op != OP_BUF && c->op != OP_IOV && c->op != OP_MSG)
+		goto done;
+	if (ret == 0 && kind == K_RECV) {
+		emit_fd(K_EOF, c, id, 0);
+		goto done;
+	}
+	if (ret <= 0)
 		goto done;
 	c->id = id;
 	c->kind = kind;
@@ -498,6 +515,20 @@ int enter_close(struct enter_ctx *ctx)
 	struct call c = {.fd = k.fd, .cookie = v->cookie, .flags = v->flags};
 	bpf_map_delete_elem(&socks, &k);
 	emit_fd(K_CLOSE, &c, id, 0);
+	return 0;
+}
+
+/* The end of a process (its main thread) that held watched descriptors. */
+SEC("tracepoint/sched/sched_process_exit")
+int process_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if ((__u32)id != tgid || !bpf_map_lookup_elem(&procs, &tgid))
+		return 0;
+	bpf_map_delete_elem(&procs, &tgid);
+	struct call c = {.fd = 0};
+	emit_fd(K_EXIT, &c, id, 0);
 	return 0;
 }
 
