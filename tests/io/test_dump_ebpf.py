@@ -448,3 +448,33 @@ def _nobody_ids() -> tuple[int, int]:
     import pwd
 
     return pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+
+
+# -- udskit dump -- CMD ------------------------------------------------------------------------
+def test_dump_runs_a_command_and_captures_its_children_and_exits_as_it_did(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    from udskit.cli.dump import _HTTP_SERVER
+
+    path = sockdir / "http.sock"
+    peers.start(sys.executable, "-c", _HTTP_SERVER, path, wait_for=path)
+    pcap = tmp_path / "cmd.pcapng"
+    script = f"curl -sS --unix-socket {path} http://localhost/hello; exit 7"
+    result = peers.udskit_run("dump", "--engine", "ebpf", "-w", pcap, "--", "sh", "-c", script)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == b"hello from /hello\n"  # curl's own output, untouched
+    events = list(decode_events(pcap.read_bytes()))
+    to_server = [e for e in events if e.kind is EventKind.DATA and e.path == str(path)]
+    assert [e.direction for e in to_server] == [Direction.C2S, Direction.S2C]
+    assert to_server[0].data.startswith(b"GET /hello HTTP/1.1\r\n")
+    assert to_server[1].data.endswith(b"hello from /hello\n")
+    assert {e.client.command for e in to_server} == {"curl"}, "sh's child, curl, is seen"
+    uris = peers.run("tshark", "-r", pcap, "-Y", "http.request", "-T", "fields", "-e",
+                     "http.request.uri").stdout.split()  # fmt: skip
+    assert uris == [b"/hello"]
+
+
+def test_a_missing_command_is_one_line_and_127(peers: Peers, ebpf: None) -> None:
+    result = peers.udskit_run("dump", "--engine", "ebpf", "--", "no-such-program-here")
+    assert result.returncode == 127
+    assert "cannot run 'no-such-program-here': No such file or directory" in result.stderr.decode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from udskit.address import UnixAddress
@@ -10,6 +12,7 @@ from udskit.capture.ebpf_records import (
     RecordKind,
     Target,
     WatchFlags,
+    decode_made,
     decode_record,
     direction_of,
     plan_watch,
@@ -153,3 +156,15 @@ def test_a_pid_is_recorded_once_per_connection_even_talking_to_itself() -> None:
     plan = plan_watch(sockets, holders, Target(pid=9))
     assert plan.listeners == ((9, 3),)
     assert [(c.inode, c.server_side) for c in plan.conns] == [(2, True), (4, False)]
+
+
+def test_who_connected_where_from_the_kernels_view() -> None:
+    sockaddr = (1).to_bytes(2, "little") + b"\0dbg-name"
+    raw = struct.pack("<16sQII112s", b"curl\0", (5 << 32) | 1000, len(sockaddr), 0, sockaddr)
+    made = decode_made(raw)
+    assert (made.command, made.uid, made.gid) == ("curl", 1000, 5)
+    assert made.address == UnixAddress.abstract("dbg-name")
+    path = (1).to_bytes(2, "little") + b"/run/app.sock\0"
+    made = decode_made(struct.pack("<16sQII112s", b"sh", 0, len(path), 0, path))
+    assert made.address == PATH
+    assert decode_made(struct.pack("<16sQII112s", b"sh", 0, 0, 0, b"")).address is None

@@ -124,6 +124,19 @@ def _mount_tracefs() -> None:
         )
 
 
+def _fork_child_pid_offset() -> int:
+    """Where sched_process_fork's child_pid is in this kernel (its layout changed in
+    6.x, when the comm fields became __data_loc strings)."""
+    root = (
+        TRACEFS if os.path.isdir(os.path.join(TRACEFS, "events")) else "/sys/kernel/debug/tracing"
+    )
+    with open(os.path.join(root, "events/sched/sched_process_fork/format")) as f:
+        for line in f:
+            if "child_pid;" in line:
+                return int(line.split("offset:")[1].split(";")[0])
+    raise BpfUnavailable("sched_process_fork has no child_pid field here: use --engine proxy")
+
+
 def _libbpf() -> ctypes.CDLL:
     name = ctypes.util.find_library("bpf") or "libbpf.so.1"
     try:
@@ -141,6 +154,7 @@ def _libbpf() -> ctypes.CDLL:
         ("bpf_object__find_map_by_name", vp, [vp, cp]),
         ("bpf_map__set_max_entries", ci, [vp, ctypes.c_uint32]),
         ("bpf_map__fd", ci, [vp]),
+        ("bpf_map__set_initial_value", ci, [vp, vp, ctypes.c_size_t]),
         ("bpf_program__attach", vp, [vp]),
         ("bpf_program__name", cp, [vp]),
         ("bpf_link__destroy", ci, [vp]),
@@ -203,6 +217,10 @@ class BpfProgram:
         try:
             events = lib.bpf_object__find_map_by_name(self._obj, b"events")
             lib.bpf_map__set_max_entries(events, ring_bytes)
+            rodata = lib.bpf_object__find_map_by_name(self._obj, b".rodata")
+            if rodata:
+                offset = ctypes.c_uint32(_fork_child_pid_offset())
+                lib.bpf_map__set_initial_value(rodata, ctypes.byref(offset), 4)
             err = lib.bpf_object__load(self._obj)
             if err:
                 raise BpfUnavailable(
@@ -225,6 +243,7 @@ class BpfProgram:
             self.socks_fd = self._map_fd(b"socks")
             self.counters_fd = self._map_fd(b"counters")
             self.procs_fd = self._map_fd(b"procs")
+            self.traced_fd = self._map_fd(b"traced")
 
             self._ring = RingReader(self._map_fd(b"events"), ring_bytes, on_record)
         except BaseException:
@@ -253,6 +272,13 @@ class BpfProgram:
         key = ctypes.c_uint32(pid)
         value = ctypes.c_uint32(1)
         self._lib.bpf_map_update_elem(self.procs_fd, ctypes.byref(key), ctypes.byref(value), 0)
+
+    def trace(self, pid: int) -> None:
+        """Record the unix connections `pid` (and what it forks) makes from now on."""
+        key = ctypes.c_uint32(pid)
+        value = ctypes.c_uint32(1)
+        self._lib.bpf_map_update_elem(self.traced_fd, ctypes.byref(key), ctypes.byref(value), 0)
+        self.watch_process(pid)
 
     def unwatch(self, pid: int, fd: int) -> None:
         key = (ctypes.c_uint32 * 2)(pid, fd)

@@ -26,14 +26,16 @@ import os
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final, final
 
-from udskit.address import AddressKind, parse_address
+from udskit.address import AddressKind, decode_sockaddr, parse_address
 from udskit.capture.bpf_loader import BpfProgram, BpfUnavailable
 from udskit.capture.ebpf_records import (
     HEADER,
@@ -43,6 +45,7 @@ from udskit.capture.ebpf_records import (
     RecordKind,
     Target,
     WatchFlags,
+    decode_made,
     decode_record,
     direction_of,
     plan_watch,
@@ -50,7 +53,7 @@ from udskit.capture.ebpf_records import (
 from udskit.errors import UdskitError
 from udskit.inspect.fdscan import process_command, walk_socket_fds
 from udskit.inspect.sockdiag import Show, VfsInode
-from udskit.signals import STOP_SIGNALS
+from udskit.signals import STOP_SIGNALS, start_worker
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Direction, Tap
 
@@ -63,6 +66,19 @@ POLL_MS: Final = 100
 _C_LOST_EVENTS, _C_LOST_BYTES, _C_READ_FAILED = 0, 1, 2
 _SYS_PIDFD_GETFD: Final = 438  # the same number on every architecture
 _libc = ctypes.CDLL(None, use_errno=True)
+#: The command's first moments: wait at the gate (until its pid is traced), then
+#: become the command (same pid); a missing program is one line and status 127.
+_GATE = """\
+import os, sys
+gate = int(sys.argv[1])
+os.read(gate, 1)
+os.close(gate)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.stderr.write(f"udskit dump: cannot run {sys.argv[2]!r}: {exc.strerror}\\n")
+    sys.exit(127)
+"""
 # The hot path's view of a record (see ebpf_records for the whole of it).
 _HEADER = HEADER.unpack_from
 _HEADER_SIZE: Final = HEADER.size
@@ -126,6 +142,37 @@ def _peer_cred_of(pid: int, fd: int) -> ClientInfo:
     return ClientInfo(peer, uid, gid, process_command(peer))
 
 
+def _peek_socket(pid: int, fd: int) -> tuple[SocketType, str | None]:
+    """The type of another process's socket and the address it is connected to."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return SocketType.STREAM, None
+    try:
+        copy = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if copy < 0:
+            return SocketType.STREAM, None
+        try:
+            with socket.socket(fileno=copy) as sock:
+                try:
+                    kernel_type = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+                    try:
+                        peer = sock.getpeername()
+                    except OSError:
+                        peer = None
+                finally:
+                    sock.detach()
+        finally:
+            os.close(copy)
+    except OSError:
+        return SocketType.STREAM, None
+    finally:
+        os.close(pidfd)
+    sock_type = next((t for t in SocketType if t.kernel == kernel_type), SocketType.STREAM)
+    name = str(decode_sockaddr(peer)) if peer else None
+    return sock_type, name
+
+
 def _process_info(pid: int) -> ClientInfo:
     """The holder itself as the client (its real uid and gid)."""
     uid = gid = None
@@ -187,9 +234,16 @@ class EbpfDump:
     `tap` calls until ``stop()`` (any thread) or a stop signal, ``close()`` stops the
     program, drains the ring buffer and returns notes (losses)."""
 
-    def __init__(self, target: Target, *, tap: Tap | None = None) -> None:
+    def __init__(
+        self, target: Target, *, tap: Tap | None = None, command: Sequence[str] | None = None
+    ) -> None:
         self.target = target
         self.tap = tap
+        #: `udskit dump -- CMD`: run it, record the unix connections it (and what it
+        #: forks) makes, stop when it exits; its exit status is `command_status`.
+        self.command = list(command) if command is not None else None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.command_status: int | None = None
         self.stats = EbpfStats()
         self._program: BpfProgram | None = None
         self._cookies: dict[int, _Conn] = {}
@@ -209,6 +263,8 @@ class EbpfDump:
     # -- ProxyDump's surface ------------------------------------------------------------
     @property
     def display_path(self) -> str:
+        if self.command is not None:
+            return f"command:{self.command[0]}"
         if self.target.address is not None:
             return str(self.target.address)
         if self.target.inode is not None:
@@ -220,6 +276,11 @@ class EbpfDump:
         return self.stats.connections
 
     def describe(self) -> str:
+        if self.command is not None and self.process is not None:
+            return (
+                f"capturing the unix connections of {self.command[0]} (pid "
+                f"{self.process.pid}) and its children with eBPF (engine ebpf)"
+            )
         open_now = sum(1 for c in set(self._cookies.values()) if c.open)
         return (
             f"capturing {self.target.describe()} with eBPF (engine ebpf): "
@@ -254,12 +315,34 @@ class EbpfDump:
         self._offset = time.time_ns() - time.monotonic_ns()
         self.load()
         assert self._program is not None
+        if self.command is not None:
+            self._spawn()
+            return
         try:
             self._watch(self._plan())
         except BaseException:
             self._program.close()
             self._program = None
             raise
+
+    def _spawn(self) -> None:
+        """Start the command held at a gate until its pid is traced, so that not
+        even its first connection is missed; the gate then execs it in place."""
+        assert self.command is not None and self._program is not None
+        gate_r, gate_w = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _GATE, str(gate_r), *self.command],
+                pass_fds=(gate_r,),
+            )
+        finally:
+            os.close(gate_r)
+        try:
+            self.target = Target(pid=self.process.pid)
+            self._program.trace(self.process.pid)
+        finally:
+            os.write(gate_w, b"x")
+            os.close(gate_w)
 
     def _plan(self) -> Plan:
         from udskit.inspect.lister import dump_unix_sockets
@@ -397,6 +480,8 @@ class EbpfDump:
                 conn.first = Direction.C2S if conn.server_side else Direction.S2C
         elif kind is RecordKind.EXIT:
             self._process_exited(record.tgid, record.time_ns)
+        elif kind is RecordKind.CONNECT or kind is RecordKind.PAIR:
+            self._connected(record)
 
     def _accepted(self, record: Record) -> None:
         key = (record.tgid, record.new_fd)
@@ -410,6 +495,24 @@ class EbpfDump:
         conn.info = ConnectionInfo(
             conn.info.id, sock_type, conn.info.listen, conn.info.upstream, _peer_cred_of(*key)
         )
+        conn.fds.add(key)
+        self._by_fd[key] = conn
+        self._opened(conn, record.time_ns + self._offset)
+
+    def _connected(self, record: Record) -> None:
+        """A traced process's new connection (or socketpair): recorded at its end."""
+        key = (record.tgid, record.new_fd)
+        made = decode_made(record.data)
+        sock_type, _peer = _peek_socket(*key)  # STREAM if the process is gone already
+        if record.kind is RecordKind.PAIR:
+            path = "socketpair"
+        elif made.address is not None:
+            path = str(made.address)
+        else:
+            path = self.display_path
+        client = ClientInfo(record.tgid, made.uid, made.gid, made.command)
+        conn = self._new_conn(record.cookie, sock_type, False, None)
+        conn.info = ConnectionInfo(conn.info.id, sock_type, path, path, client)
         conn.fds.add(key)
         self._by_fd[key] = conn
         self._opened(conn, record.time_ns + self._offset)
@@ -454,6 +557,15 @@ class EbpfDump:
         assert program is not None, "start() first"
         flush = getattr(self.tap, "flush", None)
         next_flush = time.monotonic() + FLUSH_INTERVAL
+        if self.process is not None:
+            process = self.process
+
+            def wait_for_command() -> None:
+                status = process.wait()
+                self.command_status = 128 - status if status < 0 else status
+                self.stop()
+
+            start_worker(wait_for_command, name="udskit-dump-command")
         with self._signals_stop():
             while not self._stopping.is_set():
                 program.poll(POLL_MS)

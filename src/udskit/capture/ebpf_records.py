@@ -19,10 +19,11 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Final, final
 
-from udskit.address import AddressKind, UnixAddress
+from udskit.address import AddressKind, UnixAddress, from_sun_path
 from udskit.inspect.sockdiag import SocketState, UnixSocketInfo, VfsInode
 from udskit.socktype import SocketType
 from udskit.tap import Direction
@@ -30,12 +31,14 @@ from udskit.tap import Direction
 __all__ = [
     "HEADER",
     "SNAP_LEN",
+    "Made",
     "Plan",
     "PlannedConn",
     "Record",
     "RecordKind",
     "Target",
     "WatchFlags",
+    "decode_made",
     "decode_record",
     "direction_of",
     "plan_watch",
@@ -61,6 +64,8 @@ class RecordKind(enum.IntEnum):
     DUP = 5
     EOF = 6  # a read returned 0: the peer closed its sending side
     EXIT = 7  # a process holding watched descriptors exited
+    CONNECT = 8  # a traced process connected a unix socket (new_fd), now watched
+    PAIR = 9  # a traced process made a socketpair; its first end (new_fd) is watched
 
 
 class WatchFlags(enum.IntFlag):
@@ -120,6 +125,32 @@ def decode_record(raw: bytes | memoryview) -> Record:
         bool(kind_flags & _READ_FAILED),
         bool(kind_flags & _MORE),
     )
+
+
+_MADE: Final = struct.Struct("<16sQII112s")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Made:
+    """Who made a new connection (CONNECT) or socketpair (PAIR) and to which address,
+    as the kernel saw it at that moment (the process may be gone before we look)."""
+
+    command: str
+    uid: int
+    gid: int
+    address: UnixAddress | None
+
+
+def decode_made(data: bytes) -> Made:
+    """The data of a CONNECT or PAIR record (struct made_info)."""
+    comm, uid_gid, addrlen, _pad, addr = _MADE.unpack_from(data)
+    address = None
+    if addrlen > 2 and int.from_bytes(addr[:2], "little") == 1:  # AF_UNIX
+        with suppress(ValueError):
+            address = from_sun_path(addr[2:addrlen])
+    name = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    return Made(name, uid_gid & 0xFFFFFFFF, uid_gid >> 32, address)
 
 
 def direction_of(kind: RecordKind, flags: WatchFlags) -> Direction:

@@ -8,10 +8,11 @@ falling back, since the proxy would capture something else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from udskit.capture.bpf_loader import BpfUnavailable
 from udskit.capture.ebpf import EbpfDump, target_from
+from udskit.capture.ebpf_records import Target
 from udskit.errors import UsageError
 
 __all__ = ["EBPF_BACKLOG_BYTES", "choose_engine"]
@@ -29,6 +30,7 @@ def choose_engine(
     inode: int | None = None,
     pid: int | None = None,
     listen: str | None = None,
+    command: Sequence[str] | None = None,
     say: Callable[[str], None] = lambda _line: None,
 ) -> EbpfDump | None:
     """A loaded EbpfDump, or None when the proxy engine is to be used (`say` is told
@@ -36,10 +38,12 @@ def choose_engine(
     address (with one it is a filter, applied by the caller's Selection)."""
     if engine not in ("proxy", "ebpf", "auto"):
         raise UsageError(f"unknown engine {engine!r}: proxy, ebpf or auto")
-    only_ebpf = inode is not None or (address is None and pid is not None)
+    only_ebpf = inode is not None or (address is None and pid is not None) or bool(command)
+    if command and (address is not None or inode is not None or listen is not None):
+        raise UsageError("udskit dump -- CMD captures the command's connections: give no ADDR")
     if engine == "proxy":
         if only_ebpf:
-            raise UsageError("--inode, and --pid without ADDR, need --engine ebpf (or auto)")
+            raise UsageError("--inode, --pid without ADDR and -- CMD need --engine ebpf (or auto)")
         return None
     if listen is not None:
         if engine == "ebpf":
@@ -48,8 +52,10 @@ def choose_engine(
         return None
     if address is not None and inode is not None:
         raise UsageError("give ADDR or --inode N, not both")
-    target = target_from(address, inode, pid if address is None else None)
-    dump = EbpfDump(target)
+    if command:
+        dump = EbpfDump(Target(pid=0), command=command)
+    else:
+        dump = EbpfDump(target_from(address, inode, pid if address is None else None))
     try:
         dump.load()
     except BpfUnavailable as exc:

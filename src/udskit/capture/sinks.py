@@ -730,6 +730,10 @@ class DumpTap:
         on_limit: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
+        #: Name each connection by its own `listen` address instead of `path` (the
+        #: eBPF engine's `-- CMD`, whose connections go to different sockets).
+        self.path_per_connection = False
+        self._paths: dict[int, str] = {}
         self.selection = selection = selection or Selection()
         self.pcapng = pcapng
         self.printer = printer
@@ -750,11 +754,14 @@ class DumpTap:
         if self._done or not self.selection.wants(client):
             return
         self._clients[conn.id] = client
+        path = self.path
+        if self.path_per_connection:
+            path = self._paths[conn.id] = conn.listen
         try:
             if self.pcapng is not None:
-                self.pcapng.opened(conn.id, self.path, conn.sock_type, client, time_ns)
+                self.pcapng.opened(conn.id, path, conn.sock_type, client, time_ns)
             if self.printer is not None:
-                self.printer(Event.open(time_ns, conn.id, self.path, conn.sock_type, client))
+                self.printer(Event.open(time_ns, conn.id, path, conn.sock_type, client))
         except Exception as exc:  # a tap must not raise: report it from the main thread
             self._fail(exc)
 
@@ -784,7 +791,7 @@ class DumpTap:
                     Event.chunk(
                         time_ns,
                         conn.id,
-                        self.path,
+                        self._paths.get(conn.id, self.path),
                         conn.sock_type,
                         client,
                         direction,
@@ -846,7 +853,14 @@ class DumpTap:
                 self.pcapng.closed(conn.id, first, time_ns)
             if self.printer is not None and not self._failed:
                 self.printer(
-                    Event.close(time_ns, conn.id, self.path, conn.sock_type, client, first)
+                    Event.close(
+                        time_ns,
+                        conn.id,
+                        self._paths.pop(conn.id, self.path),
+                        conn.sock_type,
+                        client,
+                        first,
+                    )
                 )
         except Exception as exc:
             self._fail(exc)

@@ -136,6 +136,28 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="on exit, how long open connections through the proxy may finish (default 2)",
     )
     parser.set_defaults(handler=handle)
+    _split_command(parser)
+
+
+def _split_command(parser: argparse.ArgumentParser) -> None:
+    """`udskit dump [OPTIONS] -- CMD ARGS`: what follows `--` is a command to run and
+    capture (args.run), not more of udskit's arguments; argparse alone cannot say
+    so while ADDR may come before or after the options."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(
+        args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(args) if args is not None else []
+        run = None
+        if "--" in words:
+            cut = words.index("--")
+            words, run = words[:cut], words[cut + 1 :]
+        ns, extras = parse(words, namespace)
+        ns.run = run
+        return ns, extras
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
@@ -164,9 +186,12 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         if args.address is not None or args.listen is not None:
             raise UsageError("-r reads a file: give no ADDR or --listen with it")
         return _read(args, env, selection, fmt if printing else None)
+    if args.run is not None and not args.run:
+        raise UsageError("give the command to run after --: udskit dump -- CMD ARGS")
     if (
         args.address is None
         and args.inode is None
+        and not args.run
         and not (args.pid is not None and args.engine != "proxy")
     ):
         raise UsageError("give the socket to capture (ADDR), or -r FILE")
@@ -252,9 +277,10 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         inode=args.inode,
         pid=args.pid,
         listen=args.listen,
+        command=args.run,
         say=env.err,
     )
-    if dump is not None and args.address is None and args.inode is None:
+    if dump is not None and args.address is None and args.inode is None and not args.run:
         selection = Selection(count=args.count, snaplen=args.snaplen)  # --pid is the target
     if dump is None:
         dump = ProxyDump(args.address, listen=args.listen, sock_type=sock_type, grace=args.grace)
@@ -266,6 +292,7 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         writer.backlog_limit = EBPF_BACKLOG_BYTES
     printer = LineSink(env.stdout, fmt, args.utc) if fmt is not None else None
     tap = DumpTap(dump.display_path, selection, writer, printer, on_limit=dump.stop)
+    tap.path_per_connection = bool(args.run)
     dump.tap = tap
     started = False
     ended = False  # False while a signal or an error is on its way out
@@ -308,6 +335,9 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
             if not ended and tap.error is not None and not tap.stdout_closed:
                 env.err(f"udskit dump: {_failure_text(tap.error)}")
     dump.raise_signal()  # one that came while putting the original back
+    command_status = getattr(dump, "command_status", None)
+    if command_status:  # `udskit dump -- CMD` exits as CMD did
+        return int(command_status)
     if tap.stdout_closed:
         _quiet_stdout(env)
         return ExitStatus.OK

@@ -42,7 +42,10 @@ static long (*bpf_map_update_elem)(void *map, const void *key, const void *value
 static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
+static __u64 (*bpf_get_current_uid_gid)(void) = (void *)15;
+static long (*bpf_get_current_comm)(void *buf, __u32 size) = (void *)16;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *src) = (void *)112;
+static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx,
@@ -96,6 +99,8 @@ struct msghdr_u {
 #define K_DUP 5
 #define K_EOF 6  /* a read returned 0: the peer closed its sending side */
 #define K_EXIT 7 /* a process holding watched descriptors exited */
+#define K_CONNECT 8 /* a traced process connected a unix socket: now watched */
+#define K_PAIR 9    /* a traced process made a socketpair: its first end is watched */
 
 #define R_TRUNCATED 0x100   /* the chunk is longer than what was recorded */
 #define R_READ_FAILED 0x200 /* bpf_probe_read_user failed: bytes are missing */
@@ -111,6 +116,9 @@ struct msghdr_u {
 #define OP_MSG 3    /* args: fd, msghdr (sendmsg, recvmsg) */
 #define OP_ACCEPT 4 /* args: listening fd */
 #define OP_DUP 5    /* args: old fd */
+#define OP_CONNECT 6
+#define OP_SOCKETPAIR 7
+#define AF_UNIX 1
 
 #define MSG_PEEK 2
 #define F_DUPFD 0
@@ -184,6 +192,19 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } procs SEC(".maps");
+
+/* The processes whose own new unix connections are recorded (`udskit dump -- CMD`):
+ * the command, and the processes it forks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} traced SEC(".maps");
+
+/* Where sched_process_fork keeps child_pid: it moved between kernels, so user space
+ * reads it from the tracepoint's format file and sets it before loading. */
+const volatile __u32 fork_child_pid_offset = 20;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -515,6 +536,118 @@ int enter_close(struct enter_ctx *ctx)
 	struct call c = {.fd = k.fd, .cookie = v->cookie, .flags = v->flags};
 	bpf_map_delete_elem(&socks, &k);
 	emit_fd(K_CLOSE, &c, id, 0);
+	return 0;
+}
+
+/* A traced process connects a unix socket, or makes a socketpair: watch the new
+ * descriptor as the client's end, under a fresh cookie. */
+INLINE __u32 new_cookie(void)
+{
+	__u32 which = C_NEXT_COOKIE;
+	__u64 *seq = bpf_map_lookup_elem(&counters, &which);
+	return seq ? 0x80000000u | (__u32)__sync_fetch_and_add(seq, 1) : 0;
+}
+
+/* Data of K_CONNECT and K_PAIR records. */
+struct made_info {
+	char comm[16];
+	__u64 uid_gid;
+	__u32 addrlen;
+	__u32 pad;
+	char addr[112]; /* struct sockaddr_un as connect(2) was given it */
+};
+
+INLINE int traced_now(__u64 id)
+{
+	__u32 tgid = id >> 32;
+	return bpf_map_lookup_elem(&traced, &tgid) != 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int enter_connect(struct enter_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!traced_now(id))
+		return 0;
+	unsigned short family = 0;
+	if (bpf_probe_read_user(&family, sizeof(family), (void *)ARG(1)) || family != AF_UNIX)
+		return 0;
+	struct call c = {.fd = (__u32)ARG(0), .op = OP_CONNECT, .ptr = ARG(1), .count = ARG(2)};
+	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_socketpair")
+int enter_socketpair(struct enter_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!traced_now(id) || ARG(0) != AF_UNIX)
+		return 0;
+	struct call c = {.ptr = ARG(3), .op = OP_SOCKETPAIR};
+	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+INLINE int made(struct exit_ctx *ctx, __u32 op)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *found = bpf_map_lookup_elem(&calls, &id);
+	if (!found)
+		return 0;
+	struct call c = *found;
+	bpf_map_delete_elem(&calls, &id);
+	if (c.op != op || ctx->ret != 0)
+		return 0;
+	if (op == OP_SOCKETPAIR) {
+		int sv[2] = {-1, -1};
+		if (bpf_probe_read_user(sv, sizeof(sv), (void *)c.ptr) || sv[0] < 0)
+			return 0;
+		c.fd = (__u32)sv[0];
+	}
+	struct key k = {.tgid = id >> 32, .fd = c.fd};
+	struct val v = {.cookie = new_cookie(), .flags = F_RECORD};
+	bpf_map_update_elem(&socks, &k, &v, BPF_ANY);
+	c.cookie = v.cookie;
+	c.flags = v.flags;
+	/* Who and to where, now: the process may be gone before user space looks. */
+	struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + sizeof(struct made_info), 0);
+	if (!r) {
+		count(C_LOST_EVENTS, 1);
+		return 0;
+	}
+	struct made_info *info = (void *)(r + 1);
+	__builtin_memset(info, 0, sizeof(*info));
+	bpf_get_current_comm(info->comm, sizeof(info->comm));
+	info->uid_gid = bpf_get_current_uid_gid();
+	if (op == OP_CONNECT) {
+		__u32 n = c.count > sizeof(info->addr) ? sizeof(info->addr) : (__u32)c.count;
+		if (bpf_probe_read_user(info->addr, n & 127, (void *)c.ptr) == 0)
+			info->addrlen = n & 127;
+	}
+	head(r, op == OP_CONNECT ? K_CONNECT : K_PAIR, &c, id, c.fd, sizeof(*info));
+	bpf_ringbuf_submit(r, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int exit_connect(struct exit_ctx *ctx) { return made(ctx, OP_CONNECT); }
+SEC("tracepoint/syscalls/sys_exit_socketpair")
+int exit_socketpair(struct exit_ctx *ctx) { return made(ctx, OP_SOCKETPAIR); }
+
+/* A traced process forks: the child is traced too (and watched for its exit). */
+SEC("tracepoint/sched/sched_process_fork")
+int process_fork(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!traced_now(id))
+		return 0;
+	__s32 child = 0;
+	__u32 off = fork_child_pid_offset & 0xff;
+	if (bpf_probe_read_kernel(&child, sizeof(child), (char *)ctx + off) || child <= 0)
+		return 0;
+	__u32 key = (__u32)child, one = 1;
+	bpf_map_update_elem(&traced, &key, &one, BPF_ANY);
+	bpf_map_update_elem(&procs, &key, &one, BPF_ANY);
 	return 0;
 }
 
