@@ -213,8 +213,9 @@ if child:
 """
 
 
-def test_socketpair_between_parent_and_child_by_inode(
-    peers: Peers, tmp_path: Path, ebpf: None
+@pytest.mark.parametrize("by", ["--inode", "--pid"])
+def test_socketpair_between_parent_and_child(
+    peers: Peers, tmp_path: Path, ebpf: None, by: str
 ) -> None:
     go = tmp_path / "go"
     pair = peers.start(sys.executable, "-c", SOCKETPAIR, str(BIG), str(go))
@@ -222,7 +223,7 @@ def test_socketpair_between_parent_and_child_by_inode(
     hello = [json.loads(pair.proc.stdout.readline()) for _ in range(2)]
     parent = next(h for h in hello if h["role"] == "parent")
     pcap = tmp_path / "pair.pcapng"
-    dump = Dump(peers, "-w", pcap, "--inode", str(parent["inode"]))
+    dump = Dump(peers, "-w", pcap, by, str(parent["inode" if by == "--inode" else "pid"]))
     go.touch()
     done = [json.loads(line) for line in pair.proc.stdout]
     assert pair.proc.wait(60) == 0
