@@ -30,7 +30,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Final, final
 
-from udskit.errors import UdskitError
+from udskit.errors import BpfUnavailable
 
 __all__ = ["BpfProgram", "BpfUnavailable", "check_environment", "compiled_object"]
 
@@ -43,10 +43,6 @@ RING_BYTES: Final = 64 << 20
 _BUSY: Final = 1 << 31
 _DISCARD: Final = 1 << 30
 _RINGBUF_HEADER: Final = 8
-
-
-class BpfUnavailable(UdskitError):
-    """The eBPF engine cannot run here; the message says why and what to do."""
 
 
 def _source() -> bytes:

@@ -35,8 +35,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final, final
 
-from udskit.address import AddressKind, decode_sockaddr, parse_address
-from udskit.capture.bpf_loader import BpfProgram, BpfUnavailable
+from udskit.address import AddressKind, parse_address
+from udskit.capture.bpf_loader import BpfProgram
 from udskit.capture.ebpf_records import (
     HEADER,
     Plan,
@@ -50,7 +50,7 @@ from udskit.capture.ebpf_records import (
     direction_of,
     plan_watch,
 )
-from udskit.errors import UdskitError
+from udskit.errors import BpfUnavailable, UdskitError
 from udskit.inspect.fdscan import process_command, walk_socket_fds
 from udskit.inspect.sockdiag import Show, VfsInode
 from udskit.signals import STOP_SIGNALS, start_worker
@@ -114,63 +114,54 @@ def target_from(
     raise UdskitError("give an address, --inode N or --pid PID to capture")
 
 
-def _peer_cred_of(pid: int, fd: int) -> ClientInfo:
-    """SO_PEERCRED of another process's socket, through a copy of its descriptor."""
+@contextmanager
+def _borrowed(pid: int, fd: int) -> Iterator[socket.socket | None]:
+    """Another process's socket, through a copy of its descriptor (pidfd_getfd(2)),
+    closed again at once: our copy must not keep a connection open. None when the
+    process or the descriptor is gone."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
-        return ClientInfo()
+        yield None
+        return
+    copy = -1
     try:
         copy = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
-        if copy < 0:
-            return ClientInfo()
-        try:
-            with socket.socket(fileno=copy) as sock:
-                try:
-                    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-                finally:
-                    sock.detach()
-        finally:
-            os.close(copy)  # at once: our copy must not keep the connection open
-    except OSError:
-        return ClientInfo()
     finally:
         os.close(pidfd)
+    if copy < 0:
+        yield None
+        return
+    sock = socket.socket(fileno=copy)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _peer_cred_of(pid: int, fd: int) -> ClientInfo:
+    """SO_PEERCRED of another process's socket: who its peer is."""
+    with _borrowed(pid, fd) as sock:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12) if sock else None
+        except OSError:
+            raw = None
+    if raw is None:
+        return ClientInfo()
     peer, uid, gid = struct.unpack("3i", raw)
     if peer <= 0:
         return ClientInfo(None, uid, gid, None)
     return ClientInfo(peer, uid, gid, process_command(peer))
 
 
-def _peek_socket(pid: int, fd: int) -> tuple[SocketType, str | None]:
-    """The type of another process's socket and the address it is connected to."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return SocketType.STREAM, None
-    try:
-        copy = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
-        if copy < 0:
-            return SocketType.STREAM, None
+def _socket_type_of(pid: int, fd: int, default: SocketType) -> SocketType:
+    """The type of another process's socket (`default` if it is gone already)."""
+    with _borrowed(pid, fd) as sock:
         try:
-            with socket.socket(fileno=copy) as sock:
-                try:
-                    kernel_type = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-                    try:
-                        peer = sock.getpeername()
-                    except OSError:
-                        peer = None
-                finally:
-                    sock.detach()
-        finally:
-            os.close(copy)
-    except OSError:
-        return SocketType.STREAM, None
-    finally:
-        os.close(pidfd)
-    sock_type = next((t for t in SocketType if t.kernel == kernel_type), SocketType.STREAM)
-    name = str(decode_sockaddr(peer)) if peer else None
-    return sock_type, name
+            kernel = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) if sock else None
+        except OSError:
+            kernel = None
+    return next((t for t in SocketType if t.kernel == kernel), default)
 
 
 def _process_info(pid: int) -> ClientInfo:
@@ -503,7 +494,7 @@ class EbpfDump:
         """A traced process's new connection (or socketpair): recorded at its end."""
         key = (record.tgid, record.new_fd)
         made = decode_made(record.data)
-        sock_type, _peer = _peek_socket(*key)  # STREAM if the process is gone already
+        sock_type = _socket_type_of(*key, SocketType.STREAM)
         if record.kind is RecordKind.PAIR:
             path = "socketpair"
         elif made.address is not None:
@@ -518,9 +509,7 @@ class EbpfDump:
         self._opened(conn, record.time_ns + self._offset)
 
     def _socket_type(self, pid: int, fd: int) -> SocketType:
-        if self.sock_type is not None:
-            return self.sock_type
-        return SocketType.STREAM
+        return _socket_type_of(pid, fd, self.sock_type or SocketType.STREAM)
 
     def _fd_closed(self, pid: int, fd: int, cookie: int, time_ns: int) -> None:
         key = (pid, fd)
