@@ -74,7 +74,9 @@ class Dump:
     """`udskit dump --engine ebpf ...` as a subprocess, ready once it says so."""
 
     def __init__(self, peers: Peers, *args: str | os.PathLike[str]) -> None:
-        self.peer: Peer = peers.udskit("dump", "--engine", "ebpf", *args)
+        # -B 262144: a 256 MiB ring holds a whole 50 MiB-each-way transfer even when
+        # the busy machine gives the reader no CPU for a while (losses fail the test).
+        self.peer: Peer = peers.udskit("dump", "--engine", "ebpf", "-B", "262144", *args)
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -168,3 +168,14 @@ def test_who_connected_where_from_the_kernels_view() -> None:
     made = decode_made(struct.pack("<16sQII112s", b"sh", 0, len(path), 0, path))
     assert made.address == PATH
     assert decode_made(struct.pack("<16sQII112s", b"sh", 0, 0, 0, b"")).address is None
+
+
+def test_ring_sizes_are_powers_of_two_within_bounds() -> None:
+    from udskit.capture.bpf_loader import ring_size
+    from udskit.errors import UsageError
+
+    assert ring_size(1) == 4096
+    assert ring_size(65536) == 64 << 20
+    assert ring_size(100_000) == 128 << 20
+    with pytest.raises(UsageError, match="at most"):
+        ring_size(2 << 20)

@@ -30,15 +30,32 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Final, final
 
-from udskit.errors import BpfUnavailable
+from udskit.errors import BpfUnavailable, UsageError
 
-__all__ = ["BpfProgram", "BpfUnavailable", "check_environment", "compiled_object"]
+__all__ = ["BpfProgram", "BpfUnavailable", "check_environment", "compiled_object", "ring_size"]
 
 SOURCE_NAME: Final = "unixdump.bpf.c"
 TRACEFS: Final = "/sys/kernel/tracing"
 #: Ring buffer size: a power of two; 64 MiB holds about a thousand 64 KiB chunks or
 #: a hundred thousand small ones while user space catches up.
 RING_BYTES: Final = 64 << 20
+#: The largest ring buffer we ask for (-B): the kernel takes up to 2^32 - 1 bytes, but
+#: this is memory the kernel keeps for as long as the capture runs.
+MAX_RING_BYTES: Final = 1 << 30
+
+
+def ring_size(kib: int) -> int:
+    """The ring buffer size for `-B KIB`: a power of two of at least one page (the
+    kernel's rule), and at most MAX_RING_BYTES."""
+    import mmap
+
+    if kib * 1024 > MAX_RING_BYTES:
+        raise UsageError(f"-B {kib}: at most {MAX_RING_BYTES >> 10} KiB (1 GiB)")
+    size = mmap.PAGESIZE
+    while size < kib * 1024:
+        size *= 2
+    return size
+
 
 _BUSY: Final = 1 << 31
 _DISCARD: Final = 1 << 30

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, final
 
 from udskit.address import AddressKind, parse_address
-from udskit.capture.bpf_loader import BpfProgram
+from udskit.capture.bpf_loader import RING_BYTES, BpfProgram
 from udskit.capture.ebpf_records import (
     HEADER,
     Plan,
@@ -226,9 +226,16 @@ class EbpfDump:
     program, drains the ring buffer and returns notes (losses)."""
 
     def __init__(
-        self, target: Target, *, tap: Tap | None = None, command: Sequence[str] | None = None
+        self,
+        target: Target,
+        *,
+        tap: Tap | None = None,
+        command: Sequence[str] | None = None,
+        ring_bytes: int = RING_BYTES,
     ) -> None:
         self.target = target
+        #: The kernel's ring buffer: what it holds while the reader is busy (-B).
+        self.ring_bytes = ring_bytes
         self.tap = tap
         #: `udskit dump -- CMD`: run it, record the unix connections it (and what it
         #: forks) makes, stop when it exits; its exit status is `command_status`.
@@ -300,7 +307,7 @@ class EbpfDump:
         """Compile (once), load and attach the program: where the engine cannot run,
         this raises BpfUnavailable before anything else happens."""
         if self._program is None:
-            self._program = BpfProgram(self._on_record)
+            self._program = BpfProgram(self._on_record, self.ring_bytes)
 
     def start(self) -> None:
         self._offset = time.time_ns() - time.monotonic_ns()

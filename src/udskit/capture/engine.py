@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from udskit.capture.bpf_loader import BpfUnavailable
+from udskit.capture.bpf_loader import RING_BYTES, BpfUnavailable
 from udskit.capture.ebpf import EbpfDump, target_from
 from udskit.capture.ebpf_records import Target
 from udskit.errors import UsageError
@@ -31,6 +31,7 @@ def choose_engine(
     pid: int | None = None,
     listen: str | None = None,
     command: Sequence[str] | None = None,
+    ring_bytes: int = RING_BYTES,
     say: Callable[[str], None] = lambda _line: None,
 ) -> EbpfDump | None:
     """A loaded EbpfDump, or None when the proxy engine is to be used (`say` is told
@@ -53,9 +54,10 @@ def choose_engine(
     if address is not None and inode is not None:
         raise UsageError("give ADDR or --inode N, not both")
     if command:
-        dump = EbpfDump(Target(pid=0), command=command)
+        dump = EbpfDump(Target(pid=0), command=command, ring_bytes=ring_bytes)
     else:
-        dump = EbpfDump(target_from(address, inode, pid if address is None else None))
+        target = target_from(address, inode, pid if address is None else None)
+        dump = EbpfDump(target, ring_bytes=ring_bytes)
     try:
         dump.load()
     except BpfUnavailable as exc:

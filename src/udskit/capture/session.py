@@ -69,6 +69,7 @@ class Capture:
         sock_type: SocketType | None = None,
         grace: float = 2.0,
         max_queued: int = 100_000,
+        ring_bytes: int | None = None,
     ) -> None:
         self._args = (address, engine, inode, pid, listen)
         self._selection = selection or Selection(pid=pid if address is not None else None)
@@ -76,6 +77,7 @@ class Capture:
         self._decode_as = decode_as
         self._sock_type = sock_type
         self._grace = grace
+        self._ring_bytes = ring_bytes
         self._queue: queue.Queue[Any] = queue.Queue(max_queued)
         self.engine_name = ""
         #: Why auto did not take eBPF, if it did not.
@@ -99,8 +101,16 @@ class Capture:
         def fell_back(line: str) -> None:
             self.fallback = line
 
+        from udskit.capture.bpf_loader import RING_BYTES
+
         dump: Any = choose_engine(
-            engine, address=address, inode=inode, pid=pid, listen=listen, say=fell_back
+            engine,
+            address=address,
+            inode=inode,
+            pid=pid,
+            listen=listen,
+            ring_bytes=self._ring_bytes or RING_BYTES,
+            say=fell_back,
         )
         if dump is None:
             if address is None:

@@ -129,6 +129,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "-s", "--snaplen", type=int, metavar="N", help="record at most N bytes of each chunk"
     )
     limits.add_argument(
+        "-B",
+        "--buffer-size",
+        type=int,
+        metavar="KIB",
+        help="(ebpf) the kernel's ring buffer in KiB, as tcpdump -B (default 65536: "
+        "64 MiB); what it cannot hold while udskit is busy is counted as dropped",
+    )
+    limits.add_argument(
         "--grace",
         type=float,
         default=2.0,
@@ -278,6 +286,7 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         pid=args.pid,
         listen=args.listen,
         command=args.run,
+        ring_bytes=_ring_bytes(args),
         say=env.err,
     )
     if dump is not None and args.address is None and args.inode is None and not args.run:
@@ -346,6 +355,19 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
     if tap.error is not None:
         raise UdskitError(_failure_text(tap.error))
     return ExitStatus.OK
+
+
+def _ring_bytes(args: argparse.Namespace) -> int:
+    from udskit.capture.bpf_loader import RING_BYTES, ring_size
+    from udskit.errors import UsageError
+
+    if args.buffer_size is None:
+        return RING_BYTES
+    if args.buffer_size < 1:
+        raise UsageError("-B must be at least 1 (KiB)")
+    if args.engine == "proxy":
+        raise UsageError("-B sizes the eBPF engine's ring buffer: add --engine ebpf")
+    return ring_size(args.buffer_size)
 
 
 def _failure_text(error: BaseException) -> str:
