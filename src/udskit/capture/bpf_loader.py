@@ -24,6 +24,7 @@ import hashlib
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -60,6 +61,7 @@ def ring_size(kib: int) -> int:
 _BUSY: Final = 1 << 31
 _DISCARD: Final = 1 << 30
 _RINGBUF_HEADER: Final = 8
+_U32: Final = struct.Struct("<I")
 
 
 def _source() -> bytes:
@@ -313,6 +315,11 @@ class BpfProgram:
         """Pass every record still in the ring buffer on, without waiting."""
         return self._ring.drain() if self._ring is not None else 0
 
+    def set_handler(self, handler: Callable[[memoryview, int, int], None]) -> None:
+        """See RingReader.set_handler."""
+        assert self._ring is not None
+        self._ring.set_handler(handler)
+
     def detach(self) -> None:
         """Stop recording: the program no longer runs, the ring can be drained."""
         links, self._links = self._links, []
@@ -352,6 +359,7 @@ class RingReader:
         self._size = size
         self._mask = size - 1
         self._on_record = on_record
+        self._at_handler: Callable[[memoryview, int, int], None] | None = None
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._producer = mmap.mmap(
             map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
@@ -373,28 +381,38 @@ class RingReader:
         return self.drain()
 
     def drain(self) -> int:
-        """Hand every committed record to `on_record`; returns how many."""
+        """Hand every committed record to the handler; returns how many."""
         data = self._data
         cons_view = self._cons_view
         cons = cons_view[0]
         prod = self._prod_view[0]
         mask = self._mask
-        handler = self._on_record
-        from_bytes = int.from_bytes
+        handler = self._at_handler
+        if handler is None:
+            on_record = self._on_record
+
+            def handler(buf: memoryview, at: int, size: int) -> None:
+                on_record(buf[at : at + size])
+
+        header_of = _U32.unpack_from
         n = 0
         while cons < prod:
             at = cons & mask
-            header = from_bytes(data[at : at + 4], "little")
+            (header,) = header_of(data, at)
             if header & _BUSY:
                 break
             length = header & ~(_BUSY | _DISCARD)
             if not header & _DISCARD:
-                start = at + _RINGBUF_HEADER
-                handler(data[start : start + length])
+                handler(data, at + _RINGBUF_HEADER, length)
                 n += 1
             cons += (length + _RINGBUF_HEADER + 7) & ~7
             cons_view[0] = cons  # the room is free again as soon as we are past it
         return n
+
+    def set_handler(self, handler: Callable[[memoryview, int, int], None]) -> None:
+        """Take records as (the ring's memory, offset, size) instead, sparing a slice
+        per record: the reader's hot path."""
+        self._at_handler = handler
 
     def close(self) -> None:
         self._epoll.close()

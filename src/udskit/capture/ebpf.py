@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final, final
@@ -196,7 +196,6 @@ class EbpfStats:
     """What the capture saw and what it lost (reported at the end, never silently)."""
 
     connections: int = 0
-    records: int = 0
     lost_events: int = 0
     lost_bytes: int = 0
     read_failed: int = 0
@@ -313,6 +312,7 @@ class EbpfDump:
         self._offset = time.time_ns() - time.monotonic_ns()
         self.load()
         assert self._program is not None
+        self._program.set_handler(self._hot_path())
         if self.command is not None:
             self._spawn()
             return
@@ -412,28 +412,43 @@ class EbpfDump:
 
     # -- records ---------------------------------------------------------------------------
     def _on_record(self, raw: memoryview) -> None:
-        """One ring-buffer record (a view into the ring: copy what is kept). Plain
-        data chunks take the short way: this runs once per syscall watched."""
-        self.stats.records += 1
-        time_ns, kind_flags, _tgid, tid, _fd, cookie, caplen, length = _HEADER(raw)
-        kind = kind_flags & 0xFF
-        if kind <= _K_RECV and not kind_flags & _MORE_BIT and tid not in self._pieces:
-            conn = self._cookies.get(cookie)
-            if conn is None:
-                self.stats.orphans += 1
+        """One ring-buffer record (a view into the ring: copy what is kept)."""
+        self._other_record(decode_record(raw))
+
+    def _hot_path(self) -> Callable[[memoryview, int, int], None]:
+        """The per-record handler, as a closure over everything it touches: plain
+        data chunks (nearly every record) take the short way. Runs once per syscall
+        watched, so every attribute lookup here costs redis requests."""
+        unpack = HEADER.unpack_from
+        cookies = self._cookies
+        pieces = self._pieces
+        offset = self._offset
+        other = self._other_record
+        tap = self.tap
+        stats = self.stats
+        data_of = tap.data if tap is not None else None
+
+        def on_record(buf: memoryview, at: int, size: int) -> None:
+            time_ns, kind_flags, _tgid, tid, _fd, cookie, caplen, length = unpack(buf, at)
+            kind = kind_flags & 0xFF
+            if kind > _K_RECV or kind_flags & _MORE_BIT or (pieces and tid in pieces):
+                other(decode_record(buf[at : at + size]))
                 return
-            tap = self.tap
-            if tap is None:
+            conn = cookies.get(cookie)
+            if conn is None:
+                stats.orphans += 1
+                return
+            if data_of is None:
                 return
             server = kind_flags & _SERVER_BIT
             direction = _S2C if bool(server) == (kind == _K_SEND) else _C2S
-            data = raw[_HEADER_SIZE : _HEADER_SIZE + caplen]
+            start = at + _HEADER_SIZE
             if length == caplen:
-                tap.data(conn.info, direction, data, time_ns + self._offset)
+                data_of(conn.info, direction, buf[start : start + caplen], time_ns + offset)
             else:
-                tap.data(conn.info, direction, data, time_ns + self._offset, length)  # type: ignore[call-arg]
-            return
-        self._other_record(decode_record(raw))
+                data_of(conn.info, direction, buf[start : start + caplen], time_ns + offset, length)  # type: ignore[call-arg]
+
+        return on_record
 
     def _other_record(self, record: Record) -> None:
         kind = record.kind
