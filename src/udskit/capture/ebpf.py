@@ -61,8 +61,10 @@ __all__ = ["EbpfDump", "EbpfStats", "target_from"]
 
 #: How often the pcapng writer is fed while traffic flows (as the proxy engine).
 FLUSH_INTERVAL: Final = 0.2
-#: ring_buffer__poll's timeout: how soon stop() and signals are noticed.
-POLL_MS: Final = 100
+#: How often the ring buffer is read when it does not wake us (the program wakes the
+#: reader only once 1 MiB waits, see WAKEUP_BYTES in the BPF source): the most a
+#: record waits before it is printed; also how soon stop() and signals are noticed.
+POLL_MS: Final = 20
 _C_LOST_EVENTS, _C_LOST_BYTES, _C_READ_FAILED = 0, 1, 2
 _SYS_PIDFD_GETFD: Final = 438  # the same number on every architecture
 _libc = ctypes.CDLL(None, use_errno=True)

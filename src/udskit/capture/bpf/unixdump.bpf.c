@@ -35,6 +35,15 @@ typedef long long __s64;
 #define BPF_MAP_TYPE_ARRAY 2
 #define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_ANY 0
+#define BPF_RB_NO_WAKEUP 1
+#define BPF_RB_FORCE_WAKEUP 2
+#define BPF_RB_AVAIL_DATA 0
+
+/* Wake the reader only once this much waits in the ring: a wakeup per record (the
+ * ring's default when the reader keeps up) costs the traced process an irq_work and
+ * the reader a context switch per syscall, which at redis rates was most of the
+ * capture's cost. The reader polls every few milliseconds for the rest. */
+#define WAKEUP_BYTES (1 << 20)
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
@@ -48,6 +57,7 @@ static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *src) = (vo
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
+static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
 static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx,
                         __u64 flags) = (void *)181;
 
@@ -218,6 +228,12 @@ struct {
 	__uint(max_entries, 1 << 24); /* user space may resize it before loading */
 } events SEC(".maps");
 
+INLINE __u64 wake_flags(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+									       : BPF_RB_NO_WAKEUP;
+}
+
 INLINE void count(__u32 which, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &which);
@@ -270,7 +286,7 @@ INLINE void head(struct rec *r, __u32 kind, struct call *c, __u64 id, __u64 len,
 			n = (size);                                                       \
 		err = bpf_probe_read_user((void *)(r + 1), n, (void *)src);               \
 		head(r, kind | flags | (err ? R_READ_FAILED : 0), c, id, len, err ? 0 : n);   \
-		bpf_ringbuf_submit(r, 0);                                                 \
+		bpf_ringbuf_submit(r, wake_flags());                                      \
 	} while (0)
 
 /* One chunk: `len` bytes moved, of which the first `avail` are at `src`. Four size
@@ -308,7 +324,7 @@ INLINE void emit_fd(__u32 kind, struct call *c, __u64 id, __u64 newfd)
 		return;
 	}
 	head(r, kind, c, id, newfd, 0);
-	bpf_ringbuf_submit(r, 0);
+	bpf_ringbuf_submit(r, wake_flags());
 }
 
 /* Walking what a call moved: one buffer, or an iovec array, piece by piece. The
@@ -370,6 +386,11 @@ INLINE int leave(struct exit_ctx *ctx, __u32 kind)
 	}
 	if (ret <= 0)
 		goto done;
+	if (c->op == OP_BUF && ret <= SNAP_LEN) {
+		/* The common case, one buffer and one piece: no walk. */
+		emit_data(kind, c, id, c->ptr, c->count, (__u64)ret, 0);
+		goto done;
+	}
 	c->id = id;
 	c->kind = kind;
 	c->left = (__u64)ret;
@@ -625,7 +646,7 @@ INLINE int made(struct exit_ctx *ctx, __u32 op)
 			info->addrlen = n & 127;
 	}
 	head(r, op == OP_CONNECT ? K_CONNECT : K_PAIR, &c, id, c.fd, sizeof(*info));
-	bpf_ringbuf_submit(r, 0);
+	bpf_ringbuf_submit(r, wake_flags());
 	return 0;
 }
 
