@@ -926,6 +926,7 @@ class ProxyDump:
                 f"{'are' if count != 1 else 'is'} not seen (pooled keep-alive clients "
                 "show up only once they reconnect)"
             )
+
     @property
     def start_notes(self) -> list[str]:
         """Lines for the user once started: a directory in other hands, and for a front
