@@ -4,8 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The real programs the tests talk to; nobody here wrote them.
-PEERS_DEB := socat netcat-openbsd curl redis-server redis-tools tshark tcpdump postgresql iproute2 lsof util-linux gcc strace systemd zsh fish dbus-daemon dbus-bin jq
-PEER_BINS := socat nc curl redis-server redis-cli redis-benchmark tshark tcpdump psql ss lsof setpriv unshare chroot gcc systemd-socket-activate zsh fish dbus-daemon dbus-send jq
+PEERS_DEB := socat netcat-openbsd curl redis-server redis-tools tshark tcpdump postgresql iproute2 lsof util-linux gcc strace systemd zsh fish dbus-daemon dbus-bin jq clang llvm libbpf-dev
+PEER_BINS := socat nc curl redis-server redis-cli redis-benchmark tshark tcpdump psql ss lsof setpriv unshare chroot gcc systemd-socket-activate zsh fish dbus-daemon dbus-send jq clang
 
 .PHONY: demo test lint typecheck unit peers venv clean docs
 
@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 peers:
 	@missing=""; for b in $(PEER_BINS); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgres"; \
+	ldconfig -p 2>/dev/null | grep -q 'libbpf\.so\.1 ' || missing="$$missing libbpf"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing test peers (missing:$$missing)"; \

@@ -13,6 +13,10 @@ a smaller run). A real redis-server listens on a unix socket in a temporary dire
   tcp port PORT` (tshark -i lo -w if tcpdump is missing);
 * socat alone: `socat UNIX-LISTEN:front,fork UNIX-CONNECT:redis.sock`, no capture at
   all, for scale (the issue quotes it at about 36% of direct at -P 1).
+* udskit dump --engine ebpf -w: the eBPF engine (root only) watches redis's
+  syscalls and writes the same pcapng; redis-benchmark talks to redis directly.
+  Left out, saying why, where eBPF cannot run. Anything the capture lost (ring
+  buffer drops, a writer that fell behind) is printed under the table.
 
 socat listens with backlog=128 (its default of 5 makes 50 simultaneous connects fail).
 Every round runs each contender once, in turn, so the noise of a shared machine spreads
@@ -39,7 +43,11 @@ from pathlib import Path
 from udskit.address import parse_address
 from udskit.probe import is_bound
 
-CONTENDERS = ("direct", "udskit dump -w", "socat+tcpdump", "socat alone")
+CONTENDERS = ["direct", "udskit dump -w", "socat+tcpdump", "socat alone"]
+EBPF = "dump --engine ebpf"
+UDSKIT_DUMP = [sys.executable, "-m", "udskit", "dump"]
+#: What the eBPF captures said about losses, one line per run that lost anything.
+LOSSES: list[str] = []
 TESTS = ("SET", "GET")
 
 
@@ -104,6 +112,33 @@ def through(contender: str, workdir: Path, redis_sock: str) -> Iterator[str]:
             if os.lstat(redis_sock).st_ino != before:
                 raise SystemExit("udskit dump did not put redis's socket back")
             assert (workdir / "dump.pcapng").stat().st_size > 0
+        return
+    if contender == EBPF:
+        pcap = workdir / "ebpf.pcapng"
+        dump = subprocess.Popen(
+            [*UDSKIT_DUMP, "--engine", "ebpf", "-w", str(pcap), redis_sock],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert dump.stderr is not None
+        said: list[str] = []
+        while not said or "Ctrl-C to stop" not in said[-1]:
+            line = dump.stderr.readline().decode(errors="replace")
+            if not line:
+                stop(dump)
+                raise SystemExit(f"udskit dump --engine ebpf did not start: {said}")
+            said.append(line)
+        try:
+            yield redis_sock
+        finally:
+            dump.send_signal(signal.SIGINT)
+            rest = dump.stderr.read().decode(errors="replace")
+            stop(dump)
+            LOSSES.extend(
+                line for line in rest.splitlines() if "dropped" in line or "WARNING" in line
+            )
+            assert pcap.stat().st_size > 0
         return
     front = str(workdir / "front.sock")
     listen = f"UNIX-LISTEN:{front},fork,backlog=128"
@@ -192,6 +227,13 @@ def main() -> None:
         if shutil.which(program) is None:
             raise SystemExit(f"missing {program} (run `make peers` as root)")
     sniffer = "tcpdump" if shutil.which("tcpdump") else "tshark -i lo"
+    from udskit.capture.bpf_loader import BpfProgram, BpfUnavailable
+
+    try:
+        BpfProgram(lambda _raw: None).close()
+        CONTENDERS.append(EBPF)
+    except BpfUnavailable as exc:
+        print(f"no eBPF column: {exc}", file=sys.stderr)
     workdir = Path(tempfile.mkdtemp(prefix="udsk-dumpbench-", dir="/tmp"))
     redis_sock = str(workdir / "redis.sock")
     redis = start(
@@ -232,7 +274,7 @@ def report(samples: dict[tuple[str, int, str], list[float]], rounds: int, sniffe
         f"(recipe sniffer: {sniffer})\n"
     )
     header = (
-        f"{'contender':<16} {'-P':>3} {'SET':>11} {'GET':>11} {'SET/direct':>11} {'GET/direct':>11}"
+        f"{'contender':<18} {'-P':>3} {'SET':>11} {'GET':>11} {'SET/direct':>11} {'GET/direct':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -241,7 +283,7 @@ def report(samples: dict[tuple[str, int, str], list[float]], rounds: int, sniffe
         for contender in CONTENDERS:
             med = {t: statistics.median(samples[(contender, pipeline, t)]) for t in TESTS}
             print(
-                f"{contender:<16} {pipeline:>3} {med['SET']:>11,.0f} {med['GET']:>11,.0f} "
+                f"{contender:<18} {pipeline:>3} {med['SET']:>11,.0f} {med['GET']:>11,.0f} "
                 f"{med['SET'] / direct['SET']:>10.0%} {med['GET'] / direct['GET']:>10.0%}"
             )
     print()
@@ -260,6 +302,17 @@ def report(samples: dict[tuple[str, int, str], list[float]], rounds: int, sniffe
             f"-P {pipeline}: udskit dump -w keeps {ours / base:.0%} of direct{goal}; "
             f"{ours / recipe:.1f}x the socat+tcpdump recipe"
         )
+        if EBPF in CONTENDERS:
+            ebpf = statistics.median(
+                [statistics.median(samples[(EBPF, pipeline, t)]) for t in TESTS]
+            )
+            goal = " (goal: >= 90%)" if pipeline == 1 else ""
+            print(
+                f"-P {pipeline}: udskit dump --engine ebpf -w keeps {ebpf / base:.0%} "
+                f"of direct{goal}"
+            )
+    for line in LOSSES:
+        print(f"eBPF capture: {line}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,11 @@ class TransferError(UdskitError):
         self.code = code
 
 
+class BpfUnavailable(UdskitError):
+    """The eBPF capture engine cannot run here (not root, no libbpf or clang, a kernel
+    that refuses the program); the message says why and what to do instead."""
+
+
 #: Short words for the errnos users meet on unix sockets.
 _WHAT: Final[Mapping[int, str]] = {
     errno_mod.ENOENT: "no such file",

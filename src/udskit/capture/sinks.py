@@ -203,6 +203,9 @@ class PcapngWriter:
         self.cut_bytes = 0
         self.dropped_chunks = 0
         self.cut_short = False  # stopped by a signal before the writer was done
+        #: How much may wait in memory for the writer (the eBPF engine, which slows
+        #: nobody down by waiting, allows more: see udskit.capture.engine).
+        self.backlog_limit = BACKLOG_BYTES
         self._closed = False
 
     def begin(self) -> None:
@@ -316,8 +319,9 @@ class PcapngWriter:
             raise self._failure() from None
 
     def _enqueue(self, records: bytes | bytearray) -> None:
-        if self._queued + len(records) > BACKLOG_BYTES:
-            records = self._shed(records, keep_lengths=self._queued <= BACKLOG_BYTES)
+        limit = self.backlog_limit
+        if self._queued + len(records) > limit:
+            records = self._shed(records, keep_lengths=self._queued <= limit)
         self._queue.append(records)
         self._queued += len(records)
 
@@ -776,6 +780,10 @@ class DumpTap:
         on_limit: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
+        #: Name each connection by its own `listen` address instead of `path` (the
+        #: eBPF engine's `-- CMD`, whose connections go to different sockets).
+        self.path_per_connection = False
+        self._paths: dict[int, str] = {}
         self.selection = selection = selection or Selection()
         self.pcapng = pcapng
         self.printer = printer
@@ -796,21 +804,32 @@ class DumpTap:
         if self._done or not self.selection.wants(client):
             return
         self._clients[conn.id] = client
+        path = self.path
+        if self.path_per_connection:
+            path = self._paths[conn.id] = conn.listen
         try:
             if self.pcapng is not None:
-                self.pcapng.opened(conn.id, self.path, conn.sock_type, client, time_ns)
+                self.pcapng.opened(conn.id, path, conn.sock_type, client, time_ns)
             if self.printer is not None:
-                self.printer(Event.open(time_ns, conn.id, self.path, conn.sock_type, client))
+                self.printer(Event.open(time_ns, conn.id, path, conn.sock_type, client))
         except Exception as exc:  # a tap must not raise: report it from the main thread
             self._fail(exc)
 
     def data(
-        self, conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
+        self,
+        conn: ConnectionInfo,
+        direction: Direction,
+        data: bytes | memoryview,
+        time_ns: int,
+        length: int | None = None,
     ) -> None:
+        """`length`: the chunk's real size when `data` is already cut (the eBPF
+        engine's snap length); None means all of it is in `data`."""
         client = self._clients.get(conn.id)
         if client is None or self._done:
             return
-        length = len(data)
+        if length is None:
+            length = len(data)
         snaplen = self._snaplen
         if snaplen is not None and length > snaplen:
             data = data[:snaplen]
@@ -822,7 +841,7 @@ class DumpTap:
                     Event.chunk(
                         time_ns,
                         conn.id,
-                        self.path,
+                        self._paths.get(conn.id, self.path),
                         conn.sock_type,
                         client,
                         direction,
@@ -871,11 +890,16 @@ class DumpTap:
         count = 0
 
         def data(
-            conn: ConnectionInfo, direction: Direction, data: bytes | memoryview, time_ns: int
+            conn: ConnectionInfo,
+            direction: Direction,
+            data: bytes | memoryview,
+            time_ns: int,
+            length: int | None = None,
         ) -> None:
             nonlocal out, count
             n = len(data)
-            out += pack(_KIND_DATA, direction is c2s, conn.id, n, n, time_ns)
+            real = n if length is None else length
+            out += pack(_KIND_DATA, direction is c2s, conn.id, real, n, time_ns)
             out += data
             count += 1
             if len(out) >= FLUSH_BYTES:
@@ -900,7 +924,14 @@ class DumpTap:
                 self.pcapng.closed(conn.id, first, time_ns)
             if self.printer is not None and not self._failed:
                 self.printer(
-                    Event.close(time_ns, conn.id, self.path, conn.sock_type, client, first)
+                    Event.close(
+                        time_ns,
+                        conn.id,
+                        self._paths.pop(conn.id, self.path),
+                        conn.sock_type,
+                        client,
+                        first,
+                    )
                 )
         except Exception as exc:
             self._fail(exc)

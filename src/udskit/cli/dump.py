@@ -22,6 +22,12 @@ Connections that were open before the dump are not touched (nor seen: their coun
 printed at start). On exit (Ctrl-C, SIGTERM,
 SIGHUP, -c reached, an error) the original file is put back. After a kill -9, run
 `udskit dump --restore PATH`.
+
+The eBPF engine (--engine ebpf, root) moves nothing: it watches the syscalls that move
+data on the connections of ADDR (open ones too, and new ones from their first byte),
+of a socket inode (--inode, socketpairs) or of a process (--pid without ADDR). Losses
+in the kernel's ring buffer are counted and reported at the end. --engine auto uses it
+where it can run and otherwise the proxy, saying why.
 """
 
 EPILOG = """\
@@ -38,6 +44,11 @@ examples:
                                                  only who could connect to the file
   udskit dump --listen @dbg --allow-uid 1000 /run/app.sock   ...and user 1000, on purpose
   udskit dump --restore /run/app.sock            after a kill -9 of a dump
+  udskit dump --engine ebpf /run/app.sock        connections already open too; nobody
+                                                 moved or reconnected (root)
+  udskit dump --engine ebpf -A @app-debug        an abstract name, as is
+  udskit dump --engine ebpf --inode 123456       one socketpair (inode from `udskit ls`)
+  udskit dump --engine ebpf --pid 4242 --json    every unix connection of process 4242
   tshark -r cap.pcapng -Y http.request -T fields -e http.request.uri
   tshark -r cap.pcapng -T fields -e frame.comment    client pid and command
 
@@ -112,6 +123,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="the socket's type (default: found from /proc/net/unix)",
     )
     source.add_argument(
+        "--engine",
+        choices=("proxy", "ebpf", "auto"),
+        default="proxy",
+        help="proxy: take the socket's place (new clients only); ebpf: watch the "
+        "syscalls in the kernel (existing connections too, abstract names, socketpairs; "
+        "root); auto: ebpf where it can run, else proxy (default: proxy)",
+    )
+    source.add_argument(
+        "--inode",
+        type=int,
+        metavar="N",
+        help="(ebpf) capture the connection of socket inode N (a socketpair: see "
+        "`udskit ls`), instead of ADDR",
+    )
+    source.add_argument(
         "--restore",
         action="store_true",
         help="put the original socket file ADDR back after a dump was killed (kill -9)",
@@ -137,7 +163,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "-c", "--count", type=positive_int, metavar="N", help="stop after N data events"
     )
     limits.add_argument(
-        "--pid", type=positive_int, metavar="PID", help="only clients with this pid"
+        "--pid",
+        type=positive_int,
+        metavar="PID",
+        help="only clients with this pid; (ebpf) without ADDR: every unix connection PID holds",
     )
     limits.add_argument(
         "-s",
@@ -153,6 +182,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "the server then sees every client as the user running udskit dump",
     )
     limits.add_argument(
+        "-B",
+        "--buffer-size",
+        type=int,
+        metavar="KIB",
+        help="(ebpf) the kernel's ring buffer in KiB, as tcpdump -B (default 65536: "
+        "64 MiB); what it cannot hold while udskit is busy is counted as dropped",
+    )
+    limits.add_argument(
         "--grace",
         type=seconds(),
         default=2.0,
@@ -160,6 +197,28 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="on exit, how long open connections through the proxy may finish (default 2)",
     )
     parser.set_defaults(handler=handle)
+    _split_command(parser)
+
+
+def _split_command(parser: argparse.ArgumentParser) -> None:
+    """`udskit dump [OPTIONS] -- CMD ARGS`: what follows `--` is a command to run and
+    capture (args.run), not more of udskit's arguments; argparse alone cannot say
+    so while ADDR may come before or after the options."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(
+        args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(args) if args is not None else []
+        run = None
+        if "--" in words:
+            cut = words.index("--")
+            words, run = words[:cut], words[cut + 1 :]
+        ns, extras = parse(words, namespace)
+        ns.run = run
+        return ns, extras
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
@@ -188,7 +247,14 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         if args.address is not None or args.listen is not None:
             raise UsageError("-r reads a file: give no ADDR or --listen with it")
         return _read(args, env, selection, fmt if printing else None)
-    if args.address is None:
+    if args.run is not None and not args.run:
+        raise UsageError("give the command to run after --: udskit dump -- CMD ARGS")
+    if (
+        args.address is None
+        and args.inode is None
+        and not args.run
+        and not (args.pid is not None and args.engine != "proxy")
+    ):
         raise UsageError("give the socket to capture (ADDR), or -r FILE")
     return _capture(args, env, selection, fmt if printing else None)
 
@@ -261,6 +327,8 @@ def _quiet_stdout(env: Env) -> None:
 
 
 def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
+    from udskit.capture.engine import choose_engine
+    from udskit.capture.events import Selection
     from udskit.capture.pcapng import parse_decode_as
     from udskit.capture.proxy import ProxyDump
     from udskit.capture.sinks import DumpTap, LineSink, PcapngWriter
@@ -275,19 +343,37 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
             "--allow-uid/--allow-gid apply to a --listen front; in the file's place the "
             "proxy keeps the file's own permissions"
         )
-    dump = ProxyDump(
-        args.address,
+    dump: Any = choose_engine(  # an EbpfDump, or None for the proxy
+        args.engine,
+        address=args.address,
+        inode=args.inode,
+        pid=args.pid,
         listen=args.listen,
-        sock_type=sock_type,
-        grace=args.grace,
-        allow_identity_change=args.allow_identity_change,
-        allow_uids=[resolve_user(u) for u in args.allow_uid],
-        allow_gids=[resolve_group(g) for g in args.allow_gid],
+        command=args.run,
+        ring_bytes=_ring_bytes(args),
+        say=env.err,
     )
+    if dump is not None and args.address is None and args.inode is None and not args.run:
+        selection = Selection(count=args.count, snaplen=args.snaplen)  # --pid is the target
+    if dump is None:
+        dump = ProxyDump(
+            args.address,
+            listen=args.listen,
+            sock_type=sock_type,
+            grace=args.grace,
+            allow_identity_change=args.allow_identity_change,
+            allow_uids=[resolve_user(u) for u in args.allow_uid],
+            allow_gids=[resolve_group(g) for g in args.allow_gid],
+        )
     # Opened (so a bad path fails before anything is moved), emptied only once started.
     writer = PcapngWriter(args.write, port) if args.write is not None else None
+    if writer is not None and not isinstance(dump, ProxyDump):
+        from udskit.capture.engine import EBPF_BACKLOG_BYTES
+
+        writer.backlog_limit = EBPF_BACKLOG_BYTES
     printer = LineSink(env.stdout, fmt, args.utc) if fmt is not None else None
     tap = DumpTap(dump.display_path, selection, writer, printer, on_limit=dump.stop)
+    tap.path_per_connection = bool(args.run)
     dump.tap = tap
     started = False
     ended = False  # False while a signal or an error is on its way out
@@ -335,6 +421,9 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
             if not ended and tap.error is not None and not tap.stdout_closed:
                 env.err(f"udskit dump: {_failure_text(tap.error)}")
     dump.raise_signal()  # one that came while putting the original back
+    command_status = getattr(dump, "command_status", None)
+    if command_status:  # `udskit dump -- CMD` exits as CMD did
+        return int(command_status)
     if tap.stdout_closed:
         _quiet_stdout(env)
         return ExitStatus.OK
@@ -343,6 +432,19 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
     if tap.error is not None:
         raise UdskitError(_failure_text(tap.error))
     return ExitStatus.OK
+
+
+def _ring_bytes(args: argparse.Namespace) -> int:
+    from udskit.capture.bpf_loader import RING_BYTES, ring_size
+    from udskit.errors import UsageError
+
+    if args.buffer_size is None:
+        return RING_BYTES
+    if args.buffer_size < 1:
+        raise UsageError("-B must be at least 1 (KiB)")
+    if args.engine == "proxy":
+        raise UsageError("-B sizes the eBPF engine's ring buffer: add --engine ebpf")
+    return ring_size(args.buffer_size)
 
 
 def _failure_text(error: BaseException) -> str:

@@ -1,0 +1,485 @@
+"""`udskit dump --engine ebpf` against real peers whose connections were open BEFORE the
+capture started: socat on an abstract name, a socketpair between a parent and its
+child, redis-cli --pipe into redis-server, curl against an HTTP server on a pathname
+socket. Each direction's captured bytes must hash to what the peers sent, every
+chunk must carry the right client pid, nobody may reconnect, and tshark must read
+the file. Every process is started through `peers` (killed by PID at teardown).
+
+Skipped, with the reason, only where the kernel or the machine cannot run BPF at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Peer, Peers
+from udskit.capture.events import EventKind
+from udskit.capture.pcapng import decode_events
+from udskit.tap import Direction
+
+#: Bytes each way in the big transfers (the issue asks for 50 MiB).
+MIB = 1 << 20
+BIG = int(os.environ.get("UDSKIT_EBPF_TEST_MIB", "50")) * MIB
+
+
+@pytest.fixture(scope="module")
+def ebpf() -> None:
+    """Skip (saying exactly why) where BPF cannot run; everything else must pass."""
+    from udskit.capture.bpf_loader import BpfProgram, BpfUnavailable
+
+    try:
+        BpfProgram(lambda _raw: None).close()
+    except BpfUnavailable as exc:
+        pytest.skip(f"eBPF cannot run on this machine: {exc}")
+
+
+def wait_for(predicate: object, timeout: float = 15.0, what: str = "condition") -> None:
+    import time
+
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def connections_of(address: str) -> list[tuple[int, int | None]]:
+    """(inode, peer inode) of the connected sockets that carry `address` (accepted)."""
+    from udskit.address import parse_address
+    from udskit.inspect.lister import dump_unix_sockets
+    from udskit.inspect.sockdiag import Show, SocketState
+
+    wanted = parse_address(address)
+    found = []
+    for info in dump_unix_sockets(Show.NAME | Show.PEER | Show.VFS):
+        if info.state is SocketState.CONNECTED and info.address == wanted:
+            found.append((info.inode, info.peer_inode))
+    return found
+
+
+class Dump:
+    """`udskit dump --engine ebpf ...` as a subprocess, ready once it says so."""
+
+    def __init__(self, peers: Peers, *args: str | os.PathLike[str]) -> None:
+        # -B 262144: a 256 MiB ring holds a whole 50 MiB-each-way transfer even when
+        # the busy machine gives the reader no CPU for a while (losses fail the test).
+        self.peer: Peer = peers.udskit("dump", "--engine", "ebpf", "-B", "262144", *args)
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_for(
+            lambda: self._ready.is_set() or self.peer.proc.poll() is not None,
+            timeout=60,
+            what="udskit dump to start",
+        )
+        assert self._ready.is_set(), f"udskit dump exited: {self.lines}"
+
+    def _read(self) -> None:
+        assert self.peer.proc.stderr is not None
+        for raw in self.peer.proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if "Ctrl-C to stop" in line:
+                self._ready.set()
+
+    def stop(self) -> tuple[int, str]:
+        proc = self.peer.proc
+        os.kill(self.peer.pid, signal.SIGINT)
+        assert proc.stdout is not None and proc.stderr is not None
+        out = proc.stdout.read()
+        status = proc.wait(120)
+        self._reader.join(30)
+        print("\n".join(self.lines))  # shown by pytest when the test fails
+        proc.stdout.close()
+        proc.stderr.close()
+        lost = [x for x in self.lines if "WARNING" in x or "dropped" in x or "without" in x]
+        assert not lost, lost
+        return status, out.decode(errors="replace")
+
+
+def streams(pcap: Path) -> dict[int, dict[Direction, bytes]]:
+    """conn -> direction -> every byte recorded that way, from the pcapng file."""
+    got: dict[int, dict[Direction, bytearray]] = {}
+    for event in decode_events(pcap.read_bytes()):
+        if event.kind is EventKind.DATA:
+            assert event.direction is not None
+            assert not event.truncated, f"a chunk was cut: {event.length} > {len(event.data)}"
+            got.setdefault(event.conn, {Direction.C2S: bytearray(), Direction.S2C: bytearray()})
+            got[event.conn][event.direction] += event.data
+    return {conn: {d: bytes(b) for d, b in dirs.items()} for conn, dirs in got.items()}
+
+
+def clients(pcap: Path) -> dict[int, set[int | None]]:
+    """conn -> the client pids its events name."""
+    found: dict[int, set[int | None]] = {}
+    for event in decode_events(pcap.read_bytes()):
+        found.setdefault(event.conn, set()).add(event.client.pid)
+    return found
+
+
+def close_stdin(peer: Peer) -> None:
+    """EOF for the peer; forgotten by Popen so that communicate() at teardown still
+    closes stdout and stderr (it gives up on a closed stdin)."""
+    assert peer.proc.stdin is not None
+    peer.proc.stdin.close()
+    peer.proc.stdin = None
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# -- socat on an abstract name -----------------------------------------------------------------
+def test_socat_pair_on_an_abstract_name_open_before_the_capture(
+    peers: Peers, tmp_path: Path, ebpf: None
+) -> None:
+    name = f"@udskit-ebpf-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    peers.start("socat", "-t", "30", f"ABSTRACT-LISTEN:{name[1:]}", "EXEC:cat", wait_for=name)
+    client = peers.start(
+        "socat", "-t", "30", "-", f"ABSTRACT-CONNECT:{name[1:]}", stdin=subprocess.PIPE
+    )
+    wait_for(lambda: len(connections_of(name)) == 1, what="socat to connect")
+    pcap = tmp_path / "socat.pcapng"
+    dump = Dump(peers, "-w", pcap, name)
+
+    data = payload(BIG, 1)
+    assert client.proc.stdin is not None and client.proc.stdout is not None
+
+    def feed() -> None:
+        assert client.proc.stdin is not None
+        client.proc.stdin.write(data)
+        close_stdin(client)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    echoed = hashlib.sha256()
+    while chunk := client.proc.stdout.read(1 << 16):
+        echoed.update(chunk)
+    writer.join()
+    assert client.proc.wait(60) == 0
+    status, _ = dump.stop()
+
+    assert status == 130, dump.lines
+    assert echoed.hexdigest() == sha(data)
+    got = streams(pcap)
+    assert list(got) == [1], "one connection, seen once"
+    assert sha(got[1][Direction.C2S]) == sha(data)
+    assert sha(got[1][Direction.S2C]) == sha(data)
+    assert clients(pcap)[1] == {client.pid}
+
+
+# -- a socketpair between a parent and its child ----------------------------------------------
+SOCKETPAIR = """\
+import hashlib, json, os, random, socket, sys, threading, time
+size, go = int(sys.argv[1]), sys.argv[2]
+a, b = socket.socketpair()
+child = os.fork()
+if child == 0:
+    a.close(); s, role = b, "child"
+else:
+    b.close(); s, role = a, "parent"
+def say(**fields):  # one write(2) per line: parent and child share stdout
+    os.write(1, (json.dumps(fields) + "\\n").encode())
+say(role=role, pid=os.getpid(), inode=os.fstat(s.fileno()).st_ino)
+while not os.path.exists(go):
+    time.sleep(0.01)
+data = random.Random(role).randbytes(size)
+threading.Thread(target=s.sendall, args=(data,)).start()
+got, h = 0, hashlib.sha256()
+while got < size:
+    chunk = s.recv(1 << 16)
+    h.update(chunk); got += len(chunk)
+say(role=role, sent=hashlib.sha256(data).hexdigest(), received=h.hexdigest())
+if child:
+    os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.parametrize("by", ["--inode", "--pid"])
+def test_socketpair_between_parent_and_child(
+    peers: Peers, tmp_path: Path, ebpf: None, by: str
+) -> None:
+    go = tmp_path / "go"
+    pair = peers.start(sys.executable, "-c", SOCKETPAIR, str(BIG), str(go))
+    assert pair.proc.stdout is not None
+    hello = [json.loads(pair.proc.stdout.readline()) for _ in range(2)]
+    parent = next(h for h in hello if h["role"] == "parent")
+    pcap = tmp_path / "pair.pcapng"
+    dump = Dump(peers, "-w", pcap, by, str(parent["inode" if by == "--inode" else "pid"]))
+    go.touch()
+    done = [json.loads(line) for line in pair.proc.stdout]
+    assert pair.proc.wait(60) == 0
+    status, _ = dump.stop()
+
+    assert status == 130, dump.lines
+    sums = {d["role"]: d for d in done}
+    assert sums["parent"]["received"] == sums["child"]["sent"]
+    got = streams(pcap)
+    assert list(got) == [1]
+    # The inode given is the "client" side: what the parent sends is C2S.
+    assert sha(got[1][Direction.C2S]) == sums["parent"]["sent"]
+    assert sha(got[1][Direction.S2C]) == sums["child"]["sent"]
+    assert clients(pcap)[1] == {parent["pid"]}
+
+
+# -- redis-cli --pipe into redis-server --------------------------------------------------------
+def redis_server(peers: Peers, sockdir: Path) -> Path:
+    path = sockdir / "redis.sock"
+    peers.start(
+        "redis-server",
+        "--port",
+        "0",
+        "--unixsocket",
+        path,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        wait_for=path,
+        listening=True,
+    )
+    return path
+
+
+def connections_received(peers: Peers, path: Path) -> int:
+    """redis's count of accepted connections (this query's own included)."""
+    out = peers.run("redis-cli", "-s", path, "INFO", "stats").stdout.decode()
+    line = next(x for x in out.splitlines() if x.startswith("total_connections_received:"))
+    return int(line.split(":")[1])
+
+
+def resp_set(key: bytes, value: bytes) -> bytes:
+    parts = [b"SET", key, value]
+    return b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def test_redis_cli_pipe_open_before_the_capture_and_a_new_client(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    path = redis_server(peers, sockdir)
+    accepted_before = connections_received(peers, path)
+    pipe = peers.start("redis-cli", "-s", path, "--pipe", stdin=subprocess.PIPE)
+    address = str(path)
+    wait_for(lambda: len(connections_of(address)) == 1, what="redis-cli to connect")
+    pcap = tmp_path / "redis.pcapng"
+    dump = Dump(peers, "-w", pcap, path)
+
+    value = payload(64 * 1024, 2)
+    commands = BIG // len(value)
+    sent = b"".join(resp_set(b"key:%d" % i, value) for i in range(commands))
+    assert pipe.proc.stdin is not None
+    pipe.proc.stdin.write(sent)
+    close_stdin(pipe)
+    assert pipe.proc.wait(120) == 0
+    out = pipe.proc.stdout.read().decode() if pipe.proc.stdout else ""
+    assert f"replies: {commands}" in out, out
+    # A client that connects after the start is seen too (accept(2) is watched).
+    assert peers.run("redis-cli", "-s", path, "PING").stdout == b"PONG\n"
+    status, _ = dump.stop()
+    accepted_after = connections_received(peers, path)
+
+    assert status == 130, dump.lines
+    assert accepted_after == accepted_before + 3, "pipe, PING, INFO: nobody reconnected"
+    got = streams(pcap)
+    pids = clients(pcap)
+    piped = next(c for c, dirs in got.items() if len(dirs[Direction.C2S]) >= len(sent))
+    # redis-cli --pipe sends our bytes, then an ECHO of its own to know when to stop.
+    assert sha(got[piped][Direction.C2S][: len(sent)]) == sha(sent)
+    assert got[piped][Direction.S2C].startswith(b"+OK\r\n" * commands)
+    assert pids[piped] == {pipe.pid}
+    pings = [c for c, dirs in got.items() if dirs[Direction.C2S].endswith(b"PING\r\n")]
+    assert len(pings) == 1 and got[pings[0]][Direction.S2C] == b"+PONG\r\n"
+
+
+# -- curl against an HTTP server on a pathname socket ------------------------------------------
+HTTP_SERVER = """\
+import hashlib, json, os, socket, struct, sys, time
+path, go = sys.argv[1], sys.argv[2]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(8)
+c, _ = srv.accept()
+def cred():
+    return struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+first = cred()
+buf, sent, received, counting = b"", hashlib.sha256(), hashlib.sha256(), False
+def send(data):
+    c.sendall(data)
+    if counting:
+        sent.update(data)
+while True:
+    while b"\\r\\n\\r\\n" not in buf:
+        chunk = c.recv(1 << 16)
+        if not chunk:
+            print(json.dumps({"first": first, "last": cred(), "sent": sent.hexdigest(),
+                              "received": received.hexdigest()}), flush=True)
+            sys.exit(0)
+        buf += chunk
+        if counting:
+            received.update(chunk)
+    head, buf = buf.split(b"\\r\\n\\r\\n", 1)
+    method, target = head.split(b" ")[:2]
+    length = 0
+    for line in head.split(b"\\r\\n")[1:]:
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(buf) < length:
+        chunk = c.recv(1 << 16)
+        buf += chunk
+        if counting:
+            received.update(chunk)
+    body, buf = buf[:length], buf[length:]
+    if target == b"/wait":
+        while not os.path.exists(go):
+            time.sleep(0.01)
+        counting = True
+        reply = b"ready"
+    elif target.startswith(b"/blob/"):
+        n = int(target[6:])
+        reply = bytes(range(256)) * (n // 256)
+    else:
+        reply = hashlib.sha256(body).hexdigest().encode()
+    send(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(reply))
+    send(reply)
+"""
+
+
+def test_curl_keepalive_on_a_pathname_socket_and_tshark_dissects_it(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    path = sockdir / "http.sock"
+    go = tmp_path / "go"
+    server = peers.start(sys.executable, "-c", HTTP_SERVER, path, go, wait_for=path)
+    upload = tmp_path / "up.bin"
+    size = min(BIG, 16 * MIB)  # tshark reassembles every byte: keep its share modest
+    upload.write_bytes(payload(size, 3))
+    base = "http://localhost"
+    curl = peers.start(
+        "curl", "-sS", "--unix-socket", path, "-o", "/dev/null", f"{base}/wait",
+        "--next", "--unix-socket", path, "-o", "/dev/null", "--data-binary", f"@{upload}",
+        f"{base}/upload",
+        "--next", "--unix-socket", path, "-o", tmp_path / "blob", f"{base}/blob/{size}",
+    )  # fmt: skip
+    wait_for(lambda: len(connections_of(str(path))) == 1, what="curl to connect")
+    pcap = tmp_path / "http.pcapng"
+    dump = Dump(peers, "-w", pcap, path)
+    go.touch()
+    assert curl.proc.wait(60) == 0
+    assert server.proc.stdout is not None
+    seen = json.loads(server.proc.stdout.readline())
+    status, _ = dump.stop()
+
+    assert status == 130, dump.lines
+    assert seen["first"] == seen["last"] == curl.pid, "the server sees curl, unchanged"
+    got = streams(pcap)
+    assert list(got) == [1]
+    # What the server received and sent once the capture ran.
+    assert sha(got[1][Direction.C2S]) == seen["received"]
+    assert sha(got[1][Direction.S2C]) == seen["sent"]
+    assert clients(pcap)[1] == {curl.pid}
+    # curl hung up first; the server then exited without close(2): still one close.
+    closes = [e.direction for e in decode_events(pcap.read_bytes()) if e.kind is EventKind.CLOSE]
+    assert closes == [Direction.C2S]
+    result = peers.run(
+        "tshark", "-r", pcap, "-Y", "http.request", "-T", "fields", "-e", "http.request.uri"
+    )
+    assert result.returncode == 0, result.stderr
+    uris = result.stdout.decode().split()
+    assert uris == ["/upload", f"/blob/{size}"]
+
+
+# -- failures ----------------------------------------------------------------------------------
+def test_without_root_one_line_and_auto_falls_back(peers: Peers, sockdir: Path) -> None:
+    name = f"@udskit-ebpf-nobody-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    result = peers.run(*peers.as_nobody(sys.executable, "-m", "udskit", "dump", "--engine",
+                                        "ebpf", name))  # fmt: skip
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1
+    assert len(lines) == 1 and "needs root" in lines[0] and "--engine proxy" in lines[0]
+    # --inode only eBPF can do: auto does not fall back to something else.
+    result = peers.run(*peers.as_nobody(sys.executable, "-m", "udskit", "dump", "--engine",
+                                        "auto", "--inode", "1"))  # fmt: skip
+    assert result.returncode == 1 and "needs root" in result.stderr.decode()
+
+
+def test_auto_without_root_captures_through_the_proxy(peers: Peers, sockdir: Path) -> None:
+    os.chown(sockdir, *_nobody_ids())
+    path = sockdir / "echo.sock"
+    peers.start(*peers.as_nobody("socat", f"UNIX-LISTEN:{path},fork", "EXEC:cat"), wait_for=path)
+    dump = peers.start(
+        *peers.as_nobody(sys.executable, "-m", "udskit", "dump", "--engine", "auto", "-A", path)
+    )
+    lines: list[str] = []
+    assert dump.proc.stderr is not None
+    while not any("Ctrl-C to stop" in line for line in lines):
+        raw = dump.proc.stderr.readline()
+        assert raw, f"udskit dump exited: {lines}"
+        lines.append(raw.decode())
+    assert "engine proxy, as eBPF cannot run here" in lines[0] and "root" in lines[0]
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"through the proxy\n")
+        assert s.recv(100) == b"through the proxy\n"
+    os.kill(dump.pid, signal.SIGINT)
+    out, _ = dump.proc.communicate(timeout=30)
+    assert "through the proxy" in out.decode()
+
+
+def _nobody_ids() -> tuple[int, int]:
+    import grp
+    import pwd
+
+    return pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+
+
+# -- udskit dump -- CMD ------------------------------------------------------------------------
+def test_dump_runs_a_command_and_captures_its_children_and_exits_as_it_did(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    from udskit.cli.dump import _HTTP_SERVER
+
+    path = sockdir / "http.sock"
+    peers.start(sys.executable, "-c", _HTTP_SERVER, path, wait_for=path)
+    pcap = tmp_path / "cmd.pcapng"
+    script = f"curl -sS --unix-socket {path} http://localhost/hello; exit 7"
+    result = peers.udskit_run("dump", "--engine", "ebpf", "-w", pcap, "--", "sh", "-c", script)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == b"hello from /hello\n"  # curl's own output, untouched
+    events = list(decode_events(pcap.read_bytes()))
+    to_server = [e for e in events if e.kind is EventKind.DATA and e.path == str(path)]
+    # The reply may come in one read or several, as curl's reads fall.
+    asked = b"".join(e.data for e in to_server if e.direction is Direction.C2S)
+    answered = b"".join(e.data for e in to_server if e.direction is Direction.S2C)
+    assert to_server[0].direction is Direction.C2S
+    assert asked.startswith(b"GET /hello HTTP/1.1\r\n") and asked.endswith(b"\r\n\r\n")
+    assert answered.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert answered.endswith(b"hello from /hello\n")
+    assert {e.client.command for e in to_server} == {"curl"}, "sh's child, curl, is seen"
+    uris = peers.run("tshark", "-r", pcap, "-Y", "http.request", "-T", "fields", "-e",
+                     "http.request.uri").stdout.split()  # fmt: skip
+    assert uris == [b"/hello"]
+
+
+def test_a_missing_command_is_one_line_and_127(peers: Peers, ebpf: None) -> None:
+    result = peers.udskit_run("dump", "--engine", "ebpf", "--", "no-such-program-here")
+    assert result.returncode == 127
+    assert "cannot run 'no-such-program-here': No such file or directory" in result.stderr.decode()
