@@ -26,7 +26,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
-__all__ = ["STOP_SIGNALS", "die_with_parent", "signals_held", "start_worker"]
+__all__ = ["STOP_SIGNALS", "Terminated", "die_with_parent", "signals_held", "start_worker"]
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM or SIGHUP so that `finally` blocks run (the
+    command line's handlers raise it; the dump engines raise it again after a stop)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
 
 #: The signals that stop a udskit command (the CLI turns them into exceptions).
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})

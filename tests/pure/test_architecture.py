@@ -46,3 +46,21 @@ def test_every_module_says_whether_it_is_pure_or_io() -> None:
         if not doc.startswith(("Pure:", "I/O:")):
             unlabeled.append(str(path.relative_to(SRC)))
     assert not unlabeled, f"docstrings must start with 'Pure:' or 'I/O:': {unlabeled}"
+
+
+def test_the_library_never_imports_its_command_line() -> None:
+    """Anything `udskit` does, `import udskit` can do: the library knows nothing of its
+    face (lazy imports inside functions count too)."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if "cli" in path.relative_to(SRC).parts or path.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "udskit.cli" or n.startswith("udskit.cli.") for n in names):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not offenders, f"library modules import udskit.cli: {offenders}"

@@ -296,7 +296,7 @@ class EbpfDump:
             return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        from udskit.cli.env import Terminated
+        from udskit.signals import Terminated
 
         raise Terminated(signum)
 

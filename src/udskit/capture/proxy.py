@@ -970,7 +970,7 @@ class ProxyDump:
             return
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        from udskit.cli.env import Terminated
+        from udskit.signals import Terminated
 
         raise Terminated(signum)
 

@@ -13,7 +13,8 @@ import contextlib
 import signal
 import sys
 
-from udskit.cli.env import Env, ExitStatus, Terminated
+from udskit.cli.env import Env, ExitStatus
+from udskit.signals import Terminated
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

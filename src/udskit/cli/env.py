@@ -27,14 +27,6 @@ class ExitStatus(enum.IntEnum):
     TERMINATED = 143  # SIGTERM; likewise cleaned up
 
 
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM or SIGHUP so that `finally` blocks run."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 class Env:
     """Where a command reads and writes. A plain class, not a dataclass: this module is
     imported on every run, before `udskit ls` forks its scan, and dataclasses costs ~6 ms."""
