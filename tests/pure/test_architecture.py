@@ -62,5 +62,5 @@ def test_the_library_never_imports_its_command_line() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             if any(n == "udskit.cli" or n.startswith("udskit.cli.") for n in names):
-                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+                offenders.append(f"{path.relative_to(SRC)}:{getattr(node, 'lineno', 0)}")
     assert not offenders, f"library modules import udskit.cli: {offenders}"

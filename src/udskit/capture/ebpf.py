@@ -243,6 +243,10 @@ class EbpfDump:
         self.command = list(command) if command is not None else None
         self.process: subprocess.Popen[bytes] | None = None
         self.command_status: int | None = None
+        #: Lines for the user at start, as ProxyDump has them (none needed here: the
+        #: engine changes nobody's identity and moves no file).
+        self.warnings: list[str] = []
+        self.start_notes: list[str] = []
         self.stats = EbpfStats()
         self._program: BpfProgram | None = None
         self._cookies: dict[int, _Conn] = {}
