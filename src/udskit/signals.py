@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
-__all__ = ["STOP_SIGNALS", "Terminated", "die_with_parent", "signals_held", "start_worker"]
+__all__ = [
+    "STOP_SIGNALS",
+    "Terminated",
+    "die_with_parent",
+    "signals_held",
+    "start_worker",
+    "stop_signals_call",
+]
+
 
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM or SIGHUP so that `finally` blocks run (the
@@ -51,6 +59,31 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
+def stop_signals_call(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """For the duration, a stop signal calls `on_signal(signum)` instead of raising, so
+    a loop can stop between two events rather than in the middle of one; the previous
+    handlers come back after, also those installed before an interruption. Outside
+    the main thread (where Python runs no handler) it does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        on_signal(signum)
+
+    saved: dict[int, Any] = {}
+    try:
+        for stop in STOP_SIGNALS:
+            saved[stop] = signal.signal(stop, handler)
+        yield
+    finally:
+        for signum, old in saved.items():
+            signal.signal(signum, old)
 
 
 def start_worker(

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final, final
 
@@ -53,7 +53,7 @@ from udskit.capture.ebpf_records import (
 from udskit.errors import BpfUnavailable, UdskitError
 from udskit.inspect.fdscan import process_command, walk_socket_fds
 from udskit.inspect.sockdiag import Show, VfsInode
-from udskit.signals import STOP_SIGNALS, start_worker
+from udskit.signals import start_worker, stop_signals_call
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Direction, Tap
 
@@ -591,23 +591,14 @@ class EbpfDump:
                     next_flush = time.monotonic() + FLUSH_INTERVAL
         self.raise_signal()
 
-    @contextmanager
-    def _signals_stop(self) -> Iterator[None]:
+    def _signals_stop(self) -> AbstractContextManager[None]:
         """A stop signal ends the loop between two records instead of in one."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
 
-        def handler(signum: int, _frame: object) -> None:
+        def on_signal(signum: int) -> None:
             self._signal = signum
             self.stop()
 
-        saved = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for signum, old in saved.items():
-                signal.signal(signum, old)
+        return stop_signals_call(on_signal)
 
     def close(self) -> list[str]:
         """Stop the program, pass on what is still in the ring buffer, count losses."""

@@ -52,9 +52,8 @@ import secrets
 import signal
 import socket
 import stat
-import threading
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Collection
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -88,7 +87,7 @@ from udskit.probe import (
     file_kind,
     os_errors,
 )
-from udskit.signals import STOP_SIGNALS, signals_held
+from udskit.signals import signals_held, stop_signals_call
 from udskit.socktype import SocketType
 from udskit.tap import Tap
 
@@ -974,26 +973,17 @@ class ProxyDump:
 
         raise Terminated(signum)
 
-    @contextmanager
-    def _signals_stop(self) -> Iterator[None]:
+    def _signals_stop(self) -> AbstractContextManager[None]:
         """While forwarding, a signal stops the loop between two events instead of
         raising in the middle of one (a chunk read but not yet sent would be lost)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
 
-        def handler(signum: int, _frame: object) -> None:
+        def on_signal(signum: int) -> None:
             if self._signal is not None:  # the second signal: stop waiting for anyone
                 self.grace = 0.0
             self._signal = signum
             self.stop()
 
-        saved = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for signum, old in saved.items():
-                signal.signal(signum, old)
+        return stop_signals_call(on_signal)
 
     def restored_text(self) -> str:
         if self.takeover is None or self.takeover.sock is None:
