@@ -190,8 +190,14 @@ def test_a_signal_between_link_and_rename_in_start_is_held(
 
     hooked_os.after_link = ctrl_c
     takeover = Takeover(str(sock))
-    with pytest.raises(KeyboardInterrupt):  # delivered once the rename is recorded
-        takeover.start()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    try:
+        with pytest.raises(KeyboardInterrupt):  # delivered once the rename is recorded
+            takeover.start()
+    except BaseException:
+        takeover.close()  # a failure must not leak the proxy's socket into later tests
+        raise
+    assert masks, "start() made no link through the hooked os"
     assert masks[0] >= STOP and hooked_os.renames == 1
     assert os.lstat(sock).st_ino != original and takeover.sock is not None
     takeover.close()

@@ -194,8 +194,21 @@ def test_symlink_swaps_never_reach_a_root_file_through_dump(
         swapper.stop()
         server.close()
     assert untouched(secret) == before
-    # Most rounds are won by root; the rest end in one line about the swap.
-    assert outcomes.get("dumped", 0) > 0, outcomes
+    # Under attack a round either dumps or ends in one line about the swap; how many of
+    # each is the scheduler's call (with the other CPU busy the attacker won all 300
+    # once). Once the attacker stops, a dump works again: nothing was left in its way.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = _serve_forever(path, 0o666)
+    try:
+        takeover = Takeover(str(path))
+        takeover.start()
+        takeover.restore()
+        takeover.close()
+        assert takeover.restored, outcomes
+    finally:
+        server.close()
+    assert untouched(secret) == before
 
 
 # -- locks nobody can hold ---------------------------------------------------------------------
