@@ -68,7 +68,8 @@ def before_udskit(status: int, err: str) -> bool:
     if status == -signal.SIGINT and not err:
         return True
     frames = re.findall(r'File "([^"]+)"', err)
-    ours = [f for f in frames if "/udskit/" in f or f.endswith("udskit_start.py")]
+    source = str(ROOT / "src") + os.sep  # not the wrapper, which may sit under a .../udskit/
+    ours = [f for f in frames if f.startswith(source)]
     return "Traceback" in err and err.rstrip().endswith("KeyboardInterrupt") and not ours
 
 
