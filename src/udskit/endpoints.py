@@ -47,7 +47,6 @@ __all__ = [
     "open_listener",
     "open_socketpair",
     "peer_credentials",
-    "peer_groups",
     "recv_message",
     "resolve_group",
     "resolve_user",
@@ -556,26 +555,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
-
-
-#: SO_PEERGROUPS (Linux 4.13); Python's socket module does not always export it.
-SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
-
-
-def peer_groups(sock: socket.socket) -> tuple[int, ...] | None:
-    """The peer's supplementary groups as of connect (SO_PEERGROUPS), or None where
-    the kernel does not tell."""
-    size = 64 * 4
-    while True:
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
-        except OSError as exc:
-            if exc.errno == errno.ERANGE and size < 65536 * 4:
-                size *= 4
-                continue
-            return None
-        count = len(raw) // 4
-        return struct.unpack(f"{count}I", raw[: count * 4])
 
 
 # -- asyncio -----------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ import struct
 from dataclasses import dataclass
 from typing import Final, final
 
-from udskit.endpoints import peer_credentials, peer_groups
+from udskit.ancillary import peer_groups
+from udskit.endpoints import peer_credentials
+from udskit.errors import UdskitError
 
 __all__ = ["PeerIdentity", "identify_peer", "tcp_peer_uid"]
 
@@ -105,7 +107,11 @@ def identify_peer(sock: socket.socket) -> PeerIdentity:
     """The credentials an admission check may go by (Nones when unknown)."""
     if sock.family == socket.AF_UNIX:
         _pid, peer_uid, peer_gid = peer_credentials(sock)
-        return PeerIdentity(peer_uid, peer_gid, peer_groups(sock) or ())
+        try:
+            groups = peer_groups(sock)
+        except UdskitError:  # the kernel would not say: judge by uid and gid alone
+            groups = ()
+        return PeerIdentity(peer_uid, peer_gid, groups)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         uid = tcp_peer_uid(sock)
         if uid is None:
