@@ -98,6 +98,24 @@ def patient_socat(args: list[str]) -> list[str]:
     return args
 
 
+class ExitOf(int):
+    """An exit status that says, when an assertion about it fails, which program it
+    is and what that program wrote on stderr (a bare `assert -2 == 130` gave no clue)."""
+
+    peer: Peer
+
+    def __new__(cls, status: int, peer: Peer) -> ExitOf:
+        value = super().__new__(cls, status)
+        value.peer = peer
+        return value
+
+    def __repr__(self) -> str:
+        err = self.peer.unread_stderr().strip()
+        argv = " ".join(self.peer.argv[-6:])
+        how = f"killed by {signal.Signals(-self).name}, " if self < 0 else ""
+        return f"{int(self)} ({how}exit of ...{argv}; stderr: {err or 'nothing'})"
+
+
 class Peer:
     """A running program; stopping it kills it by PID (its whole process group)."""
 
@@ -116,7 +134,23 @@ class Peer:
             os.kill(self.proc.pid, signum)
 
     def wait(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
+        """Its exit status; in a failed assertion it shows what the program said on
+        stderr (read only then, so a test may still read the pipe itself)."""
+        return ExitOf(self.proc.wait(timeout), self)
+
+    def unread_stderr(self) -> str:
+        """What is left in its stderr pipe, without waiting for a grandchild that
+        may hold the pipe open."""
+        pipe = self.proc.stderr
+        if pipe is None or pipe.closed:
+            return self.stderr_data.decode(errors="replace")
+        os.set_blocking(pipe.fileno(), False)
+        chunks = [self.stderr_data]
+        with contextlib.suppress(OSError, TypeError):
+            while chunk := pipe.read(65536):
+                chunks.append(chunk)
+        self.stderr_data = b"".join(chunks)
+        return self.stderr_data.decode(errors="replace")
 
     def stop(self, signum: int = signal.SIGKILL) -> tuple[bytes, bytes]:
         """Stop it (SIGKILL to its process group unless told otherwise) and return what

@@ -8,7 +8,6 @@ it closes, but only if the file is still the one it created.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import grp
 import os
@@ -20,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 from udskit.address import (
     AddressKind,
@@ -33,6 +32,9 @@ from udskit.errors import AddressError, UsageError, socket_error
 from udskit.fsguard import Directory, FileSwapped, exclusive, socket_file_inode
 from udskit.probe import bound_owners, file_kind, os_errors
 from udskit.socktype import SocketType
+
+if TYPE_CHECKING:  # asyncio costs every command ~30 ms at start; only its users import it
+    import asyncio
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -562,6 +564,8 @@ async def open_connection_async(
     address: AddressLike, *, limit: int = 2**16
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """asyncio streams over a unix stream connection, with udskit's error messages."""
+    import asyncio
+
     addr = as_address(address)
     sock = _new_socket(SocketType.STREAM)
     sock.setblocking(False)
@@ -574,7 +578,7 @@ async def open_connection_async(
     return await asyncio.open_unix_connection(sock=sock, limit=limit)
 
 
-ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ClientHandler = Callable[["asyncio.StreamReader", "asyncio.StreamWriter"], Awaitable[None]]
 
 
 @final
@@ -614,6 +618,8 @@ async def start_server_async(
     group: str | int | None = None,
 ) -> UnixServer:
     """Like asyncio.start_unix_server, with safe bind, modes and cleanup."""
+    import asyncio
+
     listener = open_listener(address, backlog=backlog, mode=mode, owner=owner, group=group)
     try:
         server = await asyncio.start_unix_server(handler, sock=listener.sock, backlog=backlog)

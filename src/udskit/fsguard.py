@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
-import json
 import os
 import stat
 import time
@@ -274,6 +272,8 @@ def find_private_dir() -> str:
 
 
 def _key(directory: Directory, name: str = "") -> str:
+    import hashlib  # here, not at the top: OpenSSL's load is felt in every command's start
+
     st = os.fstat(directory.fd)
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16] if name else "dir"
     return f"{st.st_dev:x}-{st.st_ino}-{digest}"
@@ -353,6 +353,8 @@ def _state_path(directory: Directory, name: str) -> str:
 
 def write_state(directory: Directory, name: str, record: dict[str, Any]) -> None:
     """Record (atomically) what a dump of `name` in `directory` created."""
+    import json
+
     final_path = _state_path(directory, name)
     tmp = f"{final_path}.{os.getpid()}.tmp"
     with suppress(FileNotFoundError):
@@ -378,6 +380,8 @@ def read_state(directory: Directory, name: str) -> dict[str, Any] | None:
     except OSError:
         return None
     try:
+        import json
+
         record = json.loads(data)
     except ValueError:
         return None
