@@ -15,6 +15,7 @@ import pwd
 import socket
 import stat
 import struct
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from udskit.address import (
 from udskit.errors import AddressError, UsageError, socket_error
 from udskit.fsguard import Directory, FileSwapped, exclusive, socket_file_inode
 from udskit.probe import bound_owners, file_kind, os_errors
+from udskit.signals import signals_held
 from udskit.socktype import SocketType
 
 if TYPE_CHECKING:  # asyncio costs every command ~30 ms at start; only its users import it
@@ -110,6 +112,8 @@ class Listener:
         directory: Directory | None = None,
         notes: tuple[str, ...] = (),
     ) -> None:
+        self._pid = os.getpid()
+        self._closed = False
         self.sock = sock
         self.address = address
         self.type = sock_type
@@ -118,7 +122,8 @@ class Listener:
         self.notes = notes
         self._created = created
         self._directory = directory  # held open: close() unlinks relative to it
-        self._closed = False
+        if created is not None:
+            _open_listeners[id(sock)] = self
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -131,6 +136,7 @@ class Listener:
     def detach_file(self) -> None:
         """Leave the socket file in place on close (another process took it over)."""
         self._created = None
+        _open_listeners.pop(id(self.sock), None)
         if self._directory is not None:
             self._directory.close()
             self._directory = None
@@ -138,11 +144,24 @@ class Listener:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        try:
-            self.sock.close()
-        finally:
-            self._unlink_own_file()
+        # Held: a Ctrl-C in the middle would leave the socket file (it is delivered
+        # right after).
+        with signals_held():
+            self._closed = True
+            try:
+                self.sock.close()
+            finally:
+                self._unlink_own_file()
+                _open_listeners.pop(id(self.sock), None)
+
+    def __del__(self) -> None:
+        # A stop signal can land where a listener was made but nobody holds it yet (the
+        # instant between open_listener's return and the caller's `with`): it is then
+        # dropped, and its file must go with it as the socket does. Never in a forked
+        # child, whose parent still serves on that file.
+        if not getattr(self, "_closed", True) and getattr(self, "_pid", 0) == os.getpid():
+            with suppress(Exception):
+                self.close()
 
     def _unlink_own_file(self) -> None:
         directory, self._directory = self._directory, None
@@ -166,6 +185,25 @@ class Listener:
 
     def __repr__(self) -> str:
         return f"<Listener {self.type.value} {self.address}>"
+
+
+#: Listeners whose socket file is ours to unlink, by id of their socket; weak, so that a
+#: listener a library user drops is still collected.
+_open_listeners: weakref.WeakValueDictionary[int, Listener] = weakref.WeakValueDictionary()
+
+
+def close_open_listeners() -> None:
+    """Close every listener of this process that still owns its socket file.
+
+    For a process on its way out (the command line calls it last, whatever ended the
+    command): a stop signal can land between open_listener's return and the caller's
+    `with` or `try`, where no code of the caller would unlink the file."""
+    me = os.getpid()
+    for listener in list(_open_listeners.values()):
+        if listener._pid == me:  # a forked child must not unlink its parent's files
+            with suppress(OSError):
+                listener.close()
+    _open_listeners.clear()
 
 
 def open_listener(
@@ -198,13 +236,15 @@ def open_listener(
         )
     uid = resolve_user(owner) if owner is not None else -1
     gid = resolve_group(group) if group is not None else -1
-    sock = _new_socket(sock_type)
-    if passcred:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     directory: Directory | None = None
     notes: tuple[str, ...] = ()
+    sock: socket.socket | None = None
+    created: tuple[int, int] | None = None
     try:
-        created: tuple[int, int] | None = None
+        with signals_held():  # not a socket made and dropped unclosed by a Ctrl-C
+            sock = _new_socket(sock_type)
+        if passcred:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         replaced = False
         if addr.kind is AddressKind.PATHNAME:
             # Opened before the lock: the fds the lock opens and closes then leave no
@@ -227,25 +267,33 @@ def open_listener(
                 sock.bind(addr.to_sockaddr())
             _listen(sock, addr, sock_type, backlog)
         bound = decode_sockaddr(sock.getsockname())
+        # Made inside the try: a Ctrl-C between bind and the Listener's existence left
+        # the socket file behind (seen in soaks; every line is now tried by a test).
+        listener = Listener(
+            sock,
+            bound if bound.kind is not AddressKind.UNNAMED else addr,
+            sock_type,
+            created,
+            replaced,
+            directory,
+            notes,
+        )
     except BaseException:
         # Interrupted (a signal, a failure) after bind: our file goes with the socket.
-        if directory is not None:
-            with suppress(OSError):
-                ours = socket_file_inode(sock) if sock.getsockname() else None
-                if ours is not None:
-                    directory.unlink_if(os.path.basename(addr.path), ours)
-            directory.close()
-        sock.close()
+        with signals_held():
+            if directory is not None:
+                with suppress(OSError):
+                    ours = created
+                    if ours is None and sock is not None and sock.getsockname():
+                        ours = socket_file_inode(sock)
+                    if ours is not None:
+                        directory.unlink_if(os.path.basename(addr.path), ours)
+                directory.close()
+            if sock is not None:
+                sock.close()
+                _open_listeners.pop(id(sock), None)
         raise
-    return Listener(
-        sock,
-        bound if bound.kind is not AddressKind.UNNAMED else addr,
-        sock_type,
-        created,
-        replaced,
-        directory,
-        notes,
-    )
+    return listener
 
 
 def _listen(sock: socket.socket, addr: UnixAddress, sock_type: SocketType, backlog: int) -> None:

@@ -38,6 +38,7 @@ from typing import Any, Final, final
 
 from udskit.access import FileFacts, PathFacts, directory_exposure
 from udskit.errors import UdskitError, socket_error
+from udskit.signals import signals_held
 
 __all__ = [
     "LOCK_WAIT",
@@ -77,12 +78,20 @@ class Directory:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.dirname(os.path.abspath(path)) or "/"
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.fd = -1
+        with signals_held():  # a signal between open() and the store leaked the fd
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def __del__(self) -> None:
+        # Dropped unclosed (a stop signal between its making and the caller's `with`):
+        # its descriptor must not outlive it.
+        with suppress(Exception):
+            self.close()
 
     def __enter__(self) -> Directory:
         return self
@@ -139,11 +148,13 @@ class Directory:
         """A /proc/self/fd path that reaches the socket file `expected` at `name`, or
         FileSwapped. The file is opened with O_PATH|O_NOFOLLOW, so a symlink put in its
         place is opened as itself and fails the check instead of being followed."""
+        fd = -1
         try:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
-        except FileNotFoundError:
-            raise FileSwapped(f"{os.path.join(self.path, name)} vanished") from None
-        try:
+            try:
+                with signals_held():  # no Ctrl-C between open() and the store
+                    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+            except FileNotFoundError:
+                raise FileSwapped(f"{os.path.join(self.path, name)} vanished") from None
             st = os.fstat(fd)
             if not stat.S_ISSOCK(st.st_mode) or _inode_of(st) != expected:
                 raise FileSwapped(
@@ -158,7 +169,8 @@ class Directory:
                 )
             yield proc
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def set_owner_and_mode(
         self, name: str, expected: Inode, uid: int, gid: int, mode: int | None
@@ -317,15 +329,24 @@ def exclusive(path: str, *, timeout: float = LOCK_WAIT, op: str = "lock") -> Ite
     Waits at most `timeout` seconds, then fails with a line naming the holder. The lock
     file lives in `private_dir()`, so no other user can create, hold or replace it.
     The wait sleeps in small steps, so Ctrl-C and SIGTERM are handled at once."""
+    fd = -1
     try:
-        directory = Directory(path)
-    except OSError:
-        yield  # no such directory (or no access): the operation itself will say why
-        return
-    with directory:
-        lock_path = os.path.join(private_dir(), f"lock-{_key(directory)}")
-    fd = _open_private(lock_path, os.O_RDWR | os.O_CREAT)
-    try:
+        # A Ctrl-C between open() and the try that closes it leaked the lock file's
+        # descriptor, and with it the lock: in a program that goes on after a
+        # KeyboardInterrupt, every udskit after it waited 2 s and failed (found by
+        # interrupting at every line, tests/io/test_stop_anywhere.py).
+        with signals_held():
+            try:
+                directory = Directory(path)
+            except OSError:
+                directory = None  # no such directory (or no access): the operation says why
+            if directory is not None:
+                with directory:
+                    lock_path = os.path.join(private_dir(), f"lock-{_key(directory)}")
+                fd = _open_private(lock_path, os.O_RDWR | os.O_CREAT)
+        if fd < 0:
+            yield
+            return
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -344,7 +365,8 @@ def exclusive(path: str, *, timeout: float = LOCK_WAIT, op: str = "lock") -> Ite
                 time.sleep(0.01)
         yield
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _state_path(directory: Directory, name: str) -> str:

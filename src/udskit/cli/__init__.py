@@ -14,7 +14,7 @@ import signal
 import sys
 
 from udskit.cli.env import Env, ExitStatus
-from udskit.signals import Terminated
+from udskit.signals import STOP_SIGNALS, Terminated
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,6 +88,10 @@ def _run_command(argv: list[str], env: Env) -> int:
         return ExitStatus.OK
 
 
+#: Stop signals whose exception CPython could not raise (see below), not yet re-raised.
+_swallowed: list[KeyboardInterrupt | Terminated] = []
+
+
 def _rethrow_swallowed_stops() -> None:
     """A stop signal's exception must never be lost. When the handler's exception is
     raised inside a callback that CPython runs without a caller to pass it to (a weakref
@@ -95,16 +99,15 @@ def _rethrow_swallowed_stops() -> None:
     ignored" and goes on: a Ctrl-C 84 ms into `udskit listen` was lost so, and the
     server never stopped. The unraisable hook keeps such an exception and a 1 ms timer
     raises it again in ordinary code."""
-    pending: list[BaseException] = []
     previous = sys.unraisablehook
 
     def rethrow(_signum: int, _frame: FrameType | None) -> None:
-        if pending:
-            raise pending.pop()
+        if _swallowed:
+            raise _swallowed.pop()
 
     def hook(unraisable: sys.UnraisableHookArgs) -> None:
         if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
-            pending.append(unraisable.exc_value)
+            _swallowed.append(unraisable.exc_value)
             signal.setitimer(signal.ITIMER_REAL, 0.001)
             return
         previous(unraisable)
@@ -123,10 +126,25 @@ def run() -> None:
         signal.signal(signal.SIGHUP, _raise_terminated)
         _rethrow_swallowed_stops()
         status = main()
+        _on_the_way_out()
+        if _swallowed:  # the command ended before the timer could raise it again
+            status = _interrupted(_swallowed.pop())
         with contextlib.suppress(BrokenPipeError):
             sys.stdout.flush()
     except (KeyboardInterrupt, Terminated) as exc:
-        # Between the handlers and a command's own try (imports, the parser): nothing
-        # to clean up yet, and no traceback for a Ctrl-C.
+        # Between the handlers and a command's own try (imports, the parser), or the
+        # last lines above: no traceback for a Ctrl-C.
         status = _interrupted(exc)
+        _on_the_way_out()
     sys.exit(status)
+
+
+def _on_the_way_out() -> None:
+    """The command is over: later stop signals stay pending until the process is gone
+    (the status is the first one's, and a second Ctrl-C cannot cut the cleanup below
+    or land in the interpreter's own shutdown, where the default action kills it), and
+    a socket file whose listener a signal kept from its `with` is unlinked."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    endpoints = sys.modules.get("udskit.endpoints")
+    if endpoints is not None:
+        endpoints.close_open_listeners()

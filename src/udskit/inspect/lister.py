@@ -86,10 +86,10 @@ def _netlink_exchange(request: bytes, *, exact: bool) -> list[UnixSocketInfo]:
     import socket
 
     found: list[UnixSocketInfo] = []
-    sock = socket.socket(
+    # Made in the `with` line itself: a Ctrl-C between two lines leaked the socket.
+    with socket.socket(
         socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
-    )
-    with sock:
+    ) as sock:
         sock.settimeout(_NETLINK_TIMEOUT)
         sock.sendall(request)
         while True:
