@@ -81,11 +81,13 @@ from udskit.fsguard import (
 from udskit.identity import IdentityPlan, decide_identity, others_may_connect
 from udskit.inspect.fdscan import process_command, user_name
 from udskit.probe import (
+    Liveness,
     bound_type,
     current_user,
     describe_file,
     file_kind,
     os_errors,
+    probe_liveness,
 )
 from udskit.signals import signals_held, stop_signals_call
 from udskit.socktype import SocketType
@@ -108,20 +110,6 @@ __all__ = [
 #: The hidden and staging names are `.NAME` + mark + a random token.
 HIDDEN_MARK: Final = ".udskit-dump-"
 STAGING_MARK: Final = ".udskit-new-"
-
-
-def is_live(path: str) -> bool:
-    """Is a socket bound behind the socket file at `path`? A datagram connect() tells
-    without making a connection: ECONNREFUSED means no socket owns the inode, EPROTOTYPE
-    means a socket of another type does (unix_find_other)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
-    finally:
-        probe.close()
-    return True
 
 
 def checked_type(address: UnixAddress, requested: SocketType | None) -> SocketType:
@@ -517,7 +505,8 @@ class Takeover:
                 recorded_alive=previous is not None and previous.alive(),
                 exists=st is not None,
                 is_socket=is_socket,
-                live=is_socket and is_live(path),
+                # UNKNOWN (we may not connect) is not called stale: connecting to it says why.
+                live=is_socket and probe_liveness(path) in (Liveness.LIVE, Liveness.UNKNOWN),
             )
         )
         if decision is Start.RUNNING:

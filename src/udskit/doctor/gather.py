@@ -359,10 +359,10 @@ def _dump() -> list[UnixSocketInfo] | None:
 
 def _probe_bound_elsewhere(path: str) -> bool | None:
     """A socket bound to the file from another network namespace? (datagram probe)"""
-    from udskit.inspect.lister import _probe_stale
+    from udskit.probe import Liveness, probe_liveness
 
-    stale = _probe_stale(path)
-    return None if stale is None else not stale
+    verdict = probe_liveness(path)
+    return None if verdict in (Liveness.UNKNOWN, Liveness.GONE) else verdict is Liveness.LIVE
 
 
 def gather_facts(

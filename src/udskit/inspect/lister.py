@@ -49,6 +49,7 @@ from udskit.inspect.sockdiag import (
     build_request,
     decode_replies,
 )
+from udskit.probe import Liveness, probe_liveness
 from udskit.socktype import SocketType
 
 __all__ = [
@@ -516,30 +517,6 @@ def bound_socket_at(path: str | os.PathLike[str]) -> UnixSocket | None:
 
 
 # -- stale socket files ----------------------------------------------------------------
-def _probe_stale(path: str) -> bool | None:
-    """Does nothing listen behind this socket file? None if we may not tell.
-
-    A datagram connect() never creates a connection: the kernel answers ECONNREFUSED
-    when no socket is bound to the inode, EPROTOTYPE when one of another type is, and
-    succeeds on a datagram socket (unix_find_bsd, unix_dgram_connect). This also sees
-    sockets bound from another network namespace, which sock_diag cannot.
-    """
-    import socket
-
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno == errno_mod.ECONNREFUSED:
-            return True
-        if exc.errno in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.ENOENT):
-            return None
-        return False
-    finally:
-        probe.close()
-    return False
-
-
 def _walk_sockets(root: str, depth: int) -> Iterator[tuple[str, os.stat_result]]:
     """Socket files under `root`, `depth` levels down, without following symlinks."""
     try:
@@ -590,8 +567,9 @@ def find_stale_files(
     """Socket files with no socket bound to them, under `paths` (default: STALE_ROOTS).
 
     A file is a candidate when no socket of ours has its (dev, ino) (UNIX_DIAG_VFS);
-    each candidate is then confirmed by a datagram connect() that can only be refused
-    (see _probe_stale), so a socket bound from another namespace is never called stale.
+    each candidate is then confirmed by `probe.probe_liveness` (a datagram connect()
+    that makes no connection), so a socket bound from another network namespace, or a
+    file we may not connect to, is never called stale.
     `pattern` is a glob over paths (`/tmp/*.sock`).
     """
     try:
@@ -612,7 +590,7 @@ def find_stale_files(
             continue
         if bound is not None and VfsInode(*key) in bound:
             continue
-        if _probe_stale(path):
+        if probe_liveness(path) is Liveness.STALE:
             stale.append(StaleFile(path, st.st_dev, st.st_ino, st.st_uid, st.st_mtime))
     stale.sort(key=lambda f: f.path)
     return stale
