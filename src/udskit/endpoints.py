@@ -46,7 +46,6 @@ __all__ = [
     "open_connection_async",
     "open_listener",
     "open_socketpair",
-    "peer_credentials",
     "recv_message",
     "resolve_group",
     "resolve_user",
@@ -541,13 +540,6 @@ def send_message(
             sock.send(data)
         else:
             sock.sendto(data, to.to_sockaddr())
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the peer, as the kernel recorded them at connect (SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
 
 
 # -- asyncio -----------------------------------------------------------------------------------

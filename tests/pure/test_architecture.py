@@ -64,3 +64,13 @@ def test_the_library_never_imports_its_command_line() -> None:
             if any(n == "udskit.cli" or n.startswith("udskit.cli.") for n in names):
                 offenders.append(f"{path.relative_to(SRC)}:{getattr(node, 'lineno', 0)}")
     assert not offenders, f"library modules import udskit.cli: {offenders}"
+
+
+def test_so_peercred_is_read_in_one_place() -> None:
+    """talk, relay, files and the admission check all go through udskit.ancillary."""
+    readers = [
+        str(path.relative_to(SRC))
+        for path in sorted(SRC.rglob("*.py"))
+        if "SO_PEERCRED," in path.read_text()
+    ]
+    assert readers == ["ancillary.py"]

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, BinaryIO, Final, final
 
 from udskit.access import Admission, FileFacts, PathFacts, may_connect, who_may_connect
 from udskit.address import UnixAddress
+from udskit.ancillary import peer_ucred
 from udskit.credswitch import connect_as, peer_identity
 from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
-from udskit.endpoints import DEFAULT_BACKLOG, Listener, peer_credentials
+from udskit.endpoints import DEFAULT_BACKLOG, Listener
 from udskit.errors import SocketError, UsageError
 from udskit.fsguard import path_facts
 from udskit.identity import Identity
@@ -423,7 +424,8 @@ class Relay:
             pid, identity = peer_identity(sock)
             uid, gid, groups = identity.uid, identity.gid, identity.groups
         else:
-            pid, uid, gid = peer_credentials(sock)
+            cred = peer_ucred(sock)
+            pid, uid, gid = cred.pid, cred.uid, cred.gid
         command = process_command(pid) if pid > 0 else None
         return ClientInfo(pid if pid > 0 else None, uid, gid, command, groups)
 
