@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "udskit"
-IO_MODULES = {"socket", "select", "selectors", "subprocess", "asyncio"}
+#: Standard library modules that talk to the kernel, the file system, other processes or
+#: threads: a pure module imports none of them.
+IO_MODULES = frozenset(
+    {
+        "asyncio", "ctypes", "fcntl", "gc", "glob", "grp", "http", "importlib", "mmap",
+        "multiprocessing", "os", "pathlib", "platform", "pty", "pwd", "queue", "resource",
+        "secrets", "select", "selectors", "shutil", "signal", "socket", "subprocess", "sys",
+        "tempfile", "termios", "threading", "time", "urllib",
+    }
+)  # fmt: skip
+#: Standard library modules that only compute.
+PURE_MODULES = frozenset(
+    {
+        "__future__", "argparse", "array", "base64", "collections", "contextlib",
+        "dataclasses", "datetime", "enum", "errno", "fnmatch", "functools", "hashlib",
+        "heapq", "io", "ipaddress", "itertools", "json", "marshal", "math", "operator",
+        "re", "shlex", "stat", "string", "struct", "textwrap", "types", "typing",
+    }
+)  # fmt: skip
+#: The few functions of I/O modules that only compute, which pure modules may call.
+PURE_FUNCTIONS = {
+    "os": {"fsencode", "fsdecode", "fspath", "PathLike", "strerror"},
+    "time": {"gmtime", "localtime", "strftime"},
+}
+
+
+def _stdlib_imports(tree: ast.AST) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return {name for name in found if name in sys.stdlib_module_names}
 
 
 def _pure_modules() -> list[Path]:
@@ -28,13 +62,32 @@ def test_there_are_pure_modules() -> None:
 @pytest.mark.parametrize("path", _pure_modules(), ids=lambda p: str(p.relative_to(SRC)))
 def test_pure_module_imports_no_io(path: Path) -> None:
     tree = ast.parse(path.read_text())
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & IO_MODULES, f"{path.name} is pure but imports {imported & IO_MODULES}"
+    io = _stdlib_imports(tree) & IO_MODULES
+    misused = {
+        f"{node.value.id}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in io
+        and node.attr not in PURE_FUNCTIONS.get(node.value.id, set())
+    }
+    from_imports = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in io
+    }
+    assert not io - PURE_FUNCTIONS.keys(), f"{path.name} is pure but imports {io}"
+    assert not misused and not from_imports, f"{path.name} is pure but uses {misused}"
+
+
+def test_every_stdlib_module_used_is_classified() -> None:
+    """A new import of the standard library is a decision: I/O, or pure."""
+    used: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        used |= _stdlib_imports(ast.parse(path.read_text()))
+    assert IO_MODULES.isdisjoint(PURE_MODULES)
+    unclassified = used - IO_MODULES - PURE_MODULES
+    assert not unclassified, f"classify these in tests/pure/test_architecture.py: {unclassified}"
 
 
 def test_every_module_says_whether_it_is_pure_or_io() -> None:
