@@ -25,7 +25,8 @@ from typing import Final
 
 from udskit.address import AddressKind, UnixAddress
 from udskit.errors import UdskitError, socket_error
-from udskit.inspect.owners import find_socket_owners, read_proc_net_unix
+from udskit.procfs import process_command, read_proc_net_unix, walk_socket_fds
+from udskit.safetext import escape_text
 from udskit.socktype import SocketType
 
 
@@ -260,8 +261,8 @@ def _entries_for(address: UnixAddress) -> list[tuple[int, int]]:
     """
     if address.kind not in (AddressKind.PATHNAME, AddressKind.ABSTRACT):
         return []
-    from udskit.inspect.lister import dump_unix_sockets
-    from udskit.inspect.sockdiag import Show, SockDiagError, SocketState, VfsInode
+    from udskit.netlink import dump_unix_sockets
+    from udskit.sockdiag import Show, SockDiagError, SocketState, VfsInode
 
     try:
         infos = dump_unix_sockets(Show.NAME | Show.VFS)
@@ -295,9 +296,12 @@ def bound_type(address: UnixAddress, exclude: SocketType | None = None) -> Socke
 
 def bound_owners(address: UnixAddress) -> str | None:
     """'pid 123 (redis-server)' for the processes holding a socket bound at `address`."""
-    inodes = [inode for inode, _ in _entries_for(address)]
-    owners = find_socket_owners(inodes)
-    found = sorted({str(o) for lst in owners.values() for o in lst})
+    inodes = {inode for inode, _ in _entries_for(address)}
+    if not inodes:
+        return None
+    triples, _facts = walk_socket_fds(inodes)
+    pids = set(triples[1::3])
+    found = sorted({f"pid {pid} ({escape_text(process_command(pid))})" for pid in pids})
     return ", ".join(found) if found else None
 
 

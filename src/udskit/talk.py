@@ -25,8 +25,8 @@ from udskit.address import AddressKind, UnixAddress
 from udskit.ancillary import peer_ucred
 from udskit.endpoints import Listener, recv_message, send_message
 from udskit.errors import PeerClosed, SocketError, UdskitError, UsageError, socket_error
-from udskit.inspect.owners import process_command
 from udskit.probe import explain, os_errors
+from udskit.procfs import process_command
 from udskit.safetext import escape_text
 from udskit.signals import start_worker
 from udskit.socktype import SocketType

@@ -128,3 +128,33 @@ def test_so_peercred_is_read_in_one_place() -> None:
         if "socket.SO_PEERCRED" in path.read_text()
     ]
     assert set(readers) <= {"ancillary.py", "capture/ebpf.py"}
+
+
+#: The modules every capability stands on: they import only each other (and the
+#: standard library), never a capability package (inspect, capture, relay, ...).
+FOUNDATION = frozenset(
+    {
+        "access", "address", "ancillary", "cmsg", "endpoints", "errors", "fsguard",
+        "identity", "netlink", "probe", "procfs", "procnet", "safetext", "signals",
+        "sockdiag", "socktype",
+    }
+)  # fmt: skip
+
+
+def _udskit_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("udskit.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("udskit."):
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(FOUNDATION))
+def test_the_foundation_imports_no_capability(name: str) -> None:
+    """probe.py (the error boundary every endpoint uses) once imported udskit.inspect,
+    and with it the fd scanner: the /proc and netlink readers it needs are below it now
+    (lazy imports inside functions count too)."""
+    above = {m for m in _udskit_imports(SRC / f"{name}.py") if m.split(".")[1] not in FOUNDATION}
+    assert not above, f"udskit.{name} imports {above}"

@@ -79,7 +79,6 @@ from udskit.fsguard import (
     write_state,
 )
 from udskit.identity import IdentityPlan, decide_identity, others_may_connect
-from udskit.inspect.fdscan import process_command, user_name
 from udskit.probe import (
     Liveness,
     bound_type,
@@ -89,6 +88,7 @@ from udskit.probe import (
     os_errors,
     probe_liveness,
 )
+from udskit.procfs import process_command, user_name
 from udskit.signals import signals_held, stop_signals_call
 from udskit.socktype import SocketType
 from udskit.tap import Tap

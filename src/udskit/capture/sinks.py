@@ -129,7 +129,7 @@ def _open_for_writing(path: str) -> tuple[int, bool]:
     st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode) and st.st_uid != os.geteuid():
         os.close(fd)
-        from udskit.inspect.fdscan import user_name
+        from udskit.procfs import user_name
 
         raise UsageError(
             f"cannot write {path}: it belongs to {user_name(st.st_uid)} (uid {st.st_uid}), "

@@ -39,8 +39,8 @@ from udskit.doctor.facts import (
 )
 from udskit.errors import AddressError, UsageError
 from udskit.inspect.owners import SocketOwner, scan_socket_owners
-from udskit.inspect.procfs import decode_proc_net_unix
-from udskit.inspect.sockdiag import Show, SockDiagError, SocketState, UnixSocketInfo, VfsInode
+from udskit.procnet import decode_proc_net_unix
+from udskit.sockdiag import Show, SockDiagError, SocketState, UnixSocketInfo, VfsInode
 from udskit.socktype import SocketType
 
 __all__ = ["gather_facts", "real_connect", "user_facts"]
@@ -349,7 +349,7 @@ def real_connect(
 
 # -- everything ------------------------------------------------------------------------
 def _dump() -> list[UnixSocketInfo] | None:
-    from udskit.inspect.lister import dump_unix_sockets
+    from udskit.netlink import dump_unix_sockets
 
     try:
         return dump_unix_sockets(_SHOW)

@@ -57,7 +57,7 @@ from udskit.files.wire import (
     send_message,
     tune,
 )
-from udskit.inspect.fdscan import process_command
+from udskit.procfs import process_command
 from udskit.signals import start_worker
 from udskit.socktype import SocketType
 

@@ -27,8 +27,8 @@ from udskit.endpoints import DEFAULT_BACKLOG, Listener
 from udskit.errors import SocketError, UsageError
 from udskit.fsguard import path_facts
 from udskit.identity import Identity
-from udskit.inspect.fdscan import user_name
 from udskit.peercred import PeerIdentity, identify_peer
+from udskit.procfs import user_name
 from udskit.relay.events import CopyMode, EventKind, RelayEvent, RelayStats, Throttle
 from udskit.relay.loop import IN, OUT, Loop, Timer
 from udskit.relay.sides import (
@@ -417,7 +417,7 @@ class Relay:
     def client_info(self, sock: socket.socket) -> ClientInfo:
         """SO_PEERCRED of a unix client, and its command from /proc/PID/comm (and its
         groups, SO_PEERGROUPS, when identities are carried)."""
-        from udskit.inspect.owners import process_command
+        from udskit.procfs import process_command
 
         groups: tuple[int, ...] | None = None
         if self.carry_identity:
