@@ -68,7 +68,14 @@ from udskit.capture.restoreplan import (
     plan_restore,
     plan_start,
 )
-from udskit.endpoints import DEFAULT_BACKLOG, Listener, directory_lock, open_listener
+from udskit.endpoints import (
+    DEFAULT_BACKLOG,
+    AddressLike,
+    Listener,
+    as_address,
+    directory_lock,
+    open_listener,
+)
 from udskit.errors import UsageError, socket_error
 from udskit.fsguard import (
     Directory,
@@ -452,11 +459,13 @@ class Takeover:
 
     def __init__(
         self,
-        path: str,
+        address: UnixAddress,
         sock_type: SocketType | None = None,
         backlog: int = DEFAULT_BACKLOG,
     ) -> None:
-        self.address = parse_address(path)
+        """`address` is a value, parsed once where the text came in (the CLI, or
+        `ProxyDump`); `parse_address` makes one from text."""
+        self.address = address
         if self.address.kind is not AddressKind.PATHNAME:
             raise UsageError(
                 f"{self.address} is not a socket file: the proxy engine can only take over "
@@ -467,6 +476,8 @@ class Takeover:
         hidden, staging = _new_names(self.name)
         directory = os.path.dirname(self.path)
         self.upstream = os.path.join(directory, hidden)
+        #: The value the relay connects to (made once, not per connection).
+        self.upstream_address = UnixAddress.pathname(self.upstream)
         self.staging = os.path.join(directory, staging)
         self.requested_type = sock_type
         self.sock_type = sock_type or SocketType.STREAM
@@ -730,10 +741,6 @@ class Takeover:
                     steps = tuple(s for s in plan.steps if s in _CLEANUP)
                     _carry_out(directory, self.name, record, replace(plan, steps=steps, reasons=()))
 
-    @property
-    def upstream_address(self) -> UnixAddress:
-        return UnixAddress.pathname(self.upstream)
-
 
 _CLEANUP: Final = frozenset({Step.DROP_HIDDEN, Step.DROP_STAGING, Step.FORGET})
 
@@ -763,10 +770,10 @@ class ProxyDump:
 
     def __init__(
         self,
-        target: str,
+        target: AddressLike,
         *,
         tap: Tap | None = None,
-        listen: str | None = None,
+        listen: AddressLike | None = None,
         sock_type: SocketType | None = None,
         grace: float = 2.0,
         allow_identity_change: bool = False,
@@ -775,13 +782,14 @@ class ProxyDump:
     ) -> None:
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
-        self.target = parse_address(target)
+        # Text is parsed here, once (the library's edge); a UnixAddress travels on as is.
+        self.target = as_address(target)
         self.allow_identity_change = allow_identity_change
         #: Decided in start(): whether clients keep their identity upstream.
         self.identity_plan: IdentityPlan | None = None
         #: Lines for the user about what the dump cannot see or changes (start()).
         self.warnings: list[str] = []
-        self.listen = parse_address(listen) if listen is not None else None
+        self.listen = as_address(listen) if listen is not None else None
         self.tap = tap
         self.grace = grace
         self.sock_type = sock_type
@@ -793,7 +801,7 @@ class ProxyDump:
         self._closed = False
         self._notes: list[str] = []
         if self.listen is None:
-            self.takeover = Takeover(target, sock_type)
+            self.takeover = Takeover(self.target, sock_type)
 
     @property
     def display_path(self) -> str:
