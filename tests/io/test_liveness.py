@@ -127,3 +127,18 @@ def test_a_file_we_may_not_connect_to_is_unknown(peers: Peers, sockdir: Path) ->
     assert as_nobody.returncode == 0 and str(dead).encode() not in as_nobody.stdout
     as_root = peers.udskit_run("ls", "--stale", sockdir)
     assert str(dead).encode() in as_root.stdout
+
+
+def test_listen_never_replaces_a_file_it_may_not_probe(peers: Peers, sockdir: Path) -> None:
+    """The same UNKNOWN in listen's safe bind: nobody is told, and the file stays."""
+    dead = sockdir / "theirs.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(dead))
+    s.close()
+    os.chmod(dead, 0o600)
+    out = peers.run(*Peers.as_nobody(*UDSKIT, "listen", dead))
+    assert out.returncode == 1
+    line = out.stderr.decode()
+    assert line.count("\n") == 1, line
+    assert "we may not check whether it is live" in line
+    assert dead.exists()
