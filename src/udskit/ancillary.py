@@ -146,15 +146,24 @@ def peer_credentials(sock: socket.socket, *, pidfd: bool = True) -> PeerCredenti
     with `pidfd` (SO_PEERPIDFD, Linux >= 6.5) the caller gets a descriptor that keeps
     naming the peer, or says it exited. Where the kernel lacks it, `pidfd` is None.
     """
+    cred = peer_ucred(sock)
+    groups = peer_groups(sock)
+    label = _peer_label(sock)
+    fd = peer_pidfd(sock) if pidfd else None
+    return PeerCredentials(cred.pid, cred.uid, cred.gid, groups, fd, label)
+
+
+def peer_ucred(sock: socket.socket) -> Credentials:
+    """Only the peer's pid, uid and gid at connect() (SO_PEERCRED): one getsockopt, for
+    the servers that check every connection (talk, relay, files). `peer_credentials`
+    adds the groups, a pidfd and the LSM label. The pid is 0 for a peer in another pid
+    namespace that the kernel cannot map."""
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     except OSError as exc:
         raise socket_error("peer credentials", _where(sock), exc.errno or errno.EIO) from exc
     cred = decode_ucred(raw)
-    groups = peer_groups(sock)
-    label = _peer_label(sock)
-    fd = peer_pidfd(sock) if pidfd else None
-    return PeerCredentials(cred.pid, cred.uid, cred.gid, groups, fd, label)
+    return Credentials(cred.pid, cred.uid, cred.gid)
 
 
 def peer_groups(sock: socket.socket) -> tuple[int, ...]:

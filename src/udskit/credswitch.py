@@ -20,10 +20,9 @@ import errno
 import os
 import platform
 import socket
-import struct
 from typing import Final
 
-from udskit.ancillary import peer_groups
+from udskit.ancillary import peer_groups, peer_ucred
 from udskit.errors import SocketError
 from udskit.identity import Identity, can_switch, parse_cap_eff
 
@@ -35,7 +34,6 @@ __all__ = [
     "switching_possible",
 ]
 
-_UCRED: Final = struct.Struct("3i")
 
 #: (setgroups, setresuid, setresgid) per architecture (unistd.h of each).
 _SYSCALLS: Final = {
@@ -117,8 +115,8 @@ def process_groups(pid: int) -> tuple[int, ...]:
 def peer_identity(sock: socket.socket) -> tuple[int, Identity]:
     """(pid, Identity) of a connected unix socket's peer (SO_PEERCRED, SO_PEERGROUPS
     through `udskit.ancillary`)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
+    cred = peer_ucred(sock)
+    pid, uid, gid = cred.pid, cred.uid, cred.gid
     try:
         groups = peer_groups(sock)
     except SocketError:  # more groups than CPython's getsockopt returns (1 KiB): /proc

@@ -31,7 +31,7 @@ from udskit.address import (
 )
 from udskit.errors import AddressError, UsageError, socket_error
 from udskit.fsguard import Directory, FileSwapped, exclusive, socket_file_inode
-from udskit.probe import bound_owners, file_kind, os_errors
+from udskit.probe import Liveness, bound_owners, file_kind, os_errors, probe_liveness
 from udskit.signals import signals_held
 from udskit.socktype import SocketType
 
@@ -50,7 +50,6 @@ __all__ = [
     "open_connection_async",
     "open_listener",
     "open_socketpair",
-    "peer_credentials",
     "recv_message",
     "resolve_group",
     "resolve_user",
@@ -447,12 +446,10 @@ def _in_use(addr: UnixAddress, detail: str) -> Exception:
 def _remove_if_stale(addr: UnixAddress, directory: Directory) -> bool:
     """Unlink the file at `addr` if it is a socket file with no socket behind it.
 
-    The probe is a datagram connect(): the kernel answers ECONNREFUSED when no socket
-    is bound to that inode (stale), EPROTOTYPE when a socket of another type is bound
-    (live, even if it has not called listen() yet), and succeeds for a bound datagram
-    socket. It never creates a connection on a live server (unix_find_other in
-    net/unix/af_unix.c). The probe goes by path: if another user swaps the file in
-    between, the inode check before unlink notices and we look again.
+    `probe_liveness` decides (a datagram connect(), which never creates a connection
+    on a live server; see its table): only STALE is removed, UNKNOWN (we may not
+    connect) is refused, never guessed. The probe goes by path: if another user swaps
+    the file in between, the inode check before unlink notices and we look again.
     """
     path = addr.path
     name = os.path.basename(path)
@@ -465,22 +462,17 @@ def _remove_if_stale(addr: UnixAddress, directory: Directory) -> bool:
             f"{path} is a {file_kind(before.st_mode)}, not a socket; udskit never removes "
             "it: move it away or pick another path",
         )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.connect(addr.to_sockaddr())
-    except OSError as exc:
-        if exc.errno != errno.ECONNREFUSED:
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                raise _in_use(
-                    addr,
-                    "a socket file exists there and we may not check whether it is live; "
-                    "remove it yourself if its server is dead",
-                ) from None
-            raise _LiveThere from None
-    else:
+    verdict = probe_liveness(addr.to_sockaddr())
+    if verdict is Liveness.GONE:
+        return False  # gone meanwhile: just bind again
+    if verdict is Liveness.UNKNOWN:
+        raise _in_use(
+            addr,
+            "a socket file exists there and we may not check whether it is live; "
+            "remove it yourself if its server is dead",
+        )
+    if verdict is Liveness.LIVE:
         raise _LiveThere
-    finally:
-        probe.close()
     # Only the inode that was probed, and relative to the directory that was checked
     # (unlink never follows a symlink, but the directory on the way might change).
     return directory.unlink_if(name, (before.st_dev, before.st_ino))
@@ -598,13 +590,6 @@ def send_message(
             sock.send(data)
         else:
             sock.sendto(data, to.to_sockaddr())
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the peer, as the kernel recorded them at connect (SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
 
 
 # -- asyncio -----------------------------------------------------------------------------------

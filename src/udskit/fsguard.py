@@ -193,8 +193,8 @@ def socket_file_inode(sock: Any) -> Inode | None:
     """The (st_dev, st_ino) of the file `sock` is bound to, as the kernel knows it
     (sock_diag UNIX_DIAG_VFS): the one fact about a socket file an attacker cannot
     swap. None where sock_diag is not available."""
-    from udskit.inspect.lister import query_unix_socket
-    from udskit.inspect.sockdiag import Show
+    from udskit.netlink import query_unix_socket
+    from udskit.sockdiag import Show
 
     try:
         info = query_unix_socket(os.fstat(sock.fileno()).st_ino, Show.VFS)
@@ -304,7 +304,7 @@ def _open_private(path: str, flags: int) -> int:
 
 def _lock_holder(fd: int) -> str:
     """Who holds the flock on `fd`: from /proc/locks (dev as MAJ:MIN in hex, inode)."""
-    from udskit.inspect.fdscan import process_command
+    from udskit.procfs import process_command
 
     st = os.fstat(fd)
     wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"

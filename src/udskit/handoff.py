@@ -245,8 +245,8 @@ def adopt_listener(sock: socket.socket) -> Listener:
         from udskit.fsguard import Directory
 
         with suppress(OSError, UdskitError, ValueError):
-            from udskit.inspect.lister import query_unix_socket
-            from udskit.inspect.sockdiag import Show
+            from udskit.netlink import query_unix_socket
+            from udskit.sockdiag import Show
 
             # Held open, so that close() removes the name relative to this directory,
             # and only while it is still this socket's file (Listener.close).

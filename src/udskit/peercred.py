@@ -17,8 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final, final
 
-from udskit.ancillary import peer_groups
-from udskit.endpoints import peer_credentials
+from udskit.ancillary import peer_groups, peer_ucred
 from udskit.errors import UdskitError
 
 __all__ = ["PeerIdentity", "identify_peer", "tcp_peer_uid"]
@@ -106,7 +105,8 @@ def _user_groups(uid: int) -> tuple[int | None, tuple[int, ...]]:
 def identify_peer(sock: socket.socket) -> PeerIdentity:
     """The credentials an admission check may go by (Nones when unknown)."""
     if sock.family == socket.AF_UNIX:
-        _pid, peer_uid, peer_gid = peer_credentials(sock)
+        cred = peer_ucred(sock)
+        peer_uid, peer_gid = cred.uid, cred.gid
         try:
             groups = peer_groups(sock)
         except UdskitError:  # the kernel would not say: judge by uid and gid alone

@@ -5,21 +5,28 @@ syscall udskit makes on an address. On failure it looks around, read-only and wi
 side effects on anybody's sockets (no connection is ever made to a live server): which
 path component is missing, which permission is lacking, the real type of the socket
 there, who holds a bound name. The wording lives in `udskit.errors`.
+
+`probe_liveness()` is the one test of whether a socket file has a server behind it;
+`judge_liveness()` is its pure decision, one table from the errno of a test connect()
+to live / stale / unknown / gone (see LIVENESS_TABLE for each row and why).
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import pwd
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from typing import Final
 
 from udskit.address import AddressKind, UnixAddress
 from udskit.errors import UdskitError, socket_error
-from udskit.inspect.owners import find_socket_owners, read_proc_net_unix
+from udskit.procfs import process_command, read_proc_net_unix, walk_socket_fds
+from udskit.safetext import escape_text
 from udskit.socktype import SocketType
 
 
@@ -254,8 +261,8 @@ def _entries_for(address: UnixAddress) -> list[tuple[int, int]]:
     """
     if address.kind not in (AddressKind.PATHNAME, AddressKind.ABSTRACT):
         return []
-    from udskit.inspect.lister import dump_unix_sockets
-    from udskit.inspect.sockdiag import Show, SockDiagError, SocketState, VfsInode
+    from udskit.netlink import dump_unix_sockets
+    from udskit.sockdiag import Show, SockDiagError, SocketState, VfsInode
 
     try:
         infos = dump_unix_sockets(Show.NAME | Show.VFS)
@@ -289,9 +296,12 @@ def bound_type(address: UnixAddress, exclude: SocketType | None = None) -> Socke
 
 def bound_owners(address: UnixAddress) -> str | None:
     """'pid 123 (redis-server)' for the processes holding a socket bound at `address`."""
-    inodes = [inode for inode, _ in _entries_for(address)]
-    owners = find_socket_owners(inodes)
-    found = sorted({str(o) for lst in owners.values() for o in lst})
+    inodes = {inode for inode, _ in _entries_for(address)}
+    if not inodes:
+        return None
+    triples, _facts = walk_socket_fds(inodes)
+    pids = set(triples[1::3])
+    found = sorted({f"pid {pid} ({escape_text(process_command(pid))})" for pid in pids})
     return ", ".join(found) if found else None
 
 
@@ -305,3 +315,112 @@ def is_bound(address: UnixAddress, *, listening: bool | None = None) -> bool:
         e.name in wanted and (listening is None or e.listening == listening)
         for e in read_proc_net_unix()
     )
+
+
+# -- liveness of a socket file -------------------------------------------------------------
+class Liveness(enum.Enum):
+    """What a test connect() proved about the socket file at a path."""
+
+    LIVE = "live"  #: a socket is bound to the file's inode: never replace it
+    STALE = "stale"  #: no socket is bound to the file's inode: safe to replace
+    UNKNOWN = "unknown"  #: not proven either way: never replace, never call it stale
+    GONE = "gone"  #: nothing at the path (any more)
+
+
+_EVERY_TYPE: Final = tuple(SocketType)
+_CONNECTING_TYPES: Final = (SocketType.STREAM, SocketType.SEQPACKET)
+
+#: (probe type, errno of connect(), 0 for success) -> (verdict, why). Kernel functions
+#: cited are in net/unix/af_unix.c. Anything not in the table is UNKNOWN: udskit never
+#: replaces or calls stale what it has not proven dead.
+LIVENESS_TABLE: Final[Mapping[tuple[SocketType, int], tuple[Liveness, str]]] = {
+    **{
+        (t, errno.ENOENT): (Liveness.GONE, "the path names nothing (removed meanwhile)")
+        for t in _EVERY_TYPE
+    },
+    **{
+        (t, errno.ENOTDIR): (Liveness.GONE, "a directory on the way is a file now")
+        for t in _EVERY_TYPE
+    },
+    **{
+        (t, errno.EACCES): (
+            Liveness.UNKNOWN,
+            "no write permission on the file (unix_find_bsd asks before looking for a "
+            "socket), or an LSM refused after finding one: not proven stale",
+        )
+        for t in _EVERY_TYPE
+    },
+    **{
+        (t, errno.EPROTOTYPE): (
+            Liveness.LIVE,
+            "a socket of another type is bound to the inode, listening or not yet",
+        )
+        for t in _EVERY_TYPE
+    },
+    (SocketType.DGRAM, 0): (
+        Liveness.LIVE,
+        "a datagram socket is bound there; connecting one made no connection on it",
+    ),
+    (SocketType.DGRAM, errno.ECONNREFUSED): (
+        Liveness.STALE,
+        "unix_find_bsd found no socket bound to the inode (a datagram connect is "
+        "refused for nothing else once the file is known to be a socket)",
+    ),
+    (SocketType.DGRAM, errno.EPERM): (
+        Liveness.LIVE,
+        "a datagram socket is bound there and connected to another peer "
+        "(unix_may_send); a socket inode cannot be made immutable, the other EPERM",
+    ),
+    **{
+        (t, 0): (Liveness.LIVE, "a listener accepted the connection (one was made!)")
+        for t in _CONNECTING_TYPES
+    },
+    **{
+        (t, errno.EAGAIN): (Liveness.LIVE, "a listener is there with a full backlog")
+        for t in _CONNECTING_TYPES
+    },
+    **{
+        (t, errno.ECONNREFUSED): (
+            Liveness.UNKNOWN,
+            "no socket bound, or one bound that does not listen yet (a server between "
+            "bind and listen, unix_stream_connect): only a datagram probe tells them apart",
+        )
+        for t in _CONNECTING_TYPES
+    },
+}
+
+
+def judge_liveness(probe_type: SocketType, err: int, *, is_socket: bool = True) -> Liveness:
+    """Pure: the verdict of a test connect() of type `probe_type` that ended in `err`
+    (0 for success) on a path whose file `is_socket` (a regular file answers
+    ECONNREFUSED too, and is not a stale socket). See LIVENESS_TABLE."""
+    verdict, _why = LIVENESS_TABLE.get((probe_type, err), (Liveness.UNKNOWN, ""))
+    if verdict is Liveness.STALE and not is_socket:
+        return Liveness.UNKNOWN
+    return verdict
+
+
+def probe_liveness(path: str | bytes, probe_type: SocketType = SocketType.DGRAM) -> Liveness:
+    """Is a socket bound behind the socket file at `path`? One non-blocking connect()
+    of `probe_type`, judged by `judge_liveness`.
+
+    The default datagram probe is the one to use: it never makes a connection on a live
+    server (unix_dgram_connect only records a peer), sees sockets bound from another
+    network namespace (which sock_diag cannot), and its ECONNREFUSED proves that no
+    socket holds the inode. The path is followed like connect() follows it; a caller
+    that will unlink must compare the inode it probed with the one it removes.
+    """
+    sock = socket.socket(
+        socket.AF_UNIX, probe_type.kernel | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    )
+    try:
+        err = sock.connect_ex(path)
+    finally:
+        sock.close()
+    is_socket = True
+    if judge_liveness(probe_type, err) is Liveness.STALE:
+        try:
+            is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
+        except OSError:
+            return Liveness.GONE
+    return judge_liveness(probe_type, err, is_socket=is_socket)

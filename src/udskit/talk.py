@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final, Protocol, final
 
 from udskit.address import AddressKind, UnixAddress
-from udskit.endpoints import Listener, peer_credentials, recv_message, send_message
+from udskit.ancillary import peer_ucred
+from udskit.endpoints import Listener, recv_message, send_message
 from udskit.errors import PeerClosed, SocketError, UdskitError, UsageError, socket_error
-from udskit.inspect.owners import process_command
 from udskit.probe import explain, os_errors
+from udskit.procfs import process_command
 from udskit.safetext import escape_text
 from udskit.signals import start_worker
 from udskit.socktype import SocketType
@@ -190,7 +191,8 @@ def _serve_connections(
                 raise
             if stop is not None:
                 conn.setblocking(True)
-            pid, uid, gid = peer_credentials(conn)
+            cred = peer_ucred(conn)
+            pid, uid, gid = cred.pid, cred.uid, cred.gid
             if not options.peers.allows(uid, gid, conn):
                 log(f"refused a client: pid {pid} uid {uid} gid {gid} is not allowed")
                 conn.close()

@@ -377,3 +377,35 @@ def test_ls_works_with_sigchld_ignored() -> None:
         assert out.returncode == 0, out.stderr
         found = [s for s in json.loads(out.stdout) if s["inode"] == os.fstat(mine.fileno()).st_ino]
         assert [p["pid"] for p in found[0]["processes"]] == [os.getpid()]
+
+
+@pytest.mark.parametrize(
+    ("flags", "extra"),
+    [
+        ([], set()),  # the fast path: JSON text built straight from the tuples
+        (["-p"], set()),
+        (["--memory"], {"meminfo"}),
+        (["--connections"], {"connections"}),
+        (["--proc"], set()),  # /proc/net/unix: same keys, more nulls
+    ],
+)
+def test_ls_json_keys_are_the_record_fields(flags: list[str], extra: set[str]) -> None:
+    """Every socket `udskit ls --json` prints has exactly the fields of the one record,
+    `UnixSocket` (but `vfs`, which only the lister needs), whichever path printed it."""
+    from udskit.sockdiag import UnixSocket
+
+    wanted = set(UnixSocket._fields) - {"vfs", "meminfo"} | extra
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mine:  # at least ours
+        mine.bind(b"\0udskit-test-record-" + str(os.getpid()).encode())
+        mine.listen()
+        out = subprocess.run(
+            [*UDSKIT, "ls", "--json", *flags], capture_output=True, check=True, timeout=60
+        )
+        inode = os.fstat(mine.fileno()).st_ino
+    sockets = json.loads(out.stdout)
+    assert any(s["inode"] == inode for s in sockets)
+    for sock in sockets:
+        keys = set(sock)
+        if "meminfo" in extra:  # the kernel may leave it out for a socket
+            keys |= {"meminfo"}
+        assert keys == wanted, sock

@@ -16,7 +16,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from udskit.inspect.sockdiag import NLMSG_DONE, Show, build_request
+from udskit.sockdiag import NLMSG_DONE, Show, build_request
 
 HERE = Path(__file__).resolve().parent
 

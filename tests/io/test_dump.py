@@ -325,6 +325,7 @@ def dead_socket_file(path: str) -> None:
 KILLED_TAKEOVER = """\
 import os, signal, sys
 from udskit.capture import proxy
+from udskit.address import parse_address
 from udskit.capture.proxy import Takeover
 real = os
 counts = {}
@@ -340,7 +341,7 @@ class Hooked:
     def rename(self, *a, **k):
         real.rename(*a, **k); hook("rename")
 proxy.os = Hooked()
-t = Takeover(sys.argv[1])
+t = Takeover(parse_address(sys.argv[1]))
 t.start()
 t.restore()
 t.close()

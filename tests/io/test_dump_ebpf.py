@@ -60,7 +60,7 @@ def connections_of(address: str) -> list[tuple[int, int | None]]:
     """(inode, peer inode) of the connected sockets that carry `address` (accepted)."""
     from udskit.address import parse_address
     from udskit.inspect.lister import dump_unix_sockets
-    from udskit.inspect.sockdiag import Show, SocketState
+    from udskit.sockdiag import Show, SocketState
 
     wanted = parse_address(address)
     found = []

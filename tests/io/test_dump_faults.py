@@ -31,7 +31,8 @@ from tests.io.test_dump import (
     stop_dump,
     wait_for,
 )
-from udskit.capture import proxy, sinks
+from udskit.address import parse_address
+from udskit.capture import pcapwriter, proxy, writerproc, writerwire
 from udskit.capture.events import EventKind
 from udskit.capture.pcapng import decode_events
 from udskit.capture.proxy import Takeover
@@ -189,7 +190,7 @@ def test_a_signal_between_link_and_rename_in_start_is_held(
             ctrl_c_to_main_thread()
 
     hooked_os.after_link = ctrl_c
-    takeover = Takeover(str(sock))
+    takeover = Takeover(parse_address(str(sock)))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     try:
         with pytest.raises(KeyboardInterrupt):  # delivered once the rename is recorded
@@ -221,7 +222,7 @@ def test_an_exception_right_after_the_rename_puts_the_original_back(
 
     hooked_os.after_rename = interrupt
     with pytest.raises(KeyboardInterrupt):
-        Takeover(str(sock)).start()
+        Takeover(parse_address(str(sock))).start()
     assert_restored(sock, original)
     assert exchange(sock) == b"PING"
 
@@ -237,7 +238,7 @@ def test_an_exception_right_after_the_link_leaves_path_alone(
 
     hooked_os.after_link = interrupt
     with pytest.raises(KeyboardInterrupt):
-        Takeover(str(sock)).start()
+        Takeover(parse_address(str(sock))).start()
     assert_restored(sock, original)
     assert exchange(sock) == b"PING"
 
@@ -383,9 +384,9 @@ def test_a_stopped_writer_neither_slows_traffic_nor_loses_records(
 def test_beyond_the_backlog_chunks_are_kept_as_lengths_then_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sinks, "BACKLOG_BYTES", 2 << 20)
+    monkeypatch.setattr(pcapwriter, "BACKLOG_BYTES", 2 << 20)
     pcap = tmp_path / "loss.pcapng"
-    writer = sinks.PcapngWriter(str(pcap))
+    writer = pcapwriter.PcapngWriter(str(pcap))
     writer.begin()
     assert writer.proc is not None
     os.kill(writer.proc.pid, signal.SIGSTOP)
@@ -395,7 +396,7 @@ def test_beyond_the_backlog_chunks_are_kept_as_lengths_then_counted(
         for i in range(200):  # 12 MB: pipe + spool-less writer + backlog overflow
             writer.data(1, Direction.C2S, chunk, len(chunk), 2 + i)
         assert writer.flush() is True  # never blocks; records wait
-        assert writer.backlog <= 2 * (2 << 20) + sinks.FLUSH_BYTES
+        assert writer.backlog <= 2 * (2 << 20) + writerwire.FLUSH_BYTES
         writer.closed(1, Direction.C2S, 10**6)
     finally:
         os.kill(writer.proc.pid, signal.SIGCONT)
@@ -451,13 +452,13 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.fixture
-def writer_and_encoder() -> Iterator[Callable[[Path], tuple[sinks.PcapngWriter, int]]]:
+def writer_and_encoder() -> Iterator[Callable[[Path], tuple[pcapwriter.PcapngWriter, int]]]:
     """Starts PcapngWriters; returns each with its encoder's pid. At teardown, even
     after a failure, each writer's process group (writer and encoder) is killed."""
-    started: list[sinks.PcapngWriter] = []
+    started: list[pcapwriter.PcapngWriter] = []
 
-    def start(pcap: Path) -> tuple[sinks.PcapngWriter, int]:
-        writer = sinks.PcapngWriter(str(pcap))
+    def start(pcap: Path) -> tuple[pcapwriter.PcapngWriter, int]:
+        writer = pcapwriter.PcapngWriter(str(pcap))
         writer.begin()
         started.append(writer)
         assert writer.proc is not None
@@ -466,7 +467,7 @@ def writer_and_encoder() -> Iterator[Callable[[Path], tuple[sinks.PcapngWriter, 
         # Its set-up done (PR_SET_PDEATHSIG comes before its nice value): a test that
         # stopped it earlier froze it before it could arrange to die with the writer.
         wait_for(
-            lambda: os.getpriority(os.PRIO_PROCESS, encoder) == sinks.ENCODER_NICE,
+            lambda: os.getpriority(os.PRIO_PROCESS, encoder) == writerproc.ENCODER_NICE,
             what="the encoder's set-up",
         )
         return writer, encoder
@@ -484,7 +485,7 @@ def writer_and_encoder() -> Iterator[Callable[[Path], tuple[sinks.PcapngWriter, 
 
 
 def test_a_starved_encoder_loses_nothing_and_frees_each_spool_file_once_encoded(
-    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[sinks.PcapngWriter, int]]
+    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[pcapwriter.PcapngWriter, int]]
 ) -> None:
     # The encoder only gets idle CPU (SCHED_IDLE): stopped outright, records must wait
     # on disk, not in the proxy, and each spool file must go once it is encoded.
@@ -506,7 +507,7 @@ def test_a_starved_encoder_loses_nothing_and_frees_each_spool_file_once_encoded(
         # never grows past one spool file (and the next chunk).
         assert writer.proc is not None
         wait_for(lambda: writer_spool_size(writer.proc.pid) > 0, what="the spool")
-        assert writer_spool_size(writer.proc.pid) <= sinks.SPOOL_FILE_BYTES + (2 << 20)
+        assert writer_spool_size(writer.proc.pid) <= writerproc.SPOOL_FILE_BYTES + (2 << 20)
     finally:
         os.kill(encoder, signal.SIGCONT)
     wait_for(
@@ -525,7 +526,7 @@ def test_a_starved_encoder_loses_nothing_and_frees_each_spool_file_once_encoded(
 
 
 def test_a_second_ctrl_c_stops_the_encoder_too(
-    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[sinks.PcapngWriter, int]]
+    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[pcapwriter.PcapngWriter, int]]
 ) -> None:
     writer, encoder = writer_and_encoder(tmp_path / "cut.pcapng")
     os.kill(encoder, signal.SIGSTOP)  # far behind: closing would wait for it
@@ -543,7 +544,7 @@ def test_a_second_ctrl_c_stops_the_encoder_too(
 
 
 def test_when_the_records_end_the_encoder_leaves_the_idle_class(
-    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[sinks.PcapngWriter, int]]
+    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[pcapwriter.PcapngWriter, int]]
 ) -> None:
     # While traffic flows the encoder only gets idle CPU; once the pipe ends nothing
     # needs the CPU more than finishing the file, even on a busy machine.
@@ -564,7 +565,7 @@ def test_when_the_records_end_the_encoder_leaves_the_idle_class(
 
 def test_a_user_who_could_not_undo_sched_idle_keeps_a_normal_encoder(peers: Peers) -> None:
     peers.require("setpriv")
-    probe = "from udskit.capture.sinks import _can_leave_idle_class as c; print(c())"
+    probe = "from udskit.capture.writerproc import can_leave_idle_class as c; print(c())"
     as_root = peers.run(sys.executable, "-c", probe)
     assert (as_root.returncode, as_root.stdout) == (0, b"True\n"), as_root.stderr.decode()
     nice = resource.getrlimit(resource.RLIMIT_NICE)
@@ -575,8 +576,28 @@ def test_a_user_who_could_not_undo_sched_idle_keeps_a_normal_encoder(peers: Peer
     assert (as_nobody.returncode, as_nobody.stdout) == (0, b"False\n"), as_nobody.stderr.decode()
 
 
+def test_in_a_rootless_container_the_encoder_is_not_stuck_in_sched_idle(peers: Peers) -> None:
+    """Root of a new user namespace has every capability in CapEff, but the kernel asks
+    for CAP_SYS_NICE in the initial namespace: reading CapEff said yes here, and the
+    encoder could never leave SCHED_IDLE. Trying says no (with RLIMIT_NICE 0)."""
+    peers.require("unshare")
+    if resource.getrlimit(resource.RLIMIT_NICE)[0] != 0:
+        pytest.skip("RLIMIT_NICE is not 0 here, so anyone may leave SCHED_IDLE")
+    probe = (
+        "from udskit.capture.writerproc import can_leave_idle_class as c; "
+        "lines = open('/proc/self/status').read().splitlines(); "
+        "cap = next(int(l.split()[1], 16) for l in lines if l.startswith('CapEff:')); "
+        "print(bool(cap >> 23 & 1), c())"
+    )
+    out = peers.run("unshare", "--user", "--map-root-user", sys.executable, "-c", probe)
+    if out.returncode != 0 and b"unshare" in out.stderr:
+        pytest.skip(f"no user namespaces here: {out.stderr.decode().strip()}")
+    # CapEff claims CAP_SYS_NICE; the trial knows better.
+    assert out.stdout == b"True False\n", out.stderr.decode()
+
+
 def test_a_killed_writer_takes_its_encoder_along_and_the_proxy_hears_at_once(
-    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[sinks.PcapngWriter, int]]
+    tmp_path: Path, writer_and_encoder: Callable[[Path], tuple[pcapwriter.PcapngWriter, int]]
 ) -> None:
     writer, encoder = writer_and_encoder(tmp_path / "killed.pcapng")
     os.kill(encoder, signal.SIGSTOP)  # an encoder far behind

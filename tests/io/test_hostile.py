@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import Peer, Peers
 from tests.io.test_dump import assert_restored, start_dump, stop_dump, wait_for
+from udskit.address import parse_address
 from udskit.capture.proxy import Takeover, leftover_names, restore_leftovers
 from udskit.endpoints import open_listener
 from udskit.errors import SocketError, UdskitError
@@ -170,7 +171,7 @@ def test_symlink_swaps_never_reach_a_root_file_through_dump(
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 server = _serve_forever(path, 0o666)
-            takeover = Takeover(str(path))
+            takeover = Takeover(parse_address(str(path)))
             try:
                 takeover.start()
                 takeover.restore()
@@ -201,7 +202,7 @@ def test_symlink_swaps_never_reach_a_root_file_through_dump(
         os.unlink(path)
     server = _serve_forever(path, 0o666)
     try:
-        takeover = Takeover(str(path))
+        takeover = Takeover(parse_address(str(path)))
         takeover.start()
         takeover.restore()
         takeover.close()

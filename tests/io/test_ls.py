@@ -24,7 +24,7 @@ from udskit.inspect.lister import (
 )
 from udskit.inspect.listing import FileState, SocketFilter, Source
 from udskit.inspect.render import json_document, socket_to_json
-from udskit.inspect.sockdiag import SocketState
+from udskit.sockdiag import SocketState
 from udskit.socktype import SocketType
 
 

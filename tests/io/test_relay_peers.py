@@ -68,7 +68,7 @@ def start_relay(peers: Peers, *args: str, tcp_port: int | None = None) -> Peer:
 
 def _listens_at(path: Path) -> Callable[[], bool]:
     from udskit.inspect.lister import bound_socket_at
-    from udskit.inspect.sockdiag import SocketState
+    from udskit.sockdiag import SocketState
 
     def check() -> bool:
         found = bound_socket_at(path)

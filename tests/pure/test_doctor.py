@@ -35,7 +35,7 @@ from udskit.doctor import (
     may_access,
     show,
 )
-from udskit.inspect.sockdiag import SocketState
+from udskit.sockdiag import SocketState
 from udskit.socktype import SocketType
 
 ROOT: Final = UserFacts("root", 0, 0)

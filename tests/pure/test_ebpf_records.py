@@ -17,7 +17,7 @@ from udskit.capture.ebpf_records import (
     direction_of,
     plan_watch,
 )
-from udskit.inspect.sockdiag import SocketState, UnixSocketInfo, VfsInode
+from udskit.sockdiag import SocketState, UnixSocketInfo, VfsInode
 from udskit.socktype import SocketType
 from udskit.tap import Direction
 

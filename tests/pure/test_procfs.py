@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from udskit.inspect.procfs import decode_proc_net_unix, socket_inode_of_link
+from udskit.procnet import decode_proc_net_unix, socket_inode_of_link
 
 HEADER = b"Num       RefCount Protocol Flags    Type St Inode Path\n"
 

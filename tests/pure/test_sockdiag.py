@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from udskit.address import AddressKind, UnixAddress, format_address, parse_address
-from udskit.inspect.procfs import decode_proc_net_unix, info_from_proc_entry
-from udskit.inspect.sockdiag import (
+from udskit.procnet import decode_proc_net_unix, info_from_proc_entry
+from udskit.sockdiag import (
     NLMSG_DONE,
     NLMSG_ERROR,
     SOCK_DIAG_BY_FAMILY,
@@ -317,3 +317,47 @@ def test_truncated_message_is_refused() -> None:
     raw = message(1, *common_attrs())
     with pytest.raises(ValueError, match="truncated"):
         decode_replies(raw[:-4])
+
+
+def test_one_record_layout_for_a_listed_socket() -> None:
+    """UnixSocket is the one layout: the decoders, the lister's joins (by position),
+    the fast JSON renderer and `udskit ls --json` all follow this field list."""
+    from udskit.inspect.listing import UnixSocket as ListedSocket
+    from udskit.sockdiag import KERNEL_FIELDS, UnixSocket, UnixSocketInfo
+
+    assert UnixSocket is UnixSocketInfo is ListedSocket
+    assert UnixSocket._fields == (
+        "inode", "type", "state", "address", "vfs", "peer_inode", "pending", "recv_q",
+        "send_q", "shutdown", "uid", "cookie", "meminfo",
+        "processes", "peer_processes", "peer_address", "file",
+    )  # fmt: skip
+    assert UnixSocket._fields[KERNEL_FIELDS:] == (
+        "processes",
+        "peer_processes",
+        "peer_address",
+        "file",
+    )
+    assert UnixSocket._field_defaults == {
+        "processes": (),
+        "peer_processes": (),
+        "peer_address": None,
+        "file": None,
+    }
+
+
+@pytest.mark.parametrize("name", ["unix_diag_kinds.bin", "unix_diag_kinds_meminfo.bin"])
+def test_decoded_records_are_whole_with_nothing_joined(name: str) -> None:
+    """The decoder builds records with tuple.__new__, which checks no length: a record
+    one field short would fail only when that field is read."""
+    from udskit.sockdiag import UnixSocket
+
+    infos = decode_all((DATA / name).read_bytes())
+    assert infos
+    for info in infos.values():
+        assert len(info) == len(UnixSocket._fields)
+        assert (info.processes, info.peer_processes, info.peer_address, info.file) == (
+            (),
+            (),
+            None,
+            None,
+        )

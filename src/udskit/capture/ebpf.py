@@ -51,9 +51,9 @@ from udskit.capture.ebpf_records import (
     plan_watch,
 )
 from udskit.errors import BpfUnavailable, UdskitError
-from udskit.inspect.fdscan import process_command, walk_socket_fds
-from udskit.inspect.sockdiag import Show, VfsInode
+from udskit.procfs import process_command, walk_socket_fds
 from udskit.signals import start_worker, stop_signals_call
+from udskit.sockdiag import Show, VfsInode
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Direction, Tap
 
@@ -349,7 +349,7 @@ class EbpfDump:
             os.close(gate_w)
 
     def _plan(self) -> Plan:
-        from udskit.inspect.lister import dump_unix_sockets
+        from udskit.netlink import dump_unix_sockets
 
         try:
             sockets = dump_unix_sockets(Show.NAME | Show.VFS | Show.PEER)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Final, final
 
 from udskit.address import AddressKind, UnixAddress, from_sun_path
-from udskit.inspect.sockdiag import SocketState, UnixSocketInfo, VfsInode
+from udskit.sockdiag import SocketState, UnixSocketInfo, VfsInode
 from udskit.socktype import SocketType
 from udskit.tap import Direction
 

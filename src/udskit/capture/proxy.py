@@ -68,7 +68,14 @@ from udskit.capture.restoreplan import (
     plan_restore,
     plan_start,
 )
-from udskit.endpoints import DEFAULT_BACKLOG, Listener, directory_lock, open_listener
+from udskit.endpoints import (
+    DEFAULT_BACKLOG,
+    AddressLike,
+    Listener,
+    as_address,
+    directory_lock,
+    open_listener,
+)
 from udskit.errors import UsageError, socket_error
 from udskit.fsguard import (
     Directory,
@@ -79,14 +86,16 @@ from udskit.fsguard import (
     write_state,
 )
 from udskit.identity import IdentityPlan, decide_identity, others_may_connect
-from udskit.inspect.fdscan import process_command, user_name
 from udskit.probe import (
+    Liveness,
     bound_type,
     current_user,
     describe_file,
     file_kind,
     os_errors,
+    probe_liveness,
 )
+from udskit.procfs import process_command, user_name
 from udskit.signals import signals_held, stop_signals_call
 from udskit.socktype import SocketType
 from udskit.tap import Tap
@@ -108,20 +117,6 @@ __all__ = [
 #: The hidden and staging names are `.NAME` + mark + a random token.
 HIDDEN_MARK: Final = ".udskit-dump-"
 STAGING_MARK: Final = ".udskit-new-"
-
-
-def is_live(path: str) -> bool:
-    """Is a socket bound behind the socket file at `path`? A datagram connect() tells
-    without making a connection: ECONNREFUSED means no socket owns the inode, EPROTOTYPE
-    means a socket of another type does (unix_find_other)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
-    finally:
-        probe.close()
-    return True
 
 
 def checked_type(address: UnixAddress, requested: SocketType | None) -> SocketType:
@@ -464,11 +459,13 @@ class Takeover:
 
     def __init__(
         self,
-        path: str,
+        address: UnixAddress,
         sock_type: SocketType | None = None,
         backlog: int = DEFAULT_BACKLOG,
     ) -> None:
-        self.address = parse_address(path)
+        """`address` is a value, parsed once where the text came in (the CLI, or
+        `ProxyDump`); `parse_address` makes one from text."""
+        self.address = address
         if self.address.kind is not AddressKind.PATHNAME:
             raise UsageError(
                 f"{self.address} is not a socket file: the proxy engine can only take over "
@@ -479,6 +476,8 @@ class Takeover:
         hidden, staging = _new_names(self.name)
         directory = os.path.dirname(self.path)
         self.upstream = os.path.join(directory, hidden)
+        #: The value the relay connects to (made once, not per connection).
+        self.upstream_address = UnixAddress.pathname(self.upstream)
         self.staging = os.path.join(directory, staging)
         self.requested_type = sock_type
         self.sock_type = sock_type or SocketType.STREAM
@@ -517,7 +516,8 @@ class Takeover:
                 recorded_alive=previous is not None and previous.alive(),
                 exists=st is not None,
                 is_socket=is_socket,
-                live=is_socket and is_live(path),
+                # UNKNOWN (we may not connect) is not called stale: connecting to it says why.
+                live=is_socket and probe_liveness(path) in (Liveness.LIVE, Liveness.UNKNOWN),
             )
         )
         if decision is Start.RUNNING:
@@ -741,10 +741,6 @@ class Takeover:
                     steps = tuple(s for s in plan.steps if s in _CLEANUP)
                     _carry_out(directory, self.name, record, replace(plan, steps=steps, reasons=()))
 
-    @property
-    def upstream_address(self) -> UnixAddress:
-        return UnixAddress.pathname(self.upstream)
-
 
 _CLEANUP: Final = frozenset({Step.DROP_HIDDEN, Step.DROP_STAGING, Step.FORGET})
 
@@ -774,10 +770,10 @@ class ProxyDump:
 
     def __init__(
         self,
-        target: str,
+        target: AddressLike,
         *,
         tap: Tap | None = None,
-        listen: str | None = None,
+        listen: AddressLike | None = None,
         sock_type: SocketType | None = None,
         grace: float = 2.0,
         allow_identity_change: bool = False,
@@ -786,13 +782,14 @@ class ProxyDump:
     ) -> None:
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
-        self.target = parse_address(target)
+        # Text is parsed here, once (the library's edge); a UnixAddress travels on as is.
+        self.target = as_address(target)
         self.allow_identity_change = allow_identity_change
         #: Decided in start(): whether clients keep their identity upstream.
         self.identity_plan: IdentityPlan | None = None
         #: Lines for the user about what the dump cannot see or changes (start()).
         self.warnings: list[str] = []
-        self.listen = parse_address(listen) if listen is not None else None
+        self.listen = as_address(listen) if listen is not None else None
         self.tap = tap
         self.grace = grace
         self.sock_type = sock_type
@@ -804,7 +801,7 @@ class ProxyDump:
         self._closed = False
         self._notes: list[str] = []
         if self.listen is None:
-            self.takeover = Takeover(target, sock_type)
+            self.takeover = Takeover(self.target, sock_type)
 
     @property
     def display_path(self) -> str:

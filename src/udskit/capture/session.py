@@ -28,7 +28,8 @@ from typing import Any, final
 
 from udskit.capture.engine import choose_engine
 from udskit.capture.events import Event, Selection
-from udskit.capture.sinks import DumpTap, PcapngWriter
+from udskit.capture.pcapwriter import PcapngWriter
+from udskit.capture.sinks import DumpTap
 from udskit.signals import start_worker
 from udskit.socktype import SocketType
 

@@ -327,6 +327,7 @@ def _quiet_stdout(env: Env) -> None:
 
 
 def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
+    from udskit.address import parse_address
     from udskit.capture.engine import choose_engine
     from udskit.capture.events import Selection
     from udskit.capture.pcapng import parse_decode_as
@@ -357,8 +358,8 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         selection = Selection(count=args.count, snaplen=args.snaplen)  # --pid is the target
     if dump is None:
         dump = ProxyDump(
-            args.address,
-            listen=args.listen,
+            parse_address(args.address),  # parsed once, here; the value travels inward
+            listen=parse_address(args.listen) if args.listen is not None else None,
             sock_type=sock_type,
             grace=args.grace,
             allow_identity_change=args.allow_identity_change,

@@ -288,7 +288,7 @@ def handle(args: argparse.Namespace, env: Env) -> int:
     finally:
         if scan is not None:
             scan.close()
-    from udskit.inspect.sockdiag import SocketState
+    from udskit.sockdiag import SocketState
     from udskit.socktype import SocketType
 
     if listing.note:

@@ -43,7 +43,7 @@ from udskit.doctor.facts import (
     Verdict,
 )
 from udskit.errors import HINTS, errno_name
-from udskit.inspect.sockdiag import SocketState
+from udskit.sockdiag import SocketState
 from udskit.socktype import SocketType
 
 __all__ = ["diagnose", "may_access", "show", "show_address"]

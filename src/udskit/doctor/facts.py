@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import final
 
 from udskit.address import UnixAddress
-from udskit.inspect.sockdiag import SocketState
+from udskit.sockdiag import SocketState
 from udskit.socktype import SocketType
 
 __all__ = [

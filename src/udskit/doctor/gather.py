@@ -39,8 +39,8 @@ from udskit.doctor.facts import (
 )
 from udskit.errors import AddressError, UsageError
 from udskit.inspect.owners import SocketOwner, scan_socket_owners
-from udskit.inspect.procfs import decode_proc_net_unix
-from udskit.inspect.sockdiag import Show, SockDiagError, SocketState, UnixSocketInfo, VfsInode
+from udskit.procnet import decode_proc_net_unix
+from udskit.sockdiag import Show, SockDiagError, SocketState, UnixSocketInfo, VfsInode
 from udskit.socktype import SocketType
 
 __all__ = ["gather_facts", "real_connect", "user_facts"]
@@ -349,7 +349,7 @@ def real_connect(
 
 # -- everything ------------------------------------------------------------------------
 def _dump() -> list[UnixSocketInfo] | None:
-    from udskit.inspect.lister import dump_unix_sockets
+    from udskit.netlink import dump_unix_sockets
 
     try:
         return dump_unix_sockets(_SHOW)
@@ -359,10 +359,10 @@ def _dump() -> list[UnixSocketInfo] | None:
 
 def _probe_bound_elsewhere(path: str) -> bool | None:
     """A socket bound to the file from another network namespace? (datagram probe)"""
-    from udskit.inspect.lister import _probe_stale
+    from udskit.probe import Liveness, probe_liveness
 
-    stale = _probe_stale(path)
-    return None if stale is None else not stale
+    verdict = probe_liveness(path)
+    return None if verdict in (Liveness.UNKNOWN, Liveness.GONE) else verdict is Liveness.LIVE
 
 
 def gather_facts(

@@ -20,7 +20,8 @@ from types import TracebackType
 from typing import Final, final
 
 from udskit.address import escape_bytes
-from udskit.endpoints import AddressLike, Listener, open_listener, peer_credentials
+from udskit.ancillary import peer_ucred
+from udskit.endpoints import AddressLike, Listener, open_listener
 from udskit.errors import SocketError, TransferError, UsageError
 from udskit.files.confine import (
     Resolver,
@@ -56,7 +57,7 @@ from udskit.files.wire import (
     send_message,
     tune,
 )
-from udskit.inspect.fdscan import process_command
+from udskit.procfs import process_command
 from udskit.signals import start_worker
 from udskit.socktype import SocketType
 
@@ -172,7 +173,8 @@ class FileServer:
 
     # -- one connection ------------------------------------------------------------------
     def _serve_connection(self, conn: socket.socket) -> None:
-        pid, uid, gid = peer_credentials(conn)
+        cred = peer_ucred(conn)
+        pid, uid, gid = cred.pid, cred.uid, cred.gid
         who = f"pid {pid} ({escape_bytes(process_command(pid).encode())}) uid {uid}"
         try:
             tune(conn)

@@ -1,13 +1,11 @@
-"""I/O: the one pass over /proc/*/fd that finds which processes hold which sockets.
+"""I/O: the one pass over /proc/*/fd (`udskit.procfs.walk_socket_fds`), run in a
+forked child while `udskit ls` reads netlink.
 
-Every socket a process holds is a link `socket:[INODE]` under /proc/PID/fd (proc(5)).
-`walk_socket_fds` reads them all once; a lookup per socket would read them all per
-socket, which is what makes naive tools slow on hosts with thousands of sockets.
-
-This module imports only small parts of the standard library (and udskit.signals), on
-purpose: `udskit ls` forks `BackgroundFdScan` before it imports the rest of the lister, so the
-walk (the largest part of a listing) runs on the second CPU from the first milliseconds.
-The records (`SocketOwner`) are made from the raw result in `udskit.inspect.owners`.
+This module imports only small parts of the standard library (and udskit.signals and
+udskit.procfs, which keep to the same rule), on purpose: `udskit ls` forks
+`BackgroundFdScan` before it imports the rest of the lister, so the walk (the largest
+part of a listing) runs on the second CPU from the first milliseconds. The records
+(`SocketOwner`) are made from the raw result in `udskit.inspect.owners`.
 """
 
 from __future__ import annotations
@@ -19,6 +17,13 @@ import signal
 from array import array
 from contextlib import suppress
 
+from udskit.procfs import (
+    ProcessFacts,
+    RawScan,
+    process_command,
+    user_name,
+    walk_socket_fds,
+)
 from udskit.signals import signals_held
 
 __all__ = [
@@ -30,96 +35,6 @@ __all__ = [
     "user_name",
     "walk_socket_fds",
 ]
-
-_SOCKET_LINK = "socket:["
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-#: Per process holding sockets: (command, uid, user name).
-ProcessFacts = dict[int, tuple[str, "int | None", "str | None"]]
-#: Flat (inode, pid, fd) triples for every socket descriptor, and the facts per process.
-RawScan = tuple["array[int]", ProcessFacts]
-
-
-def process_command(pid: int) -> str:
-    """/proc/PID/comm: the name ss and lsof print; '?' once the process has gone."""
-    try:
-        # Exact bytes (surrogateescape) and only the kernel's newline removed: a name
-        # is any 15 bytes a process chose (prctl PR_SET_NAME); printers escape it.
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return "?"
-    return raw.removesuffix(b"\n").decode("utf-8", errors="surrogateescape")
-
-
-_USER_NAMES: dict[int, str] = {}
-
-
-def user_name(uid: int) -> str:
-    """The login name of `uid`, or the number as text (containers often lack entries)."""
-    name = _USER_NAMES.get(uid)
-    if name is None:
-        import pwd
-
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = str(uid)
-        _USER_NAMES[uid] = name
-    return name
-
-
-def walk_socket_fds(keep: set[int] | None = None, skip_pid: int | None = None) -> RawScan:
-    """One pass over /proc/*/fd: (inode, pid, fd) for every socket descriptor, and the
-    facts of each process that holds one.
-
-    Processes we may not look into (another user's, without root) and processes that
-    exit meanwhile are skipped, as ss does. With `keep`, only those inodes are kept.
-    `skip_pid` is left out (a forked scanner holds copies of its parent's descriptors
-    and would otherwise list itself as their owner).
-    """
-    skip = str(skip_pid)
-    triples = array("q")
-    push = triples.extend
-    facts: ProcessFacts = {}
-    readlink = os.readlink
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or name == skip:
-            continue
-        try:
-            fd_dir = os.open(f"/proc/{name}/fd", _DIR_FLAGS)
-        except OSError:
-            continue
-        try:
-            try:
-                fds = os.listdir(fd_dir)
-            except OSError:
-                continue
-            pid = int(name)
-            known = False
-            for fd in fds:
-                # readlinkat() on the directory fd: no path walk per descriptor.
-                try:
-                    target = readlink(fd, dir_fd=fd_dir)
-                except OSError:
-                    continue
-                if not target.startswith(_SOCKET_LINK):
-                    continue
-                inode = int(target[8:-1])
-                if keep is not None and inode not in keep:
-                    continue
-                push((inode, pid, int(fd)))
-                if not known:
-                    known = True
-                    try:
-                        uid: int | None = os.fstat(fd_dir).st_uid
-                    except OSError:
-                        uid = None
-                    user = user_name(uid) if uid is not None else None
-                    facts[pid] = (process_command(pid), uid, user)
-        finally:
-            os.close(fd_dir)
-    return triples, facts
 
 
 def owner_texts_of(scan: RawScan) -> dict[int, str]:

@@ -19,7 +19,7 @@ from udskit.inspect.lister import KernelView, check_socket_file, read_kernel_vie
 from udskit.inspect.listing import FileState, SocketFilter, Source
 from udskit.inspect.owners import owners_from_scan
 from udskit.inspect.render import file_json, json_template
-from udskit.inspect.sockdiag import VfsInode
+from udskit.sockdiag import VfsInode
 
 __all__ = ["json_listing"]
 

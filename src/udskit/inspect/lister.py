@@ -16,7 +16,6 @@ both show the caller's namespace only).
 
 from __future__ import annotations
 
-import errno as errno_mod
 import fnmatch
 import gc
 import os
@@ -38,16 +37,15 @@ from udskit.inspect.listing import (
     UnixSocket,
 )
 from udskit.inspect.owners import SocketOwner, read_proc_net_unix, scan_socket_owners
-from udskit.inspect.procfs import info_from_proc_entry
-from udskit.inspect.sockdiag import (
-    NETLINK_SOCK_DIAG,
+from udskit.netlink import dump_unix_sockets, query_unix_socket
+from udskit.procnet import info_from_proc_entry
+from udskit.sockdiag import (
+    KERNEL_FIELDS,
     Show,
     SockDiagError,
     SocketState,
     UnixSocketInfo,
     VfsInode,
-    build_request,
-    decode_replies,
 )
 from udskit.socktype import SocketType
 
@@ -74,54 +72,6 @@ __all__ = [
 
 #: Where socket files usually live; `find_stale_files` also looks next to every bound one.
 STALE_ROOTS: Final = ("/run", "/var/run", "/tmp", "/var/tmp", "/dev/shm")
-#: Netlink caps a dump's datagrams at 32 KiB (netlink_recvmsg, max_recvmsg_len), so
-#: one 64 KiB buffer always holds a whole one.
-_RECV_SIZE: Final = 65536
-#: Generous: the kernel answers a dump of 20,000 sockets in about 10 ms.
-_NETLINK_TIMEOUT: Final = 10.0
-
-
-# -- the kernel's view -----------------------------------------------------------------
-def _netlink_exchange(request: bytes, *, exact: bool) -> list[UnixSocketInfo]:
-    import socket
-
-    found: list[UnixSocketInfo] = []
-    # Made in the `with` line itself: a Ctrl-C between two lines leaked the socket.
-    with socket.socket(
-        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
-    ) as sock:
-        sock.settimeout(_NETLINK_TIMEOUT)
-        sock.sendall(request)
-        while True:
-            data = sock.recv(_RECV_SIZE)
-            if not data:
-                break
-            batch, done = decode_replies(data)
-            found += batch
-            # An exact request is answered by one message, without NLMSG_DONE.
-            if done or exact:
-                break
-    return found
-
-
-def dump_unix_sockets(show: Show | None = None) -> list[UnixSocketInfo]:
-    """Every unix socket of this network namespace, from sock_diag.
-
-    Raises OSError or SockDiagError where netlink sock_diag is not available (no
-    unix_diag module, a sandbox that forbids AF_NETLINK).
-    """
-    return _netlink_exchange(build_request(show or Show.default()), exact=False)
-
-
-def query_unix_socket(inode: int, show: Show | None = None) -> UnixSocketInfo | None:
-    """One socket by inode (None if there is none), without dumping all of them."""
-    try:
-        found = _netlink_exchange(build_request(show or Show.default(), inode=inode), exact=True)
-    except SockDiagError as err:
-        if err.errno == errno_mod.ENOENT:
-            return None
-        raise
-    return found[0] if found else None
 
 
 def read_proc_sockets() -> list[UnixSocketInfo]:
@@ -369,6 +319,7 @@ def _list_sockets(
     owners_of = owners.get
     info_of = by_inode.get
     new = tuple.__new__  # NamedTuple's own __new__ is Python code; this is not
+    kernel = KERNEL_FIELDS
     sockets: list[UnixSocket] = []
     append = sockets.append
     for info in kept:
@@ -388,10 +339,11 @@ def _list_sockets(
                 sock_file = check_socket_file(address, vfs, mine)
                 if vfs is not None:
                     files[vfs] = sock_file
-            append(new(UnixSocket, info + (mine, peers, peer_address, sock_file)))  # noqa: RUF005
+            joined = (mine, peers, peer_address, sock_file)
+            append(new(UnixSocket, info[:kernel] + joined))
         else:
-            # tuple + tuple is one C call; (*info, ...) builds a list first.
-            append(new(UnixSocket, info + (mine, peers, peer_address, None)))  # noqa: RUF005
+            # slice + tuple are C calls; (*info, ...) builds a list first.
+            append(new(UnixSocket, info[:kernel] + (mine, peers, peer_address, None)))  # noqa: RUF005
 
     if where.needs_owners:
         sockets = [s for s in sockets if _held_by(s, where)]
@@ -423,14 +375,10 @@ def _connections(
         if info is None:
             return None
         peer = by_inode.get(info.peer_inode) if info.peer_inode is not None else None
-        return UnixSocket._make(
-            (
-                *info,
-                owners.get(info.inode, ()),
-                owners.get(info.peer_inode, ()) if info.peer_inode is not None else (),
-                peer.address if peer is not None else None,
-                None,
-            )
+        return info._replace(
+            processes=owners.get(info.inode, ()),
+            peer_processes=owners.get(info.peer_inode, ()) if info.peer_inode is not None else (),
+            peer_address=peer.address if peer is not None else None,
         )
 
     found: dict[int, tuple[Connection, ...]] = {}
@@ -485,7 +433,7 @@ def bound_socket(st_dev: int, st_ino: int) -> UnixSocket | None:
     order = {SocketState.LISTEN: 0, SocketState.UNCONNECTED: 1}
     best = min(candidates, key=lambda info: order.get(info.state, 2))
     owners = scan_socket_owners([best.inode]).get(best.inode, ())
-    return UnixSocket._make((*best, owners, (), None, SocketFile(FileState.PRESENT)))
+    return best._replace(processes=owners, file=SocketFile(FileState.PRESENT))
 
 
 def open_connections(st_dev: int, st_ino: int) -> int | None:
@@ -516,30 +464,6 @@ def bound_socket_at(path: str | os.PathLike[str]) -> UnixSocket | None:
 
 
 # -- stale socket files ----------------------------------------------------------------
-def _probe_stale(path: str) -> bool | None:
-    """Does nothing listen behind this socket file? None if we may not tell.
-
-    A datagram connect() never creates a connection: the kernel answers ECONNREFUSED
-    when no socket is bound to the inode, EPROTOTYPE when one of another type is, and
-    succeeds on a datagram socket (unix_find_bsd, unix_dgram_connect). This also sees
-    sockets bound from another network namespace, which sock_diag cannot.
-    """
-    import socket
-
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno == errno_mod.ECONNREFUSED:
-            return True
-        if exc.errno in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.ENOENT):
-            return None
-        return False
-    finally:
-        probe.close()
-    return False
-
-
 def _walk_sockets(root: str, depth: int) -> Iterator[tuple[str, os.stat_result]]:
     """Socket files under `root`, `depth` levels down, without following symlinks."""
     try:
@@ -590,8 +514,9 @@ def find_stale_files(
     """Socket files with no socket bound to them, under `paths` (default: STALE_ROOTS).
 
     A file is a candidate when no socket of ours has its (dev, ino) (UNIX_DIAG_VFS);
-    each candidate is then confirmed by a datagram connect() that can only be refused
-    (see _probe_stale), so a socket bound from another namespace is never called stale.
+    each candidate is then confirmed by `probe.probe_liveness` (a datagram connect()
+    that makes no connection), so a socket bound from another network namespace, or a
+    file we may not connect to, is never called stale.
     `pattern` is a glob over paths (`/tmp/*.sock`).
     """
     try:
@@ -600,6 +525,8 @@ def find_stale_files(
         }
     except (OSError, SockDiagError):
         bound = None  # /proc/net/unix has no inodes: the probe decides alone
+    from udskit.probe import Liveness, probe_liveness  # not at import: ls starts faster
+
     regex = re.compile(fnmatch.translate(pattern)) if pattern is not None else None
     stale: list[StaleFile] = []
     seen: set[tuple[int, int]] = set()
@@ -612,7 +539,7 @@ def find_stale_files(
             continue
         if bound is not None and VfsInode(*key) in bound:
             continue
-        if _probe_stale(path):
+        if probe_liveness(path) is Liveness.STALE:
             stale.append(StaleFile(path, st.st_dev, st.st_ino, st.st_uid, st.st_mtime))
     stale.sort(key=lambda f: f.path)
     return stale

@@ -1,10 +1,9 @@
 """Pure: the records of a socket listing (what `udskit ls` knows about each socket).
 
-The I/O that fills them lives in `udskit.inspect.lister`; the renderers in
-`udskit.inspect.render`. Per-socket records are NamedTuples, not frozen dataclasses:
-one is built per socket, and on 20,000 sockets a frozen dataclass's __init__ alone
-costs a third of `ss -xp`'s whole run (benchmarks/ls.py). They are just as immutable
-and typed; the records built a few at a time are frozen slotted dataclasses.
+The record of one listed socket, `UnixSocket`, is defined once, in `udskit.sockdiag`
+(whose decoder builds it), and importable from here; this module holds what a listing
+adds around it. The I/O that fills them lives in `udskit.inspect.lister`; the renderers
+in `udskit.inspect.render`.
 """
 
 from __future__ import annotations
@@ -12,11 +11,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, final
+from typing import final
 
-from udskit.address import UnixAddress
-from udskit.inspect.procfs import SocketOwner
-from udskit.inspect.sockdiag import MemInfo, Shutdown, SocketState, VfsInode
+from udskit.sockdiag import FileState, SocketFile, SocketOwner, UnixSocket
 from udskit.socktype import SocketType
 
 __all__ = [
@@ -36,61 +33,6 @@ class Source(enum.Enum):
 
     NETLINK = "sock_diag"
     PROC = "/proc/net/unix"
-
-
-class FileState(enum.Enum):
-    """What is at a pathname socket's path now, compared with the file it was bound to."""
-
-    PRESENT = "present"  # the path still leads to this socket
-    RENAMED = "renamed"  # its file is in the same directory under another name
-    DELETED = "deleted"  # nothing there: unlinked (or moved to another directory)
-    REPLACED = "replaced"  # another file is there: new clients reach that, not this socket
-    UNKNOWN = "unknown"  # a relative path, or no VFS inode to compare (/proc fallback)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class SocketFile:
-    """The socket file of a pathname socket, checked by (st_dev, st_ino) (UNIX_DIAG_VFS)."""
-
-    state: FileState
-    #: Where the file is now, if it was found under another name (RENAMED).
-    now_at: str | None = None
-
-
-@final
-class UnixSocket(NamedTuple):
-    """One unix socket: what the kernel says, plus its processes, its peer's and its file.
-
-    The first fields are those of `UnixSocketInfo` (see there). A NamedTuple for the
-    same reason: one is built per socket, and there may be tens of thousands.
-    """
-
-    inode: int
-    type: SocketType
-    state: SocketState
-    address: UnixAddress
-    vfs: VfsInode | None
-    peer_inode: int | None
-    pending: tuple[int, ...]
-    recv_q: int | None
-    send_q: int | None
-    shutdown: Shutdown | None
-    uid: int | None
-    cookie: int | None
-    meminfo: MemInfo | None
-    #: Who holds this socket: every (pid, command, fd); empty if not asked or not visible.
-    processes: tuple[SocketOwner, ...]
-    #: Who holds the other end: "who talks to whom" in one look.
-    peer_processes: tuple[SocketOwner, ...]
-    #: The peer's address (a client sees the server's path here); None if not known.
-    peer_address: UnixAddress | None
-    #: For a pathname socket, whether its file is still where it was bound.
-    file: SocketFile | None
-
-    @property
-    def listening(self) -> bool:
-        return self.state is SocketState.LISTEN
 
 
 @final

@@ -2,7 +2,7 @@
 
 The walk over /proc/*/fd itself is in `udskit.inspect.fdscan` (kept free of heavy
 imports so that `udskit ls` can fork it first thing); this module turns its raw
-result into records, and reads /proc/net/unix for the fallback listing.
+result into records. The low-level readers are in `udskit.procfs`.
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Collection
 
-from udskit.inspect.fdscan import (
-    BackgroundFdScan,
+from udskit.inspect.fdscan import BackgroundFdScan
+from udskit.procfs import (
     ProcessFacts,
     RawScan,
     process_command,
+    read_proc_net_unix,
     user_name,
     walk_socket_fds,
 )
-from udskit.inspect.procfs import ProcNetUnixEntry, SocketOwner, decode_proc_net_unix
+from udskit.sockdiag import SocketOwner
 
 __all__ = [
     "SocketOwner",
@@ -30,11 +31,6 @@ __all__ = [
     "scan_socket_owners",
     "user_name",
 ]
-
-
-def read_proc_net_unix() -> list[ProcNetUnixEntry]:
-    with open("/proc/net/unix", "rb") as f:
-        return decode_proc_net_unix(f.read())
 
 
 def _owners_from(

@@ -14,11 +14,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, final
 
 from udskit.address import AddressKind, UnixAddress, format_address, format_path
-from udskit.inspect.listing import Connection, FileState, SocketFile, StaleFile, UnixSocket
+from udskit.inspect.listing import Connection, StaleFile
 from udskit.inspect.ownerjson import OwnerTexts, owners_text
-from udskit.inspect.procfs import SocketOwner
-from udskit.inspect.sockdiag import Shutdown, SocketState, UnixSocketInfo
 from udskit.safetext import escape_text, json_fields, safe_line
+from udskit.sockdiag import (
+    FileState,
+    Shutdown,
+    SocketFile,
+    SocketOwner,
+    SocketState,
+    UnixSocket,
+    UnixSocketInfo,
+)
 
 __all__ = [
     "JsonTemplate",

@@ -200,7 +200,7 @@ class DatagramRelay:
     def _connection(self, client: ClientInfo) -> ConnectionInfo:
         relay = self.relay
         if client.pid is not None and relay._want_client_info:
-            from udskit.inspect.owners import process_command
+            from udskit.procfs import process_command
 
             client = ClientInfo(client.pid, client.uid, client.gid, process_command(client.pid))
         return ConnectionInfo(

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, BinaryIO, Final, final
 
 from udskit.access import Admission, FileFacts, PathFacts, may_connect, who_may_connect
 from udskit.address import UnixAddress
+from udskit.ancillary import peer_ucred
 from udskit.credswitch import connect_as, peer_identity
 from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
-from udskit.endpoints import DEFAULT_BACKLOG, Listener, peer_credentials
+from udskit.endpoints import DEFAULT_BACKLOG, Listener
 from udskit.errors import SocketError, UsageError
 from udskit.fsguard import path_facts
 from udskit.identity import Identity
-from udskit.inspect.fdscan import user_name
 from udskit.peercred import PeerIdentity, identify_peer
+from udskit.procfs import user_name
 from udskit.relay.events import CopyMode, EventKind, RelayEvent, RelayStats, Throttle
 from udskit.relay.loop import IN, OUT, Loop, Timer
 from udskit.relay.sides import (
@@ -416,14 +417,15 @@ class Relay:
     def client_info(self, sock: socket.socket) -> ClientInfo:
         """SO_PEERCRED of a unix client, and its command from /proc/PID/comm (and its
         groups, SO_PEERGROUPS, when identities are carried)."""
-        from udskit.inspect.owners import process_command
+        from udskit.procfs import process_command
 
         groups: tuple[int, ...] | None = None
         if self.carry_identity:
             pid, identity = peer_identity(sock)
             uid, gid, groups = identity.uid, identity.gid, identity.groups
         else:
-            pid, uid, gid = peer_credentials(sock)
+            cred = peer_ucred(sock)
+            pid, uid, gid = cred.pid, cred.uid, cred.gid
         command = process_command(pid) if pid > 0 else None
         return ClientInfo(pid if pid > 0 else None, uid, gid, command, groups)
 

@@ -24,17 +24,23 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple, final
 
 from udskit.address import UnixAddress, from_sun_path
+from udskit.safetext import escape_text
 from udskit.socktype import SocketType
 
 __all__ = [
     "ALL_STATES",
+    "KERNEL_FIELDS",
     "NETLINK_SOCK_DIAG",
     "SOCK_DIAG_BY_FAMILY",
+    "FileState",
     "MemInfo",
     "Show",
     "Shutdown",
     "SockDiagError",
+    "SocketFile",
+    "SocketOwner",
     "SocketState",
+    "UnixSocket",
     "UnixSocketInfo",
     "VfsInode",
     "build_request",
@@ -200,12 +206,58 @@ class MemInfo:
 
 
 @final
-class UnixSocketInfo(NamedTuple):
-    """What the kernel says about one unix socket (sock_diag, or /proc/net/unix).
+class SocketOwner(NamedTuple):
+    """One file descriptor of one process that refers to a socket.
 
-    A NamedTuple rather than a frozen dataclass: it is built once per socket, and on
-    20,000 sockets a frozen dataclass's __init__ alone costs a third of `ss -xp`'s
-    whole run (see benchmarks/ls.py). It is just as immutable and typed.
+    A NamedTuple rather than a frozen dataclass: the scan makes one per socket fd
+    (20,000 on the benchmark host) and the dataclass's __init__ would double its cost.
+    """
+
+    pid: int
+    #: /proc/PID/comm: the name ss and lsof print (at most 15 bytes, TASK_COMM_LEN).
+    command: str
+    fd: int
+    #: The process's effective uid: the owner of /proc/PID (proc(5)); None if unknown.
+    uid: int | None = None
+    #: That uid's login name, or the uid as text when it has none.
+    user: str | None = None
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} ({escape_text(self.command)})"
+
+
+class FileState(enum.Enum):
+    """What is at a pathname socket's path now, compared with the file it was bound to."""
+
+    PRESENT = "present"  # the path still leads to this socket
+    RENAMED = "renamed"  # its file is in the same directory under another name
+    DELETED = "deleted"  # nothing there: unlinked (or moved to another directory)
+    REPLACED = "replaced"  # another file is there: new clients reach that, not this socket
+    UNKNOWN = "unknown"  # a relative path, or no VFS inode to compare (/proc fallback)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SocketFile:
+    """The socket file of a pathname socket, checked by (st_dev, st_ino) (UNIX_DIAG_VFS)."""
+
+    state: FileState
+    #: Where the file is now, if it was found under another name (RENAMED).
+    now_at: str | None = None
+
+
+@final
+class UnixSocket(NamedTuple):
+    """One unix socket: what the kernel says (sock_diag, or /proc/net/unix), then what
+    a listing joins to it (its processes, its peer's, the peer's address, its file).
+
+    The one definition of a listed socket's layout: the decoders here build it with the
+    joined fields empty (`UnixSocketInfo` names it so), the lister fills them in by
+    position (`KERNEL_FIELDS`), and `udskit ls --json` prints these fields (all but
+    `vfs`, a key of the lister's). A NamedTuple rather than a frozen dataclass: one is
+    built per socket, and on 20,000 sockets a frozen dataclass's __init__ alone costs
+    a third of `ss -xp`'s whole run (see benchmarks/ls.py). It is just as immutable and
+    typed.
 
     Fields the source did not give are None: /proc/net/unix has no peers, queues,
     uids or VFS inodes.
@@ -233,6 +285,26 @@ class UnixSocketInfo(NamedTuple):
     #: The kernel's socket cookie (sock_gen_cookie): unique for the boot, unlike inodes.
     cookie: int | None
     meminfo: MemInfo | None
+    # -- joined by the lister (empty as the kernel gives it) --------------------------
+    #: Who holds this socket: every (pid, command, fd); empty if not asked or not visible.
+    processes: tuple[SocketOwner, ...] = ()
+    #: Who holds the other end: "who talks to whom" in one look.
+    peer_processes: tuple[SocketOwner, ...] = ()
+    #: The peer's address (a client sees the server's path here); None if not known.
+    peer_address: UnixAddress | None = None
+    #: For a pathname socket, whether its file is still where it was bound.
+    file: SocketFile | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self.state is SocketState.LISTEN
+
+
+#: The record as the kernel gives it: a `UnixSocket` whose joined fields are empty.
+UnixSocketInfo = UnixSocket
+#: How many leading fields of `UnixSocket` come from the kernel: the lister joins the
+#: rest as `info[:KERNEL_FIELDS] + (processes, peer_processes, peer_address, file)`.
+KERNEL_FIELDS: Final = UnixSocket._fields.index("processes")
 
 
 class SockDiagError(Exception):
@@ -329,6 +401,10 @@ def decode_replies(buffer: bytes) -> tuple[list[UnixSocketInfo], bool]:
                             fields[22],  # uid
                             fields[9],  # cookie
                             None,  # meminfo
+                            (),  # processes, and the next three: joined by the lister
+                            (),
+                            None,
+                            None,
                         ),
                     )
                 )
@@ -402,6 +478,10 @@ def decode_replies(buffer: bytes) -> tuple[list[UnixSocketInfo], bool]:
                             uid,
                             cookie,
                             meminfo,
+                            (),  # processes, and the next three: joined by the lister
+                            (),
+                            None,
+                            None,
                         ),
                     )
                 )

@@ -1,19 +1,19 @@
-"""Pure: decoders for the text the kernel shows under /proc.
+"""Pure: decoders for the text the kernel shows about unix sockets under /proc.
 
 `decode_proc_net_unix` reads /proc/net/unix, the fallback view of unix sockets when
 netlink sock_diag is not there, and `info_from_proc_entry` turns a line into the record
-sock_diag gives; `socket_inode_of_link` reads one /proc/PID/fd link.
+sock_diag gives; `socket_inode_of_link` reads one /proc/PID/fd link. The reading
+itself is `udskit.procfs`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, NamedTuple, final
+from typing import Final, final
 
 from udskit.address import AddressKind, UnixAddress
-from udskit.inspect.sockdiag import SocketState, UnixSocketInfo
-from udskit.safetext import escape_text
+from udskit.sockdiag import SocketState, UnixSocketInfo
 from udskit.socktype import SocketType
 
 #: __SO_ACCEPTCON in the Flags column: the socket listens (include/linux/net.h).
@@ -52,27 +52,6 @@ class ProcNetUnixEntry:
     @property
     def listening(self) -> bool:
         return bool(self.flags & SO_ACCEPTCON)
-
-
-@final
-class SocketOwner(NamedTuple):
-    """One file descriptor of one process that refers to a socket.
-
-    A NamedTuple rather than a frozen dataclass: the scan makes one per socket fd
-    (20,000 on the benchmark host) and the dataclass's __init__ would double its cost.
-    """
-
-    pid: int
-    #: /proc/PID/comm: the name ss and lsof print (at most 15 bytes, TASK_COMM_LEN).
-    command: str
-    fd: int
-    #: The process's effective uid: the owner of /proc/PID (proc(5)); None if unknown.
-    uid: int | None = None
-    #: That uid's login name, or the uid as text when it has none.
-    user: str | None = None
-
-    def __str__(self) -> str:
-        return f"pid {self.pid} ({escape_text(self.command)})"
 
 
 def decode_proc_net_unix(text: bytes) -> list[ProcNetUnixEntry]:
