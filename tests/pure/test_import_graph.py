@@ -48,10 +48,11 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             continue
         for target in targets:
             # `import udskit.a.b` names udskit.a.b; keep the longest part that is a module.
-            while target and target not in known:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                found.add(target)
+            hit = target
+            while hit and hit not in known:
+                hit = hit.rpartition(".")[0]
+            if hit and hit != name:
+                found.add(hit)
     return found
 
 
