@@ -207,3 +207,11 @@ def test_no_sequence_of_outcomes_passes_eof_on_while_bytes_are_held() -> None:
 
 def test_module_is_pure() -> None:
     assert (pumpstate.__doc__ or "").startswith("Pure:")
+
+
+@pytest.mark.parametrize("writer", STATES)
+def test_the_shortcut_for_plain_readable_agrees_with_the_table(writer: PumpState) -> None:
+    """stream.py answers a bare EPOLLIN on a READING pump's socket without asking the
+    table (the per-chunk path); this is the table's own answer for every writer."""
+    assert not flush_first(pumpstate.JUST_READABLE, writer)
+    assert side_action(pumpstate.JUST_READABLE, R, writer) is SideAction.READ

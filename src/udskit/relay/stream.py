@@ -39,6 +39,7 @@ from udskit.relay.events import CopyMode, EventKind
 from udskit.relay.loop import IN
 from udskit.relay.passing import Credentials, close_all, describe_fds
 from udskit.relay.pumpstate import (
+    JUST_READABLE,
     Outcome,
     PumpAction,
     PumpState,
@@ -505,28 +506,36 @@ class Session:
     # What an event leads to is decided in pumpstate (flush_first, side_action,
     # after_pump_done, interest); these methods carry it out.
     def _on_client(self, events: int) -> None:
+        c2s = self.c2s
+        if events == JUST_READABLE and c2s.state is READING:
+            c2s.on_readable()  # = flush_first False, side_action READ (pumpstate)
+            return
         s2c = self.s2c
         if flush_first(events, s2c.state):
             s2c.on_writable()
             if self.closed:
                 return
-        action = side_action(events, self.c2s.state, s2c.state)
+        action = side_action(events, c2s.state, s2c.state)
         if action is SideAction.READ:
-            self.c2s.on_readable()
+            c2s.on_readable()
         elif action is SideAction.PEER_GONE:
             self._peer_gone(Direction.C2S)
         elif action is SideAction.PARK:  # its bytes wait for upstream to drain
             self.core.loop.park(self.client_fd)
 
     def _on_upstream(self, events: int) -> None:
+        s2c = self.s2c
+        if events == JUST_READABLE and s2c.state is READING:
+            s2c.on_readable()
+            return
         c2s = self.c2s
         if flush_first(events, c2s.state):
             c2s.on_writable()
             if self.closed:
                 return
-        action = side_action(events, self.s2c.state, c2s.state)
+        action = side_action(events, s2c.state, c2s.state)
         if action is SideAction.READ:
-            self.s2c.on_readable()
+            s2c.on_readable()
         elif action is SideAction.PEER_GONE:
             self._peer_gone(Direction.S2C)
         elif action is SideAction.PARK:
