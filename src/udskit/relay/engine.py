@@ -1,6 +1,8 @@
 """I/O: the relay itself: accept clients, connect each upstream, run the sessions.
 
-See `udskit.relay` for the public API; this module holds the `Relay` class.
+See `udskit.relay` for the public API; this module holds the `Relay` class. It imports
+the modules that do the work (stream, datagram, connecting) and hands each the
+`RelayCore` (core.py) it shares with them; none of them imports this module back.
 """
 
 from __future__ import annotations

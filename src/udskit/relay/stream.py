@@ -5,7 +5,9 @@ only while it has nothing waiting to be written, so a slow reader slows its writ
 (back-pressure) instead of filling our memory. EOF from a source becomes
 shutdown(SHUT_WR) on its destination, and the other pump keeps going (half-close);
 the connection ends when both pumps have ended. An error on either side (ECONNRESET,
-EPIPE) ends both at once and is reported once, as a reset.
+EPIPE) ends both at once and is reported once, as a reset. Those rules are tables in
+`udskit.relay.pumpstate` (pure); this module does the I/O they name and reports what it
+found. A session knows the relay only as its `RelayCore`.
 
 Two kinds of pump:
 
