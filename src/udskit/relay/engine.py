@@ -65,7 +65,7 @@ _DRAIN_TICK: Final = 0.02
 #: errnos that mean "no file descriptors or memory left": pause accepting a moment
 #: rather than take clients we cannot serve.
 SCARCE: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: (SCARCE_PAUSE, how long accepting pauses then, lives in core.py: datagram.py uses it.)
+# SCARCE_PAUSE (how long accepting pauses then) lives in core.py: datagram.py uses it too.
 #: At most one line about it per this many seconds (see Throttle).
 SCARCE_REPORT_INTERVAL: Final = 5.0
 #: How long exec: commands get to exit after SIGTERM when the relay closes.
@@ -250,8 +250,6 @@ class Relay:
                 )
             if self._listen is not None:
                 if self.left.sock_type is SocketType.DGRAM:
-                    from udskit.relay.datagram import DatagramRelay
-
                     self._datagram = DatagramRelay(
                         self.core,
                         self._listen,
