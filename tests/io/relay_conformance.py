@@ -251,8 +251,9 @@ def open_run(pair: Pair, peers: Peers, workdir: Path) -> Run:
     back, back_port = start_far_end(pair, peers, workdir, uniq)
     front = str(workdir / "front.sock")
     port = free_port()
-    left = pair.left.format(front=front, port=port, name=f"{uniq}-front")
-    right = pair.right.format(back=back, back_port=back_port, name=f"{uniq}-back")
+    fields = {"front": front, "port": port, "back": back, "back_port": back_port}
+    left = pair.left.format(**fields, name=f"{uniq}-front")
+    right = pair.right.format(**fields, name=f"{uniq}-back")
     client_address: str | tuple[str, int]
     if left.startswith("tcp-listen:"):
         client_address = ("127.0.0.1", port)
@@ -262,8 +263,8 @@ def open_run(pair: Pair, peers: Peers, workdir: Path) -> Run:
         client_address = front
     run = Run(pair, workdir, front, client_address, workdir / "results", workdir / "events.jsonl")
     run.far_files = {p.name for p in workdir.iterdir()}
-    if left == "-":
-        return run  # a one-connection relay per check: started by check_stdio
+    if "-" in (left, right) or left.startswith("exec:"):
+        return run  # a relay of one connection: started by check_one_shot
     with open(run.events_path, "wb") as events:
         run.relay = peers.udskit("relay", "--json", *pair.options, left, right, stdout=events)
     wait_until(lambda: any(e["event"] == "listening" for e in run.events()), what="the relay")
@@ -444,27 +445,64 @@ def check_datagrams(run: Run) -> None:
     os.unlink(run.workdir / "client.sock")
 
 
-def check_stdio(run: Run, peers: Peers) -> None:
-    """`-` as LEFT: the relay's stdin and stdout are the client; one connection, both
-    ways at once, then the relay ends with status 0."""
+#: The client as a command behind LEFT exec:, its stdin and stdout one socket: sends
+#: mode B and 1 MiB, shuts down writing, and records the sha256 of the reply in argv[1].
+#: A relay of one connection sends its commands SIGTERM as soon as both directions
+#: have ended (Relay.close -> _stop_children, then 2 s of grace), which can land
+#: between our EOF and the write of the result: the client waits that out.
+EXEC_CLIENT = r"""
+import hashlib, signal, socket, sys, threading
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sock = socket.socket(fileno=1)
+def send():
+    sock.sendall(b"B" + hashlib.shake_256(b"exec").digest(1 << 20))
+    sock.shutdown(socket.SHUT_WR)
+t = threading.Thread(target=send)
+t.start()
+h = hashlib.sha256()
+while chunk := sock.recv(1 << 20):
+    h.update(chunk)
+t.join()
+open(sys.argv[1], "w").write(h.hexdigest())
+"""
+
+
+def check_one_shot(run: Run, peers: Peers) -> None:
+    """A relay of one connection: `-` on either side (the relay's stdin and stdout are
+    the client) or a command as LEFT; 1 MiB both ways at once, then the relay ends by
+    itself with status 0."""
     import subprocess
 
-    mine = payload("stdio")
-    right = run.pair.right.format(back=str(run.workdir / "back.sock"), back_port="", name="")
-    relay = peers.udskit(
-        "relay", *run.pair.options, "-", right, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    out, err = relay.proc.communicate(b"B" + mine, timeout=120)
-    assert relay.proc.returncode == 0, err
-    assert sha(out) == sha(payload("server"))
+    pair = run.pair
+    back = str(run.workdir / "back.sock")
+    left = pair.left.format(back=back, back_port="", name="")
+    right = pair.right.format(back=back, back_port="", name="")
+    mine = payload("exec" if left.startswith("exec:") else "stdio")
+    if left.startswith("exec:"):
+        script = run.workdir / "client.py"
+        script.write_text(EXEC_CLIENT)
+        out = run.workdir / "exec.out"
+        left = f"exec:exec {sys.executable} {script} {out}"  # the leader: see EXEC_CLIENT
+        relay = peers.udskit("relay", *pair.options, left, right)
+        assert relay.wait(120) == 0, relay.stop()[1]
+        assert out.read_text() == sha(payload("server"))
+        script.unlink()
+        out.unlink()
+    else:
+        relay = peers.udskit(
+            "relay", *pair.options, left, right, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        got, err = relay.proc.communicate(b"B" + mine, timeout=120)
+        assert relay.proc.returncode == 0, err
+        assert sha(got) == sha(payload("server"))
     assert run.result(1) == (sha(mine), SIZE)
 
 
 # -- the whole check -----------------------------------------------------------------------
 def check_relay(pair: Pair, peers: Peers, workdir: Path) -> None:
     run = open_run(pair, peers, workdir)
-    if pair.left == "-":
-        check_stdio(run, peers)
+    if "-" in (pair.left, pair.right) or pair.left.startswith("exec:"):
+        check_one_shot(run, peers)
         assert {p.name for p in workdir.iterdir()} == run.far_files
         return
     assert run.relay is not None

@@ -40,6 +40,8 @@ PAIRS = [
     ),
     Pair("tcp-socat-nc", "stream", TCP_FRONT, "unix:{back}", far="socat-echo", client="nc"),
     Pair("stdio-unix", "stream", "-", "unix:{back}"),
+    Pair("unix-stdio", "stream", "unix:{back}", "-"),
+    Pair("exec-unix", "stream", "exec:CLIENT", "unix:{back}"),
 ]
 
 
