@@ -14,8 +14,10 @@ descriptors can be read from /proc/PID/fd, and the checks depend on the pair's k
 * datagrams: every datagram arrives whole and alone, 1 MiB each way.
 * always: after each connection the relay's descriptors are what they were before
   it (after the datagram check: plus the one association socket it keeps until it is
-  idle); its commands are reaped; SIGTERM ends it with status 0 and removes what it
-  bound, and the directory holds only the far end's socket files.
+  idle); its commands are reaped; SIGTERM ends it with the documented status 143 and
+  removes what it bound, and the directory holds only the far end's socket files.
+  A relay of one connection (`-` on either side, exec: as LEFT) ends by itself, with
+  status 0, once both directions have.
 
 The far ends are programs nobody here wrote where they fit (socat as an echo server,
 nc as a client, cat behind exec:) and otherwise `JUDGE`, a small server whose every
