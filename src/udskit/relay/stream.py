@@ -65,6 +65,8 @@ __all__ = ["CopyPump", "Credentials", "Session", "SplicePump", "describe_fds"]
 READING: Final = PumpState.READING
 BLOCKED: Final = PumpState.BLOCKED
 DONE: Final = PumpState.DONE
+WATCH: Final = PumpAction.WATCH
+SHUTDOWN_WRITE: Final = PumpAction.SHUTDOWN_WRITE
 
 SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: Bytes per splice: the pipe's capacity. 1 MiB is the default pipe-max-size; a bigger
@@ -113,9 +115,9 @@ class _Pump:
         step = next_step(self.state, outcome)
         self.state = step.state
         action = step.action
-        if action is PumpAction.WATCH:
+        if action is WATCH:
             self.session.update()
-        elif action is PumpAction.SHUTDOWN_WRITE:
+        elif action is SHUTDOWN_WRITE:
             # The source ended and everything was delivered: pass the EOF on (half-close).
             with suppress(OSError):
                 self.dst.shutdown(socket.SHUT_WR)
