@@ -21,6 +21,7 @@ from tests.conftest import Peer, Peers, wait_until
 from tests.io.test_relay import front_connect, recv_all, unix_server
 from udskit.errors import UsageError
 from udskit.relay import EventKind, Relay, RelayEvent
+from udskit.relay.pumpstate import PumpState
 
 
 class Events:
@@ -99,7 +100,7 @@ def test_peer_shut_down_both_ways_with_bytes_pending_ends_as_reset(
 
         def blocked() -> bool:
             pumps = [s.s2c if gone == "client" else s.c2s for s in list(relay.sessions)]
-            return any(p.blocked for p in pumps)
+            return any(p.state is PumpState.BLOCKED for p in pumps)
 
         wait_until(blocked, what="the relay holding bytes it cannot send")
         (client if gone == "client" else server_sock[0]).shutdown(socket.SHUT_RDWR)

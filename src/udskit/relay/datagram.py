@@ -25,22 +25,20 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import suppress
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, final
 
+from udskit.access import Admission
 from udskit.address import UnixAddress, decode_sockaddr
 from udskit.cmsg import SCM_MAX_FD, decode_ancillary, encode_rights, receive_space
 from udskit.credswitch import connect_as, process_groups
 from udskit.errors import errno_name
 from udskit.identity import Identity
+from udskit.relay.core import SCARCE_PAUSE, RelayCore
 from udskit.relay.events import CopyMode, EventKind, RelayEvent
 from udskit.relay.loop import IN, OUT, Timer
+from udskit.relay.passing import Credentials, close_all, describe_fds
 from udskit.relay.sides import ListenSide, Target
-from udskit.relay.stream import Credentials, describe_fds
 from udskit.tap import ClientInfo, ConnectionInfo, Direction
-
-if TYPE_CHECKING:
-    from udskit.relay.engine import Relay
 
 _UCRED: Final = struct.Struct("3i")
 #: Credentials and up to SCM_MAX_FD descriptors (a sender's SCM_RIGHTS go on).
@@ -97,23 +95,48 @@ class _Association:
 
 @final
 class DatagramRelay:
-    def __init__(self, relay: Relay, front: ListenSide, target: Target) -> None:
-        self.relay = relay
+    """The datagram front of a relay: reads `front`, one association per sender.
+
+    Shares the relay's loop, buffer, tap, totals and events through `core`; the
+    options that only datagrams need come as arguments: `right` (RIGHT as text, for
+    the records), `admission` (checked on every datagram when it filters),
+    `max_clients` (senders at once), `carry_identity`, and `idle` (seconds before a
+    quiet association is closed).
+    """
+
+    def __init__(
+        self,
+        core: RelayCore,
+        front: ListenSide,
+        target: Target,
+        *,
+        right: str,
+        admission: Admission,
+        max_clients: int | None = None,
+        carry_identity: bool = False,
+        idle: float = 60.0,
+    ) -> None:
+        self.core = core
         self.front = front
         self.target = target
+        self.right = right
+        self.admission = admission
+        self.max_clients = max_clients
+        self.carry_identity = carry_identity
+        self.idle = idle
         self.fd = front.sock.fileno()
         self.assocs: dict[Key, _Association] = {}
         self.blocked = 0  # associations with datagrams waiting for upstream
         self.scarce: Timer | None = None  # out of fds: reading paused until this fires
-        self._check_each = relay.admission.filters
+        self._check_each = admission.filters
         front.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        relay.loop.register(self.fd, IN, self._on_front)
-        self._sweep_timer = relay.loop.call_later(relay.dgram_idle / 2, self._sweep)
+        core.loop.register(self.fd, IN, self._on_front)
+        self._sweep_timer = core.loop.call_later(idle / 2, self._sweep)
 
     # -- client -> upstream -----------------------------------------------------------------
     def _on_front(self, _events: int) -> None:
-        relay = self.relay
-        view = relay.view
+        core = self.core
+        view = core.view
         for _ in range(64):
             if self.blocked:
                 return
@@ -124,36 +147,36 @@ class DatagramRelay:
             except BlockingIOError:
                 return
             except OSError as exc:
-                relay.emit(EventKind.ERROR, None, f"recv on {self.front.spec}: {exc.strerror}")
+                core.emit(EventKind.ERROR, None, f"recv on {self.front.spec}: {exc.strerror}")
                 return
             # Descriptors first: installed in this process, they are ours to close on
             # every path that does not pass them on.
             fds = decode_ancillary(anc, flags).fds if len(anc) > 1 else ()
             if flags & socket.MSG_TRUNC:
-                _close_all(fds)
-                relay.emit(EventKind.ERROR, None, "a datagram larger than 4 MiB was cut; dropped")
+                close_all(fds)
+                core.emit(EventKind.ERROR, None, "a datagram larger than 4 MiB was cut; dropped")
                 continue
             pid, uid, gid = _credentials(anc)
             bound = raw not in (None, "", b"")
             key: Key = raw if bound else (pid, uid, gid)
-            if self._check_each and not relay.allowed(uid, gid):
-                _close_all(fds)
+            if self._check_each and not self.admission.admits(uid, gid, ()):
+                close_all(fds)
                 self._refuse(ClientInfo(pid, uid, gid), raw if bound else None)
                 continue
             assoc = self.assocs.get(key)
             if assoc is None:
                 assoc = self._associate(key, raw if bound else None, ClientInfo(pid, uid, gid))
                 if assoc is None:
-                    _close_all(fds)
+                    close_all(fds)
                     if self.scarce is not None:
                         return
                     continue
             chunk = view[:n]
-            if relay.tap is not None:
-                report = getattr(relay.tap, "fds", None)
+            if core.tap is not None:
+                report = getattr(core.tap, "fds", None)
                 if fds and callable(report):  # first: the descriptors go with this chunk
                     report(assoc.conn, Direction.C2S, describe_fds(fds), time.time_ns())
-                relay.tap.data(assoc.conn, Direction.C2S, chunk, time.time_ns())
+                core.tap.data(assoc.conn, Direction.C2S, chunk, time.time_ns())
             assoc.last = time.monotonic()
             assoc.c2s += n
             creds = assoc.creds
@@ -182,41 +205,39 @@ class DatagramRelay:
         credentials when identities are carried), then closed here. If upstream's queue
         is full the bytes wait as usual, but the descriptors cannot: they are dropped
         and an error event says so."""
-        relay = self.relay
+        core = self.core
         rights = encode_rights(fds)
         ancillary = [rights] if assoc.creds is None else assoc.creds.with_rights(rights)
         try:
             assoc.sock.sendmsg((chunk,), ancillary)
         except BlockingIOError:
-            relay.emit(
-                EventKind.ERROR, assoc.conn, f"{len(fds)} descriptors dropped: upstream full"
-            )
+            core.emit(EventKind.ERROR, assoc.conn, f"{len(fds)} descriptors dropped: upstream full")
             self._wait_upstream(assoc, bytes(chunk))
         except OSError as exc:
             self._lost(assoc, exc)
         finally:
-            _close_all(fds)
+            close_all(fds)
 
     def _connection(self, client: ClientInfo) -> ConnectionInfo:
-        relay = self.relay
-        if client.pid is not None and relay._want_client_info:
+        core = self.core
+        if client.pid is not None and core.want_client_info:
             from udskit.procfs import process_command
 
             client = ClientInfo(client.pid, client.uid, client.gid, process_command(client.pid))
         return ConnectionInfo(
-            relay.new_id(),
+            core.new_id(),
             self.front.spec.sock_type,
             str(self.front.spec),
-            str(relay.right),
+            self.right,
             client,
         )
 
     def _refuse(self, client: ClientInfo, raw: object) -> None:
-        relay = self.relay
-        relay.stats.refused += 1
-        if relay.on_event is not None:
+        core = self.core
+        core.stats.refused += 1
+        if core.on_event is not None:
             sender = decode_sockaddr(raw) if raw is not None else UnixAddress.unnamed()  # type: ignore[arg-type]
-            relay.emit(
+            core.emit(
                 EventKind.REFUSED,
                 self._connection(client),
                 f"datagram from {sender} (uid {client.uid}) dropped",
@@ -224,18 +245,18 @@ class DatagramRelay:
 
     def _associate(self, key: Key, raw: object, client: ClientInfo) -> _Association | None:
         """A new sender: its own upstream socket, or None (refused or failed)."""
-        relay = self.relay  # (--allow-uid/--allow-gid were checked per datagram)
+        core = self.core  # (--allow-uid/--allow-gid were checked per datagram)
         conn = self._connection(client)
         sender = decode_sockaddr(raw) if raw is not None else UnixAddress.unnamed()  # type: ignore[arg-type]
-        if relay.max_clients is not None and len(self.assocs) >= relay.max_clients:
-            relay.stats.refused += 1
-            relay.emit(EventKind.REFUSED, conn, f"datagram from {sender}: --max-clients reached")
+        if self.max_clients is not None and len(self.assocs) >= self.max_clients:
+            core.stats.refused += 1
+            core.emit(EventKind.REFUSED, conn, f"datagram from {sender}: --max-clients reached")
             return None
         try:
             sock = self.target.new_socket()
         except OSError as exc:  # EMFILE and friends: drop this one, read again shortly
-            relay.stats.failed += 1
-            relay.emit(
+            core.stats.failed += 1
+            core.emit(
                 EventKind.FAILED, conn, str(self.target.error("connect", exc.errno or errno.EIO))
             )
             self._pause_reading()
@@ -243,7 +264,7 @@ class DatagramRelay:
         creds: Credentials | None = None
         try:
             sock.bind(UnixAddress.autobind().to_sockaddr())
-            if relay.carry_identity:
+            if self.carry_identity:
                 if client.pid is None or client.uid is None or client.gid is None:
                     raise OSError(errno.EPERM, "the sender's credentials are unknown")
                 identity = Identity(client.uid, client.gid, process_groups(client.pid))
@@ -255,8 +276,8 @@ class DatagramRelay:
                 sock.connect(self.target.sockaddr)  # type: ignore[arg-type]
         except OSError as exc:
             sock.close()
-            relay.stats.failed += 1
-            relay.emit(
+            core.stats.failed += 1
+            core.emit(
                 EventKind.FAILED, conn, str(self.target.error("connect", exc.errno or errno.EIO))
             )
             return None
@@ -265,14 +286,14 @@ class DatagramRelay:
             assoc.creds = creds
             assoc.send = creds.sender(sock)
         self.assocs[key] = assoc
-        relay.loop.register(assoc.fd, IN, lambda events: self._on_upstream(assoc, events))
-        relay.stats.accepted += 1
-        relay.stats.active += 1
-        relay.stats.modes["datagram"] = relay.stats.modes.get("datagram", 0) + 1
-        if relay.tap is not None:
-            relay.tap.opened(conn, time.time_ns())
-        if relay.on_event is not None:
-            relay.on_event(
+        core.loop.register(assoc.fd, IN, lambda events: self._on_upstream(assoc, events))
+        core.stats.accepted += 1
+        core.stats.active += 1
+        core.stats.modes["datagram"] = core.stats.modes.get("datagram", 0) + 1
+        if core.tap is not None:
+            core.tap.opened(conn, time.time_ns())
+        if core.on_event is not None:
+            core.on_event(
                 RelayEvent(
                     EventKind.CONNECTED,
                     time.time_ns(),
@@ -285,28 +306,26 @@ class DatagramRelay:
 
     def _pause_reading(self) -> None:
         """No fds left: stop reading the front socket for a moment (as accept does)."""
-        from udskit.relay.engine import SCARCE_PAUSE
-
         if self.scarce is None:
-            self.relay.loop.modify(self.fd, 0)
-            self.scarce = self.relay.loop.call_later(SCARCE_PAUSE, self._resume_reading)
+            self.core.loop.modify(self.fd, 0)
+            self.scarce = self.core.loop.call_later(SCARCE_PAUSE, self._resume_reading)
 
     def _resume_reading(self) -> None:
         self.scarce = None
-        if not self.blocked and not self.relay._closed:
-            self.relay.loop.modify(self.fd, IN)
+        if not self.blocked and not self.core.closed:
+            self.core.loop.modify(self.fd, IN)
 
     def _wait_upstream(self, assoc: _Association, data: bytes) -> None:
         """Upstream's queue is full (net.unix.max_dgram_qlen): hold this datagram and
         stop reading the front socket until it drains; nothing is dropped."""
         assoc.waiting.append(data)
         self.blocked += 1
-        self.relay.loop.modify(self.fd, 0)
+        self.core.loop.modify(self.fd, 0)
         self._update(assoc)
 
     def _update(self, assoc: _Association) -> None:
         mask = (OUT if assoc.waiting else 0) | (0 if assoc.replies else IN)
-        self.relay.loop.modify(assoc.fd, mask)
+        self.core.loop.modify(assoc.fd, mask)
 
     # -- upstream -> client ------------------------------------------------------------------
     def _on_upstream(self, assoc: _Association, events: int) -> None:
@@ -314,8 +333,8 @@ class DatagramRelay:
             self._flush_waiting(assoc)
         if assoc.sock.fileno() < 0 or assoc.replies or not events & IN:
             return
-        relay = self.relay
-        view = relay.view
+        core = self.core
+        view = core.view
         try:
             n, anc, flags, _raw = assoc.sock.recvmsg_into([view], _ANC_SIZE, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -325,15 +344,15 @@ class DatagramRelay:
             return
         fds = decode_ancillary(anc, flags).fds if anc else ()
         chunk = view[:n]
-        if relay.tap is not None:
-            report = getattr(relay.tap, "fds", None)
+        if core.tap is not None:
+            report = getattr(core.tap, "fds", None)
             if fds and callable(report):  # first: the descriptors go with this chunk
                 report(assoc.conn, Direction.S2C, describe_fds(fds), time.time_ns())
-            relay.tap.data(assoc.conn, Direction.S2C, chunk, time.time_ns())
+            core.tap.data(assoc.conn, Direction.S2C, chunk, time.time_ns())
         assoc.last = time.monotonic()
         assoc.s2c += n
         if assoc.peer is None:  # an unbound sender has no address to reply to
-            _close_all(fds)
+            close_all(fds)
             self._drop(assoc, 1)
             return
         if fds:
@@ -349,16 +368,16 @@ class DatagramRelay:
             self.front.sock.sendmsg((chunk,), [encode_rights(fds)], 0, assoc.peer)  # type: ignore[arg-type]
         except BlockingIOError:
             dropped = f"{len(fds)} descriptors dropped: the client's queue is full"
-            self.relay.emit(EventKind.ERROR, assoc.conn, dropped)
+            self.core.emit(EventKind.ERROR, assoc.conn, dropped)
             self._reply(assoc, chunk)
         except OSError:
             self._reply(assoc, chunk)  # the plain path reports the client's trouble
         finally:
-            _close_all(fds)
+            close_all(fds)
 
     def _drop(self, assoc: _Association, count: int) -> None:
         assoc.dropped += count
-        self.relay.stats.dropped += count
+        self.core.stats.dropped += count
 
     def _reply(self, assoc: _Association, chunk: bytes | memoryview) -> None:
         try:
@@ -374,7 +393,7 @@ class DatagramRelay:
             assoc.stuck_since = time.monotonic()
             assoc.retry = _REPLY_RETRY
             self._update(assoc)
-            self.relay.loop.call_later(assoc.retry, lambda: self._retry_replies(assoc))
+            self.core.loop.call_later(assoc.retry, lambda: self._retry_replies(assoc))
         except OSError as exc:  # the client is gone (ECONNREFUSED, ENOENT)
             self._end(assoc, EventKind.CLOSED, f"client went away ({errno_name(exc.errno or 0)})")
         else:
@@ -389,7 +408,7 @@ class DatagramRelay:
                 self.front.sock.sendto(data, assoc.peer)  # type: ignore[call-overload]
             except BlockingIOError:
                 assoc.replies.appendleft(data)
-                if time.monotonic() - assoc.stuck_since >= self.relay.dgram_idle:
+                if time.monotonic() - assoc.stuck_since >= self.idle:
                     # It does not read: drop what waits, and further replies while its
                     # queue stays full, rather than hold the server back for ever.
                     self._drop(assoc, len(assoc.replies))
@@ -397,7 +416,7 @@ class DatagramRelay:
                     assoc.deaf = True
                     break
                 assoc.retry = min(assoc.retry * 2, _REPLY_RETRY_MAX)
-                self.relay.loop.call_later(assoc.retry, lambda: self._retry_replies(assoc))
+                self.core.loop.call_later(assoc.retry, lambda: self._retry_replies(assoc))
                 return
             except OSError as exc:
                 self._end(
@@ -419,7 +438,7 @@ class DatagramRelay:
         self.blocked -= 1
         self._update(assoc)
         if not self.blocked and self.scarce is None:
-            self.relay.loop.modify(self.fd, IN)
+            self.core.loop.modify(self.fd, IN)
 
     # -- endings -----------------------------------------------------------------------------
     def _lost(self, assoc: _Association, exc: OSError) -> None:
@@ -430,16 +449,16 @@ class DatagramRelay:
         if self.assocs.get(assoc.key) is not assoc:
             return
         del self.assocs[assoc.key]
-        relay = self.relay
+        core = self.core
         if assoc.waiting:
             self.blocked -= 1
-            if not self.blocked and not relay._closed and self.scarce is None:
-                relay.loop.modify(self.fd, IN)
+            if not self.blocked and not core.closed and self.scarce is None:
+                core.loop.modify(self.fd, IN)
         if assoc.dropped:
             detail += f"; {assoc.dropped} replies dropped"
-        relay.loop.unregister(assoc.fd)
+        core.loop.unregister(assoc.fd)
         assoc.sock.close()
-        stats = relay.stats
+        stats = core.stats
         stats.active -= 1
         stats.c2s_bytes += assoc.c2s
         stats.s2c_bytes += assoc.s2c
@@ -448,22 +467,22 @@ class DatagramRelay:
         else:
             stats.closed += 1
         now = time.time_ns()
-        if relay.tap is not None:
-            relay.tap.closed(assoc.conn, None, now)
-        if relay.on_event is not None:
-            relay.on_event(
+        if core.tap is not None:
+            core.tap.closed(assoc.conn, None, now)
+        if core.on_event is not None:
+            core.on_event(
                 RelayEvent(
                     kind, now, assoc.conn, CopyMode.DATAGRAM, assoc.c2s, assoc.s2c, None, detail
                 )
             )
 
     def _sweep(self) -> None:
-        idle = self.relay.dgram_idle
+        idle = self.idle
         now = time.monotonic()
         for assoc in list(self.assocs.values()):
             if now - assoc.last > idle and not assoc.waiting and not assoc.replies:
                 self._end(assoc, EventKind.CLOSED, f"idle for {idle:g} s")
-        self._sweep_timer = self.relay.loop.call_later(idle / 2, self._sweep)
+        self._sweep_timer = self.core.loop.call_later(idle / 2, self._sweep)
 
     def close(self) -> None:
         self._sweep_timer.cancel()
@@ -471,13 +490,7 @@ class DatagramRelay:
             self.scarce.cancel()
         for assoc in list(self.assocs.values()):
             self._end(assoc, EventKind.CLOSED, "relay stopped")
-        self.relay.loop.unregister(self.fd)
-
-
-def _close_all(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        with suppress(OSError):
-            os.close(fd)
+        self.core.loop.unregister(self.fd)
 
 
 def _credentials(

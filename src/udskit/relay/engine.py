@@ -1,6 +1,8 @@
 """I/O: the relay itself: accept clients, connect each upstream, run the sessions.
 
-See `udskit.relay` for the public API; this module holds the `Relay` class.
+See `udskit.relay` for the public API; this module holds the `Relay` class. It imports
+the modules that do the work (stream, datagram, connecting) and hands each the
+`RelayCore` (core.py) it shares with them; none of them imports this module back.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from contextlib import suppress
-from typing import TYPE_CHECKING, BinaryIO, Final, final
+from typing import BinaryIO, Final, final
 
 from udskit.access import Admission, FileFacts, PathFacts, may_connect, who_may_connect
 from udskit.address import UnixAddress
 from udskit.ancillary import peer_ucred
-from udskit.credswitch import connect_as, peer_identity
+from udskit.credswitch import peer_identity
 from udskit.endpoint_spec import EndpointKind, EndpointSpec, parse_endpoint
 from udskit.endpoints import DEFAULT_BACKLOG, Listener
 from udskit.errors import SocketError, UsageError
@@ -29,8 +31,12 @@ from udskit.fsguard import path_facts
 from udskit.identity import Identity
 from udskit.peercred import PeerIdentity, identify_peer
 from udskit.procfs import user_name
+from udskit.relay.connecting import Connecting
+from udskit.relay.core import SCARCE_PAUSE, RelayCore, SessionEnd, Stoppable
+from udskit.relay.datagram import DatagramRelay
 from udskit.relay.events import CopyMode, EventKind, RelayEvent, RelayStats, Throttle
-from udskit.relay.loop import IN, OUT, Loop, Timer
+from udskit.relay.loop import IN, Loop
+from udskit.relay.passing import Credentials
 from udskit.relay.sides import (
     ListenSide,
     Target,
@@ -42,13 +48,10 @@ from udskit.relay.sides import (
     spawn_exec,
     stdio_bridge,
 )
-from udskit.relay.stream import Credentials, Session
+from udskit.relay.stream import Session
 from udskit.signals import start_worker
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Tap
-
-if TYPE_CHECKING:
-    from udskit.relay.datagram import DatagramRelay
 
 EndpointLike = EndpointSpec | str | UnixAddress
 ListenLike = EndpointLike | Listener | socket.socket
@@ -58,16 +61,12 @@ EventCallback = Callable[[RelayEvent], None]
 #: record or a datagram may use all of it (net.core.wmem_max is 4 MiB on many hosts,
 #: which bounds a record's size).
 BUFFER_SIZE: Final = 4 << 20
-#: Connect retries while the upstream's backlog is full (EAGAIN on unix sockets).
-_RETRY_FIRST: Final = 0.002
-_RETRY_MAX: Final = 0.1
 #: How often drain() looks whether the last connection has ended.
 _DRAIN_TICK: Final = 0.02
 #: errnos that mean "no file descriptors or memory left": pause accepting a moment
 #: rather than take clients we cannot serve.
 SCARCE: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: How long accepting pauses when descriptors or memory run out.
-SCARCE_PAUSE: Final = 0.1
+# SCARCE_PAUSE (how long accepting pauses then) lives in core.py: datagram.py uses it too.
 #: At most one line about it per this many seconds (see Throttle).
 SCARCE_REPORT_INTERVAL: Final = 5.0
 #: How long exec: commands get to exit after SIGTERM when the relay closes.
@@ -121,8 +120,6 @@ class Relay:
         else:
             self.left = as_endpoint(left, default_type)
         self.right = as_endpoint(right, default_type)
-        self.tap = tap
-        self.on_event = on_event
         self.max_clients = max_clients if max_clients and max_clients > 0 else None
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
@@ -144,31 +141,44 @@ class Relay:
         #: on with each chunk (SCM_CREDENTIALS): see udskit.credswitch. Needs root or
         #: CAP_SETUID+CAP_SETGID, a unix LEFT and a unix RIGHT.
         self.carry_identity = carry_identity
-        self.stats = RelayStats()
         self._check()
-        self.loop = Loop()
-        self._buffer = bytearray(BUFFER_SIZE)
-        self.view = memoryview(self._buffer)
-        self.view_size = BUFFER_SIZE
+        #: What the sessions, connects and the datagram front share with the relay
+        #: (they see nothing else of it): see udskit.relay.core.
+        self.core = RelayCore(
+            buffer_size=BUFFER_SIZE,
+            tap=tap,
+            on_event=on_event,
+            stats=RelayStats(),
+            loop=Loop(),
+            start_session=self._start_session,
+            failed=self._failed,
+            session_ended=self.session_ended,
+        )
+        self.stats = self.core.stats
+        self.loop = self.core.loop
         self.sessions: set[Session] = set()
-        self._connecting: set[_Connecting] = set()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._pidfds: dict[int, int] = {}  # pid -> pidfd of a command we wait for
         self._listen: ListenSide | None = None
         self._target: Target | None = None
-        self._next_id = 0
         self._scarce_reports = Throttle(SCARCE_REPORT_INTERVAL)
         self._accept_paused = False
         self._single = not self.left.listening
         self._opened = False
-        self._closed = False
         self._thread: threading.Thread | None = None
         self._serving: threading.Thread | None = None  # the one in serve_forever()
         self._finished = threading.Event()
         self._datagram: DatagramRelay | None = None
-        self._want_client_info = tap is not None or on_event is not None
         self.error: BaseException | None = None
         self._stdout_writer: threading.Thread | None = None
+
+    @property
+    def tap(self) -> Tap | None:
+        return self.core.tap
+
+    @property
+    def on_event(self) -> EventCallback | None:
+        return self.core.on_event
 
     # -- checks --------------------------------------------------------------------------
     def _check(self) -> None:
@@ -241,12 +251,19 @@ class Relay:
                 )
             if self._listen is not None:
                 if self.left.sock_type is SocketType.DGRAM:
-                    from udskit.relay.datagram import DatagramRelay
-
-                    self._datagram = DatagramRelay(self, self._listen, self._target)
+                    self._datagram = DatagramRelay(
+                        self.core,
+                        self._listen,
+                        self._target,
+                        right=str(self.right),
+                        admission=self.admission,
+                        max_clients=self.max_clients,
+                        carry_identity=self.carry_identity,
+                        idle=self.dgram_idle,
+                    )
                 else:
                     self.loop.register(self._listen.sock.fileno(), IN, self._on_accept)
-                self._emit(
+                self.core.event(
                     RelayEvent(EventKind.LISTENING, time.time_ns(), detail=str(self._listen.spec))
                 )
         except BaseException:
@@ -298,7 +315,7 @@ class Relay:
     @property
     def pending_connects(self) -> int:
         """Clients accepted whose upstream connection is still being made."""
-        return len(self._connecting)
+        return len(self.core.pending)
 
     def drain(self, *, linger: float, grace: float) -> None:
         """After stop(): keep forwarding until the open connections end, at most `grace`
@@ -314,7 +331,7 @@ class Relay:
             elapsed = time.monotonic() - start
             if elapsed < linger:
                 return False
-            return elapsed >= grace or (not self.sessions and not self._connecting)
+            return elapsed >= grace or (not self.sessions and not self.core.pending)
 
         def tick() -> None:
             if done():
@@ -333,13 +350,14 @@ class Relay:
         return self._finished.wait(timeout)
 
     def close(self) -> None:
-        if self._closed:
+        core = self.core
+        if core.closed:
             return
-        self._closed = True
+        core.closed = True
         for session in list(self.sessions):
             session.stop()
-        for pending in list(self._connecting):
-            pending.cancel()
+        for pending in list(core.pending):
+            pending.stop()
         if self._datagram is not None:
             self._datagram.close()
         if self._listen is not None:
@@ -360,13 +378,8 @@ class Relay:
         self.close()
 
     # -- events ---------------------------------------------------------------------------
-    def _emit(self, event: RelayEvent) -> None:
-        if self.on_event is not None:
-            self.on_event(event)
-
     def emit(self, kind: EventKind, conn: ConnectionInfo | None, detail: str = "") -> None:
-        if self.on_event is not None:
-            self.on_event(RelayEvent(kind, time.time_ns(), conn, detail=detail))
+        self.core.emit(kind, conn, detail)
 
     # -- accepting ------------------------------------------------------------------------
     def _on_accept(self, _events: int) -> None:
@@ -374,7 +387,7 @@ class Relay:
         accept = self._listen.sock.accept
         for _ in range(64):
             if self.max_clients is not None and (
-                self.stats.active + len(self._connecting) >= self.max_clients
+                self.stats.active + len(self.core.pending) >= self.max_clients
             ):
                 self._pause_accept()
                 return
@@ -406,13 +419,12 @@ class Relay:
             self.loop.call_later(delay, self._resume_accept)
 
     def _resume_accept(self) -> None:
-        if self._accept_paused and self._listen is not None and not self._closed:
+        if self._accept_paused and self._listen is not None and not self.core.closed:
             self._accept_paused = False
             self.loop.modify(self._listen.sock.fileno(), IN)
 
     def new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
+        return self.core.new_id()
 
     def client_info(self, sock: socket.socket) -> ClientInfo:
         """SO_PEERCRED of a unix client, and its command from /proc/PID/comm (and its
@@ -471,7 +483,7 @@ class Relay:
         client = ClientInfo()
         identity: PeerIdentity | None = None
         if sock.family == socket.AF_UNIX:
-            if self._want_client_info or self.admission.filters or self.carry_identity:
+            if self.core.want_client_info or self.admission.filters or self.carry_identity:
                 client = self.client_info(sock)
         else:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -516,7 +528,7 @@ class Relay:
                 # refuse it: as itself it would be refused upstream, so the proxy connects
                 # as its own user (the dump says so at start).
                 identity = None
-        _Connecting(self, conn, client, self._target, identity).attempt()
+        Connecting(self.core, conn, client, self._target, self.connect_timeout, identity).attempt()
 
     def _could_reach_right(self, identity: Identity) -> bool:
         """Would the kernel let this user connect to RIGHT's socket file itself?"""
@@ -536,7 +548,7 @@ class Relay:
         client.close()
         self.stats.failed += 1
         self.emit(EventKind.FAILED, conn, message)
-        if self._closed or self._listen is None:
+        if self.core.closed or self._listen is None:
             return
         if err in SCARCE:
             # No fds (or memory) for an upstream: more clients would fail the same way.
@@ -553,6 +565,7 @@ class Relay:
         upstream: socket.socket,
         child: subprocess.Popen[bytes] | None = None,
     ) -> None:
+        """An upstream is connected (or a command started): forward `client` to it."""
         if upstream.family != socket.AF_UNIX:
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         creds = self._credentials_for(conn, upstream)
@@ -560,10 +573,10 @@ class Relay:
         if creds is not None and mode is CopyMode.SPLICE:
             mode = CopyMode.COPY  # splice(2) cannot attach SCM_CREDENTIALS
         try:
-            session = Session(self, conn, client, upstream, mode, child, creds)
+            session = Session(self.core, conn, client, upstream, mode, child, creds)
         except OSError:  # no fds left for the splice pipes (only SPLICE makes any): copy
             mode = CopyMode.COPY
-            session = Session(self, conn, client, upstream, mode, child, creds)
+            session = Session(self.core, conn, client, upstream, mode, child, creds)
         self.sessions.add(session)
         stats = self.stats
         stats.active += 1
@@ -597,36 +610,31 @@ class Relay:
             return CopyMode.SPLICE
         return CopyMode.COPY
 
-    def session_ended(
-        self,
-        session: Session,
-        kind: EventKind,
-        first: object,
-        detail: str,
-        time_ns: int,
-    ) -> None:
-        self.sessions.discard(session)
+    def session_ended(self, session: Stoppable, end: SessionEnd) -> None:
+        """A stream session has closed both sides: count it, reap its command, report."""
+        if isinstance(session, Session):
+            self.sessions.discard(session)
         stats = self.stats
         stats.active -= 1
-        stats.c2s_bytes += session.c2s.count
-        stats.s2c_bytes += session.s2c.count
-        if kind is EventKind.RESET:
+        stats.c2s_bytes += end.c2s_bytes
+        stats.s2c_bytes += end.s2c_bytes
+        if end.kind is EventKind.RESET:
             stats.resets += 1
         else:
             stats.closed += 1
-        if session.child is not None:
-            self._reap(session.child)
+        if end.child is not None:
+            self._reap(end.child)
         if self.on_event is not None:
             self.on_event(
                 RelayEvent(
-                    kind,
-                    time_ns,
-                    session.conn,
-                    session.mode,
-                    session.c2s.count,
-                    session.s2c.count,
-                    session.first,
-                    detail,
+                    end.kind,
+                    end.time_ns,
+                    end.conn,
+                    end.mode,
+                    end.c2s_bytes,
+                    end.s2c_bytes,
+                    end.first,
+                    end.detail,
                 )
             )
         self._resume_accept()
@@ -673,7 +681,7 @@ class Relay:
             return
         pid = child.pid
         self._children[pid] = child
-        if pid in self._pidfds or self._closed:
+        if pid in self._pidfds or self.core.closed:
             return
         try:
             pidfd = os.pidfd_open(pid)
@@ -729,93 +737,6 @@ class Relay:
 def _kill_group(pgid: int, signum: int) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
-
-
-@final
-class _Connecting:
-    """A non-blocking connect in progress: EINPROGRESS (TCP) waits for EPOLLOUT, EAGAIN
-    (a unix listener's backlog is full, see unix_stream_connect) retries with backoff
-    until `connect_timeout`."""
-
-    def __init__(
-        self,
-        relay: Relay,
-        conn: ConnectionInfo,
-        client: socket.socket,
-        target: Target,
-        identity: Identity | None = None,
-    ) -> None:
-        self.identity = identity
-        self.relay = relay
-        self.conn = conn
-        self.client = client
-        self.target = target
-        self.sock: socket.socket | None = None
-        self.timer: Timer | None = None
-        self.delay = _RETRY_FIRST
-        self.deadline = time.monotonic() + relay.connect_timeout
-        self.registered = False
-
-    def attempt(self) -> None:
-        self.timer = None
-        try:
-            sock = self.target.new_socket()
-        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: fail this client, not the relay
-            self._fail(exc.errno or errno.EIO)
-            return
-        if self.identity is not None:
-            # As the client: the server sees its uid, gid and groups, and the socket
-            # file's permissions are checked against them, not against ours.
-            err = connect_as(self.identity, sock, self.target.sockaddr)  # type: ignore[arg-type]
-        else:
-            err = sock.connect_ex(self.target.sockaddr)  # type: ignore[arg-type]
-        if err == 0:
-            self._done(sock)
-        elif err == errno.EINPROGRESS:
-            self.sock = sock
-            self.relay._connecting.add(self)
-            self.relay.loop.register(sock.fileno(), OUT, self._on_writable)
-            self.registered = True
-        elif err == errno.EAGAIN and time.monotonic() < self.deadline:
-            sock.close()
-            self.relay._connecting.add(self)
-            self.timer = self.relay.loop.call_later(self.delay, self.attempt)
-            self.delay = min(self.delay * 2, _RETRY_MAX)
-        else:
-            sock.close()
-            self._fail(err)
-
-    def _on_writable(self, _events: int) -> None:
-        sock = self.sock
-        assert sock is not None
-        self.relay.loop.unregister(sock.fileno())
-        self.registered = False
-        self.sock = None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            sock.close()
-            self._fail(err)
-        else:
-            self._done(sock)
-
-    def _done(self, sock: socket.socket) -> None:
-        self.relay._connecting.discard(self)
-        self.relay._start_session(self.conn, self.client, sock)
-
-    def _fail(self, err: int) -> None:
-        self.relay._connecting.discard(self)
-        message = str(self.target.error("connect", err))
-        self.relay._failed(self.conn, self.client, message, err)
-
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.sock is not None:
-            if self.registered:
-                self.relay.loop.unregister(self.sock.fileno())
-            self.sock.close()
-        self.client.close()
-        self.relay._connecting.discard(self)
 
 
 def group_name(gid: int) -> str:

@@ -5,7 +5,9 @@ only while it has nothing waiting to be written, so a slow reader slows its writ
 (back-pressure) instead of filling our memory. EOF from a source becomes
 shutdown(SHUT_WR) on its destination, and the other pump keeps going (half-close);
 the connection ends when both pumps have ended. An error on either side (ECONNRESET,
-EPIPE) ends both at once and is reported once, as a reset.
+EPIPE) ends both at once and is reported once, as a reset. Those rules are tables in
+`udskit.relay.pumpstate` (pure); this module does the I/O they name and reports what it
+found. A session knows the relay only as its `RelayCore`.
 
 Two kinds of pump:
 
@@ -27,7 +29,6 @@ import errno
 import fcntl
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -35,8 +36,23 @@ from typing import TYPE_CHECKING, Final, final
 
 from udskit.cmsg import SCM_MAX_FD, decode_ancillary, encode_rights, receive_space
 from udskit.errors import errno_name
+from udskit.relay.core import RelayCore, SessionEnd
 from udskit.relay.events import CopyMode, EventKind
-from udskit.relay.loop import ERR, HUP, IN, OUT
+from udskit.relay.loop import IN
+from udskit.relay.passing import Credentials, close_all, describe_fds
+from udskit.relay.pumpstate import (
+    JUST_READABLE,
+    Outcome,
+    PumpAction,
+    PumpState,
+    SessionAction,
+    SideAction,
+    after_pump_done,
+    flush_first,
+    interest,
+    side_action,
+)
+from udskit.relay.pumpstate import step as next_step
 from udskit.relay.sides import socket_type
 from udskit.socktype import SocketType
 from udskit.tap import ConnectionInfo, Direction
@@ -44,17 +60,18 @@ from udskit.tap import ConnectionInfo, Direction
 if TYPE_CHECKING:
     import subprocess
 
-    from udskit.relay.engine import Relay
+__all__ = ["CopyPump", "Credentials", "Session", "SplicePump", "describe_fds"]
+
+READING: Final = PumpState.READING
+BLOCKED: Final = PumpState.BLOCKED
+DONE: Final = PumpState.DONE
+WATCH: Final = PumpAction.WATCH
+SHUTDOWN_WRITE: Final = PumpAction.SHUTDOWN_WRITE
 
 SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: Bytes per splice: the pipe's capacity. 1 MiB is the default pipe-max-size; a bigger
 #: pipe did not move bulk data faster here (benchmarks/relay.py).
 PIPE_SIZE: Final = 1 << 20
-_GONE: Final = IN | HUP | ERR
-#: A blocked pump tries its destination on these: writable, or gone (then the send
-#: fails with EPIPE and the connection ends as a reset instead of EPOLLHUP waking the
-#: loop for ever).
-_TRY_SEND: Final = OUT | HUP | ERR
 #: SO_TIMESTAMP (asm-generic/socket.h), which the socket module does not export.
 SO_TIMESTAMP: Final = 29
 _TIMESTAMP_SPACE: Final = socket.CMSG_SPACE(16)  # struct timeval (64-bit)
@@ -68,55 +85,11 @@ SPLICE_SNDBUF: Final = 1 << 20
 _LINGER_RESET: Final = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
 
-_UCRED: Final = struct.Struct("3i")
-
-
-@final
-class Credentials:
-    """SCM_CREDENTIALS to attach to each chunk one way (pid, uid, gid of the original
-    sender). The kernel wants the pid to exist (__scm_send: ESRCH otherwise): once the
-    sender has exited its chunks go on with the proxy's own pid and its uid and gid."""
-
-    __slots__ = ("ancillary", "gid", "pid", "uid")
-
-    def __init__(self, pid: int, uid: int, gid: int) -> None:
-        self.pid, self.uid, self.gid = pid, uid, gid
-        self.ancillary = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, _UCRED.pack(pid, uid, gid))]
-
-    def with_rights(self, rights: tuple[int, int, bytes]) -> list[tuple[int, int, bytes]]:
-        return [rights, *self.ancillary]
-
-    def sender(self, sock: socket.socket) -> Callable[[bytes | memoryview], int]:
-        """`sock.send` with these credentials attached."""
-        sendmsg = sock.sendmsg
-        ancillary = self.ancillary
-
-        def send(chunk: bytes | memoryview) -> int:
-            try:
-                return sendmsg((chunk,), ancillary)
-            except ProcessLookupError:  # ESRCH: the sender has gone
-                ancillary[0] = (
-                    socket.SOL_SOCKET,
-                    socket.SCM_CREDENTIALS,
-                    _UCRED.pack(os.getpid(), self.uid, self.gid),
-                )
-                return sendmsg((chunk,), ancillary)
-
-        return send
-
-
 class _Pump:
-    __slots__ = (
-        "blocked",
-        "count",
-        "direction",
-        "done",
-        "dst",
-        "eof",
-        "reading",
-        "session",
-        "src",
-    )
+    """One direction of a session. Its `state` (READING, BLOCKED, DONE) changes only as
+    `pumpstate.TRANSITIONS` says, through `_after`; the subclasses do the I/O."""
+
+    __slots__ = ("count", "direction", "dst", "session", "src", "state")
 
     def __init__(
         self, session: Session, src: socket.socket, dst: socket.socket, direction: Direction
@@ -125,10 +98,7 @@ class _Pump:
         self.src = src
         self.dst = dst
         self.direction = direction
-        self.reading = True  # wants EPOLLIN on src
-        self.blocked = False  # has bytes for dst that did not fit: wants EPOLLOUT on dst
-        self.eof = False
-        self.done = False
+        self.state = READING
         self.count = 0
 
     def on_readable(self) -> None:
@@ -140,34 +110,24 @@ class _Pump:
     def close(self) -> None:
         pass
 
-    def _block(self) -> None:
-        self.blocked = True
-        self.reading = False
-        self.session.update()
-
-    def _unblock(self) -> None:
-        self.blocked = False
-        if self.eof:
-            self._finish()
-        else:
-            self.reading = True
+    def _after(self, outcome: Outcome) -> None:
+        """Carry out what the table says follows `outcome` (never FAILED: see _fail)."""
+        step = next_step(self.state, outcome)
+        self.state = step.state
+        action = step.action
+        if action is WATCH:
             self.session.update()
+        elif action is SHUTDOWN_WRITE:
+            # The source ended and everything was delivered: pass the EOF on (half-close).
+            with suppress(OSError):
+                self.dst.shutdown(socket.SHUT_WR)
+            self.session.pump_done(self)
 
-    def _at_eof(self) -> None:
-        self.eof = True
-        self.reading = False
-        if not self.blocked:
-            self._finish()
-        else:
-            self.session.update()
-
-    def _finish(self) -> None:
-        """Source ended and everything was delivered: pass the EOF on (half-close)."""
-        with suppress(OSError):
-            self.dst.shutdown(socket.SHUT_WR)
-        self.done = True
-        self.reading = False
-        self.session.pump_done(self)
+    def _fail(self, reading: bool, exc: OSError | None, detail: str = "") -> None:
+        """A read (`reading`) or write failed: the table ends the pump with a reset."""
+        step = next_step(self.state, Outcome.FAILED)
+        self.state = step.state
+        self.session.reset(self.direction, reading, exc, detail)
 
 
 @final
@@ -193,29 +153,31 @@ class SplicePump(_Pump):
         except BlockingIOError:
             return
         except OSError as exc:
-            self.session.reset(self.direction, True, exc)
+            self._fail(True, exc)
             return
         if n == 0:
-            self._at_eof()
+            self._after(Outcome.EOF)
             return
         self.inpipe = n
         self.on_writable()
 
     def on_writable(self) -> None:
+        """Move what the pipe holds to the destination. From READING (just read) this
+        is DELIVERED or HELD; from BLOCKED, DRAINED or still HELD."""
         while self.inpipe:
             try:
                 m = os.splice(self.pipe_r, self.dst_fd, self.inpipe, flags=SPLICE_FLAGS)
             except BlockingIOError:
-                if not self.blocked:
-                    self._block()
+                if self.state is READING:
+                    self._after(Outcome.HELD)
                 return
             except OSError as exc:
-                self.session.reset(self.direction, False, exc)
+                self._fail(False, exc)
                 return
             self.count += m
             self.inpipe -= m
-        if self.blocked:
-            self._unblock()
+        if self.state is BLOCKED:
+            self._after(Outcome.DRAINED)
 
     def close(self) -> None:
         for fd in (self.pipe_r, self.pipe_w):
@@ -283,7 +245,7 @@ class CopyPump(_Pump):
             return self._unix_stream_reader()
 
         def read_stream(events: int = IN) -> None:
-            if events != IN or not self.reading:
+            if events != IN or self.state is not READING:
                 if self.general is not None:
                     self.general(events)
                 return
@@ -292,10 +254,10 @@ class CopyPump(_Pump):
             except BlockingIOError:
                 return
             except OSError as exc:
-                session.reset(direction, True, exc)
+                self._fail(True, exc)
                 return
             if not n:
-                self._at_eof()
+                self._after(Outcome.EOF)
                 return
             chunk = view[:n]
             tap = core.tap
@@ -307,11 +269,11 @@ class CopyPump(_Pump):
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                session.reset(direction, False, exc)
+                self._fail(False, exc)
                 return
             if sent < n:
                 self.pending = memoryview(bytes(chunk[sent:]))  # the buffer is reused
-                self._block()
+                self._after(Outcome.HELD)
 
         return read_stream
 
@@ -329,7 +291,7 @@ class CopyPump(_Pump):
         time_ns = time.time_ns
 
         def read_stream(events: int = IN) -> None:
-            if events != IN or not self.reading:
+            if events != IN or self.state is not READING:
                 if self.general is not None:
                     self.general(events)
                 return
@@ -338,12 +300,12 @@ class CopyPump(_Pump):
             except BlockingIOError:
                 return
             except OSError as exc:
-                session.reset(direction, True, exc)
+                self._fail(True, exc)
                 return
             fds = self._take_fds(ancillary, flags) if ancillary else ()
             if not n:
-                _close_all(fds)  # (a stream carries no descriptors without a byte)
-                self._at_eof()
+                close_all(fds)  # (a stream carries no descriptors without a byte)
+                self._after(Outcome.EOF)
                 return
             chunk = view[:n]
             tap = core.tap
@@ -357,14 +319,14 @@ class CopyPump(_Pump):
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                _close_all(fds)
-                session.reset(direction, False, exc)
+                close_all(fds)
+                self._fail(False, exc)
                 return
             if sent < n:
                 self.pending = memoryview(bytes(chunk[sent:]))  # the buffer is reused
                 if sent == 0 and fds:
                     self.pending_fds = fds  # they go with the first byte
-                self._block()
+                self._after(Outcome.HELD)
 
         return read_stream
 
@@ -373,7 +335,7 @@ class CopyPump(_Pump):
         sent explicitly are not passed on: the proxy's own, or the carried ones, go."""
         got = decode_ancillary(ancillary, flags)
         if got.pidfd is not None:
-            _close_all((got.pidfd,))
+            close_all((got.pidfd,))
         return got.fds
 
     def _send_fds(self, chunk: bytes | memoryview, fds: tuple[int, ...]) -> int:
@@ -383,7 +345,7 @@ class CopyPump(_Pump):
         go with the first byte sent. BlockingIOError: nothing went, the caller keeps
         both."""
         sent = self.dst.sendmsg((chunk,), self._ancillary(fds[:SCM_MAX_FD]))
-        _close_all(fds)
+        close_all(fds)
         return sent
 
     def _ancillary(self, fds: tuple[int, ...]) -> list[tuple[int, int, bytes]]:
@@ -399,7 +361,7 @@ class CopyPump(_Pump):
 
     def close(self) -> None:
         fds, self.pending_fds = self.pending_fds, ()
-        _close_all(fds)
+        close_all(fds)
 
     def on_readable(self) -> None:
         if not self.record:
@@ -416,20 +378,16 @@ class CopyPump(_Pump):
         except BlockingIOError:
             return
         except OSError as exc:
-            session.reset(self.direction, True, exc)
+            self._fail(True, exc)
             return
         if eof:
-            self._at_eof()
+            self._after(Outcome.EOF)
             return
         fds = self._take_fds(ancillary, flags) if len(ancillary) > 1 else ()
         if n > self.limit:  # MSG_TRUNC: the record was bigger than our buffer
-            _close_all(fds)
-            session.reset(
-                self.direction,
-                True,
-                None,
-                f"a {n}-byte record exceeds the relay's {self.limit}-byte buffer",
-            )
+            close_all(fds)
+            too_big = f"a {n}-byte record exceeds the relay's {self.limit}-byte buffer"
+            self._fail(True, None, too_big)
             return
         chunk = view[:n]
         tap = core.tap
@@ -444,12 +402,12 @@ class CopyPump(_Pump):
             sent = 0
             self.pending_fds = fds
         except OSError as exc:
-            _close_all(fds)
-            session.reset(self.direction, False, exc)
+            close_all(fds)
+            self._fail(False, exc)
             return
         if sent < n or (n == 0 and self.pending_fds):
             self.pending = memoryview(bytes(chunk[sent:]))  # the buffer is reused
-            self._block()
+            self._after(Outcome.HELD)
 
     def on_writable(self) -> None:
         pending = self.pending
@@ -466,15 +424,15 @@ class CopyPump(_Pump):
             else:
                 sent = self.send(pending)
         except BlockingIOError:
-            return
+            return  # WOULD_BLOCK: still BLOCKED, nothing to do
         except OSError as exc:
-            self.session.reset(self.direction, False, exc)
+            self._fail(False, exc)
             return
         if sent < len(pending):
             self.pending = pending[sent:]
-            return
+            return  # HELD: still BLOCKED, nothing to do
         self.pending = None
-        self._unblock()
+        self._after(Outcome.DRAINED)
 
 
 @final
@@ -498,7 +456,7 @@ class Session:
 
     def __init__(
         self,
-        core: Relay,
+        core: RelayCore,
         conn: ConnectionInfo,
         client: socket.socket,
         upstream: socket.socket,
@@ -549,47 +507,57 @@ class Session:
             loop.register(self.upstream_fd, IN, self._on_upstream)
 
     # -- events -----------------------------------------------------------------------------
+    # What an event leads to is decided in pumpstate (flush_first, side_action,
+    # after_pump_done, interest); these methods carry it out.
     def _on_client(self, events: int) -> None:
-        if events & _TRY_SEND and self.s2c.blocked:
-            self.s2c.on_writable()
+        c2s = self.c2s
+        if events == JUST_READABLE and c2s.state is READING:
+            c2s.on_readable()  # = flush_first False, side_action READ (pumpstate)
+            return
+        s2c = self.s2c
+        if flush_first(events, s2c.state):
+            s2c.on_writable()
             if self.closed:
                 return
-        if self.c2s.reading:
-            if events & _GONE:
-                self.c2s.on_readable()
-        elif events & (HUP | ERR) and not self.s2c.blocked:
-            if self.c2s.done:
-                self._peer_gone(Direction.C2S)
-            else:  # its bytes wait for upstream to drain; hear from it again then
-                self.core.loop.park(self.client_fd)
+        action = side_action(events, c2s.state, s2c.state)
+        if action is SideAction.READ:
+            c2s.on_readable()
+        elif action is SideAction.PEER_GONE:
+            self._peer_gone(Direction.C2S)
+        elif action is SideAction.PARK:  # its bytes wait for upstream to drain
+            self.core.loop.park(self.client_fd)
 
     def _on_upstream(self, events: int) -> None:
-        if events & _TRY_SEND and self.c2s.blocked:
-            self.c2s.on_writable()
+        s2c = self.s2c
+        if events == JUST_READABLE and s2c.state is READING:
+            s2c.on_readable()
+            return
+        c2s = self.c2s
+        if flush_first(events, c2s.state):
+            c2s.on_writable()
             if self.closed:
                 return
-        if self.s2c.reading:
-            if events & _GONE:
-                self.s2c.on_readable()
-        elif events & (HUP | ERR) and not self.c2s.blocked:
-            if self.s2c.done:
-                self._peer_gone(Direction.S2C)
-            else:
-                self.core.loop.park(self.upstream_fd)
+        action = side_action(events, s2c.state, c2s.state)
+        if action is SideAction.READ:
+            s2c.on_readable()
+        elif action is SideAction.PEER_GONE:
+            self._peer_gone(Direction.S2C)
+        elif action is SideAction.PARK:
+            self.core.loop.park(self.upstream_fd)
 
     def update(self) -> None:
         """Ask epoll for what the pumps now want (only changes cost a syscall)."""
         if self.closed:
             return
-        c2s, s2c = self.c2s, self.s2c
+        c2s, s2c = self.c2s.state, self.s2c.state
         modify = self.core.loop.modify
-        modify(self.client_fd, (IN if c2s.reading else 0) | (OUT if s2c.blocked else 0))
-        modify(self.upstream_fd, (IN if s2c.reading else 0) | (OUT if c2s.blocked else 0))
+        modify(self.client_fd, interest(c2s, s2c))
+        modify(self.upstream_fd, interest(s2c, c2s))
 
     def pump_done(self, pump: _Pump) -> None:
         if self.first is None:
             self.first = pump.direction
-        if self.c2s.done and self.s2c.done:
+        if after_pump_done(self.c2s.state, self.s2c.state) is SessionAction.CLOSE:
             self._close(EventKind.CLOSED, self.first, "")
         else:
             self.update()
@@ -638,27 +606,18 @@ class Session:
         now = time.time_ns()
         if core.tap is not None:
             core.tap.closed(self.conn, first, now)
-        core.session_ended(self, kind, first, detail, now)
-
-
-def _close_all(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        with suppress(OSError):
-            os.close(fd)
-
-
-def describe_fds(fds: tuple[int, ...]) -> tuple[str, ...]:
-    """What each passed descriptor is, for the record: `file:/etc/hosts`,
-    `socket:[12345]`, `pipe:[678]`, `anon_inode:[eventfd]`, ... (readlink of
-    /proc/self/fd, as lsof shows them); names escaped later by the printers."""
-    kinds: list[str] = []
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            target = "?"
-        kinds.append("file:" + target if target.startswith("/") else target)
-    return tuple(kinds)
+        end = SessionEnd(
+            kind,
+            now,
+            self.conn,
+            self.mode,
+            self.c2s.count,
+            self.s2c.count,
+            self.first,  # (the event keeps it even after a reset; the tap gets `first`)
+            detail,
+            self.child,
+        )
+        core.session_ended(self, end)
 
 
 def _copy_pump(
