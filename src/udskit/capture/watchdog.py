@@ -1,0 +1,216 @@
+"""I/O: a dump's watchdog, which puts the original socket file back when the dump dies
+without doing so itself (kill -9, the OOM killer, a crash).
+
+A proxy dump moves the service's socket file aside and stands in its place; on any
+stop it can handle (Ctrl-C, SIGTERM, SIGHUP, an error) it puts the file back itself.
+SIGKILL leaves no such chance: without a watchdog the service stays unreachable until
+somebody runs `udskit dump --restore PATH`. So once the takeover is done the dump
+starts a small process, `udskit-watchdog` in ps (`python -m udskit.capture.watchdog
+PATH`), that holds:
+
+- a pidfd of the dump (pidfd_open(2)): it becomes readable when the dump has exited,
+  once the dump is a zombie, which is when its state record stops reading as a
+  running dump's (`restoreplan.stat_start_time`);
+- the read end of a pipe: the dump writes `done` there after its own restore, then
+  closes it. A pipe that closes without that word is not proof of death on its own:
+  the kernel closes a dying process's files before it becomes a zombie.
+
+What to do with those two facts is `restoreplan.plan_watch`. When the dump died
+without its word, the watchdog runs exactly what `udskit dump --restore PATH` runs
+(`proxy.restore_leftovers`): it goes by the dump's state record and the inodes it
+names, with the same locks and the same rules for directories in other hands (no
+symlink is followed, every inode is checked right before each link, rename or
+unlink; a name the record does not mention is never touched).
+
+Signals. The watchdog is started in a session of its own (setsid), so a Ctrl-C on the
+terminal (SIGINT to the foreground process group), a hangup (SIGHUP to the session)
+and `kill -9 -PGID` of the dump's group do not reach it: those are the very deaths
+it is there for. Nor does it need them: it follows the dump, and leaves as soon as
+the dump says it is done (the dump waits for that, so no watchdog outlives a clean
+stop). SIGTERM sent to the watchdog itself ends it: whoever does that wants it gone.
+Its stderr is the dump's, so what it did is said where the dump's lines went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Final, final
+
+from udskit.capture.restoreplan import Watch, plan_watch
+
+__all__ = ["DISMISS", "WATCHDOG_COMM", "Watchdog", "main"]
+
+#: What the dump writes to its watchdog's pipe once it put everything back itself.
+DISMISS: Final = b"done\n"
+#: The watchdog's name in ps, top and /proc/PID/comm (at most 15 bytes: TASK_COMM_LEN).
+WATCHDOG_COMM: Final = "udskit-watchdog"
+#: How long a dump that stops waits for its dismissed watchdog to exit, in seconds. It
+#: only reads a few bytes and exits; the bound is for a machine that is thrashing.
+DISMISS_WAIT: Final = 5.0
+
+
+@final
+class Watchdog:
+    """The dump's side of its watchdog: `start()` it once the takeover is done,
+    `dismiss()` it after the dump's own restore."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], pipe: int) -> None:
+        self.proc = proc
+        self._pipe = pipe  # the write end; closed by dismiss()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @classmethod
+    def start(cls, path: str) -> Watchdog:
+        """Start a watchdog for the dump of socket file `path` (this process).
+
+        Raises OSError when it cannot be started (no pidfd support, no processes left):
+        the dump still runs, and says that --restore is needed after a kill -9."""
+        pidfd = os.pidfd_open(os.getpid())
+        try:
+            read_end, write_end = os.pipe()  # both close-on-exec: no other child gets them
+        except BaseException:
+            os.close(pidfd)
+            raise
+        try:
+            proc = subprocess.Popen(
+                _command(path, pidfd, read_end),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(pidfd, read_end),
+                start_new_session=True,
+                # Not the directory of PATH, which may be somebody else's: `-m` would
+                # look for modules there first (-P says not to, as well).
+                cwd="/",
+                env=_environment(),
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(pidfd)
+            os.close(read_end)
+        return cls(proc, write_end)
+
+    def dismiss(self, timeout: float = DISMISS_WAIT) -> None:
+        """Tell the watchdog the dump is done, and wait until it has exited; one that
+        does not exit in time is killed, so no watchdog outlives a clean stop."""
+        if self._pipe >= 0:
+            with suppress(OSError):  # a watchdog already gone (somebody killed it)
+                os.write(self._pipe, DISMISS)
+            os.close(self._pipe)
+            self._pipe = -1
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _command(path: str, pidfd: int, pipe: int) -> list[str]:
+    return [
+        sys.executable,
+        "-P",
+        "-m",
+        "udskit.capture.watchdog",
+        "--pid",
+        str(os.getpid()),
+        "--pidfd",
+        str(pidfd),
+        "--pipe",
+        str(pipe),
+        "--",
+        path,
+    ]
+
+
+def _environment() -> dict[str, str]:
+    """Our environment, with the directory udskit was imported from first on the
+    module path: the watchdog must run this very udskit, wherever it came from."""
+    import udskit
+
+    env = dict(os.environ)
+    top = os.path.dirname(os.path.dirname(os.path.abspath(udskit.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (top, env.get("PYTHONPATH")) if p)
+    return env
+
+
+# -- the watchdog process ----------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=WATCHDOG_COMM)
+    parser.add_argument("--pid", type=int, required=True)
+    parser.add_argument("--pidfd", type=int, required=True)
+    parser.add_argument("--pipe", type=int, required=True)
+    parser.add_argument("path")
+    args = parser.parse_args(argv)
+    # In its own session already; this covers a kill -INT aimed at it by hand too.
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    with suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(WATCHDOG_COMM)
+    # Imported now, while the dump runs: a restore must not wait for imports.
+    from udskit.capture.proxy import restore_leftovers
+    from udskit.errors import UdskitError
+    from udskit.safetext import safe_line
+
+    if watch(args.pidfd, args.pipe) is Watch.LEAVE:
+        return 0
+    say = f"udskit dump: (watchdog) the dump (pid {args.pid}) died without restoring"
+    try:
+        notes = restore_leftovers(args.path)
+    except UdskitError as err:
+        _say(safe_line(f"{say}; the restore failed: {err}"))
+        return 1
+    for note in notes:
+        _say(safe_line(f"{say}: {note}"))
+    return 0
+
+
+def watch(pidfd: int, pipe: int) -> Watch:
+    """Wait until the dump dismisses us (LEAVE) or exits without a word (RESTORE)."""
+    os.set_blocking(pipe, False)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(pipe, select.POLLIN)
+    said = b""
+    dismissed = exited = False
+    while True:
+        decision = plan_watch(dismissed=dismissed, dump_exited=exited)
+        if decision is not Watch.WAIT:
+            return decision
+        for fd, _events in poller.poll():
+            if fd == pidfd:
+                exited = True
+                poller.unregister(pidfd)
+        # The pipe is read after every wake-up, also the one that says the dump exited:
+        # a word written just before a clean exit is in it by then.
+        while True:
+            try:
+                chunk = os.read(pipe, 64)
+            except BlockingIOError:
+                break
+            if not chunk:
+                with suppress(KeyError):
+                    poller.unregister(pipe)  # closed: only the pidfd can tell us more
+                break
+            said += chunk
+        dismissed = DISMISS in said
+
+
+def _say(line: str) -> None:
+    with suppress(OSError):
+        os.write(2, (line + "\n").encode("utf-8", errors="backslashreplace"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
