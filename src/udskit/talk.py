@@ -539,20 +539,17 @@ def _serve_datagrams(
         # (passcred=True) turns it on before bind; this covers a listener made without.
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     while options.count is None or served < options.count:
-        message = recv_message(
-            listener.sock, options.buffer, listener.address, credentials=wanted
-        )
+        message = recv_message(listener.sock, options.buffer, listener.address, credentials=wanted)
         creds = message.credentials
-        if checking:
-            if creds is None or not options.peers.allows(creds[1], creds[2]):
-                who = f"pid {creds[0]} uid {creds[1]} gid {creds[2]}" if creds else "unknown"
-                log(
-                    f"dropped a datagram from {message.sender}: sender {who} is not "
-                    "allowed (--allow-uid/--allow-gid); no reply"
-                )
-                pid, uid, gid = creds if creds is not None else (None, None, None)
-                report(Refused(pid, uid, gid, sender=message.sender))
-                continue
+        if checking and (creds is None or not options.peers.allows(creds[1], creds[2])):
+            who = f"pid {creds[0]} uid {creds[1]} gid {creds[2]}" if creds else "unknown"
+            log(
+                f"dropped a datagram from {message.sender}: sender {who} is not "
+                "allowed (--allow-uid/--allow-gid); no reply"
+            )
+            pid, uid, gid = creds if creds is not None else (None, None, None)
+            report(Refused(pid, uid, gid, sender=message.sender))
+            continue
         served += 1
         sender = message.sender
         report(
