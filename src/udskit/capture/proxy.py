@@ -514,7 +514,9 @@ class Takeover:
             # Outside the lock: the watchdog inherits none of our fds but the two it
             # is given, and a restore it makes takes the lock itself.
             try:
-                self.watchdog = Watchdog.start(self.path)
+                # Held until the watchdog is stored, so that close() always finds it.
+                with signals_held():
+                    self.watchdog = Watchdog.start(self.path)
             except OSError as exc:
                 self.notes.append(
                     f"no watchdog ({exc.strerror or exc}): after a kill -9, run "

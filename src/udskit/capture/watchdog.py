@@ -74,7 +74,12 @@ class Watchdog:
         """Start a watchdog for the dump of socket file `path` (this process).
 
         Raises OSError when it cannot be started (no pidfd support, no processes left):
-        the dump still runs, and says that --restore is needed after a kill -9."""
+        the dump still runs, and says that --restore is needed after a kill -9.
+
+        Call it with the stop signals held (`udskit.signals.signals_held`) until the
+        result is stored: a Ctrl-C in between would leave a watchdog running that the
+        dump does not know of and cannot dismiss. The child inherits that mask, and
+        `main()` lifts it."""
         pidfd = os.pidfd_open(os.getpid())
         try:
             read_end, write_end = os.pipe()  # both close-on-exec: no other child gets them
@@ -156,10 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # In its own session already; this covers a kill -INT aimed at it by hand too.
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
+    # Started with the dump's stop signals blocked (see Watchdog.start): SIGTERM works.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     with suppress(OSError), open("/proc/self/comm", "w") as comm:
         comm.write(WATCHDOG_COMM)
     # Imported now, while the dump runs: a restore must not wait for imports.
-    from udskit.capture.proxy import restore_leftovers
+    from udskit.capture.proxy import dump_record, restore_leftovers
     from udskit.errors import UdskitError
     from udskit.safetext import safe_line
 
@@ -167,8 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     say = f"udskit dump: (watchdog) the dump (pid {args.pid}) died without restoring"
     try:
+        if dump_record(args.path) is None:
+            return 0  # it died after its own restore, just before its word: all is done
         notes = restore_leftovers(args.path)
-    except UdskitError as err:
+    except (UdskitError, OSError) as err:
         _say(safe_line(f"{say}; the restore failed: {err}"))
         return 1
     for note in notes:
