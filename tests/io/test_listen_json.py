@@ -36,6 +36,17 @@ while data := s.recv(1000):
 """
 
 
+RESETTING_CLIENT = """\
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+s.connect(sys.argv[1])
+s.sendall(b"x")
+s.recv(1, socket.MSG_PEEK)  # the echo has arrived, and stays unread
+s.close()
+"""
+
+
 def jq(peers: Peers, out: bytes, program: str = ".") -> list[dict[str, object]]:
     judged = peers.run("jq", "-c", program, input=out)
     assert judged.returncode == 0, judged.stderr.decode()
@@ -184,3 +195,30 @@ def test_a_reader_that_goes_away_stops_the_server_quietly(peers: Peers, sockdir:
     assert server.proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
     assert not path.exists()
+
+
+def test_a_client_that_fails_is_closed_with_its_error_and_counted(
+    peers: Peers, sockdir: Path
+) -> None:
+    path = sockdir / "echo.sock"
+    server = listen(peers, path, "--echo", "--count", "2")
+    # A client that leaves with the echo unread in its queue: the kernel resets the
+    # connection (unix_release_sock), and the server's next read fails.
+    reset = peers.run(sys.executable, "-c", RESETTING_CLIENT, path)
+    assert reset.returncode == 0, reset.stderr.decode()
+    assert peers.run("socat", "-", f"UNIX-CONNECT:{path}", input=b"ok\n").stdout == b"ok\n"
+    out, err = finished(server)
+    closed = jq(peers, out, 'select(.event=="closed")')
+    assert "error" in closed[0] and "error" not in closed[1]
+    assert str(closed[0]["error"]) in err  # the same words as the line for people
+    stopped = jq(peers, out, 'select(.event=="stopped")')
+    assert stopped[0]["failed"] == 1 and stopped[0]["connections"] == 2
+
+
+def test_exec_connections_are_accepted_and_closed(peers: Peers, sockdir: Path) -> None:
+    path = sockdir / "exec.sock"
+    server = listen(peers, path, "--exec", "tr a-z A-Z", "--count", "1")
+    assert peers.run("nc", "-U", "-N", path, input=b"shout\n").stdout == b"SHOUT\n"
+    out, _err = finished(server)
+    kinds = jq(peers, out, ".event")
+    assert kinds == ["listening", "accepted", "closed", "stopped"]  # type: ignore[comparison-overlap]
