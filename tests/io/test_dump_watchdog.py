@@ -5,6 +5,7 @@ left. Real servers (socat) and real clients (socat), the proxy engine pinned."""
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 from pathlib import Path
 
@@ -148,3 +149,42 @@ def test_no_watchdog_leaves_the_restore_to_the_user(peers: Peers, sockdir: Path)
     restore = peers.udskit_run("dump", "--restore", path)
     assert restore.returncode == 0, restore.stderr.decode()
     assert restored(path, original)
+
+
+def test_in_a_hostile_directory_the_watchdog_leaves_a_planted_file_alone(
+    peers: Peers, sockdir: Path
+) -> None:
+    """Root dumps a socket in a directory nobody owns; after the kill -9, and before the
+    watchdog acts (it is held with SIGSTOP), nobody puts a symlink to a root file at
+    PATH. The watchdog must neither follow it nor remove it: it names it and leaves the
+    original under its hidden name, as --restore does."""
+    if os.geteuid() != 0:
+        pytest.skip("root in a directory another user owns")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(sockdir, nobody.pw_uid, nobody.pw_gid)
+    path = socat_echo(peers, sockdir)
+    secret = sockdir.parent / f"udsk-secret-{os.getpid()}"
+    secret.write_bytes(b"root only\n")
+    secret.chmod(0o600)
+    try:
+        dump = start_dump(peers, path, "--engine", "proxy")
+        watchdog = watchdog_of(dump)
+        os.kill(watchdog, signal.SIGSTOP)
+        try:
+            os.kill(dump.pid, signal.SIGKILL)
+            dump.wait()
+            planted = peers.run(*peers.as_nobody("ln", "-sfn", secret, path))
+            assert planted.returncode == 0, planted.stderr.decode()
+        finally:
+            os.kill(watchdog, signal.SIGCONT)
+        wait_until(lambda: gone(watchdog), what="the watchdog to finish")
+        _out, err = dump.stop()
+        assert os.readlink(path) == str(secret)  # left where nobody put it
+        assert secret.read_bytes() == b"root only\n" and secret.stat().st_mode & 0o777 == 0o600
+        hidden = [p for p in leftover_names(str(path)) if ".udskit-dump-" in p]
+        assert len(hidden) == 1  # the original's last name is kept, not lost
+        said = err.decode()
+        assert "symbolic link owned by uid 65534" in said and "left alone" in said
+        assert "Traceback" not in said
+    finally:
+        secret.unlink()
