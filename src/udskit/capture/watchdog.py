@@ -11,8 +11,10 @@ PATH`), that holds:
 - a pidfd of the dump (pidfd_open(2)): it becomes readable when the dump has exited,
   once the dump is a zombie, which is when its state record stops reading as a
   running dump's (`restoreplan.stat_start_time`);
-- the read end of a pipe: the dump writes `done` there after its own restore, then
-  closes it. A pipe that closes without that word is not proof of death on its own:
+- one end of a socketpair (the "pipe" below): the dump writes `done` on its end after
+  its own restore, then closes it. A socketpair rather than a pipe so that `udskit ls`
+  shows the pair, with the dump and `udskit-watchdog` as its two holders. An end that
+  closes without that word is not proof of death on its own:
   the kernel closes a dying process's files before it becomes a zombie.
 
 What to do with those two facts is `restoreplan.plan_watch`. When the dump died
@@ -37,6 +39,7 @@ import argparse
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -61,9 +64,9 @@ class Watchdog:
     """The dump's side of its watchdog: `start()` it once the takeover is done,
     `dismiss()` it after the dump's own restore."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], pipe: int) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], pipe: socket.socket) -> None:
         self.proc = proc
-        self._pipe = pipe  # the write end; closed by dismiss()
+        self._pipe: socket.socket | None = pipe  # the dump's end; closed by dismiss()
 
     @property
     def pid(self) -> int:
@@ -82,7 +85,9 @@ class Watchdog:
         `main()` lifts it."""
         pidfd = os.pidfd_open(os.getpid())
         try:
-            read_end, write_end = os.pipe()  # both close-on-exec: no other child gets them
+            # Both ends close-on-exec: no other child of the dump gets them.
+            write_end, read_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            read_end = read_sock.detach()
         except BaseException:
             os.close(pidfd)
             raise
@@ -99,7 +104,7 @@ class Watchdog:
                 env=_environment(),
             )
         except BaseException:
-            os.close(write_end)
+            write_end.close()
             raise
         finally:
             os.close(pidfd)
@@ -109,11 +114,11 @@ class Watchdog:
     def dismiss(self, timeout: float = DISMISS_WAIT) -> None:
         """Tell the watchdog the dump is done, and wait until it has exited; one that
         does not exit in time is killed, so no watchdog outlives a clean stop."""
-        if self._pipe >= 0:
+        if self._pipe is not None:
             with suppress(OSError):  # a watchdog already gone (somebody killed it)
-                os.write(self._pipe, DISMISS)
-            os.close(self._pipe)
-            self._pipe = -1
+                self._pipe.sendall(DISMISS)
+            self._pipe.close()
+            self._pipe = None
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
