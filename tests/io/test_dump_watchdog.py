@@ -106,6 +106,9 @@ def test_a_clean_stop_by_ctrl_c_on_the_group_leaves_no_watchdog(
     original = os.lstat(path).st_ino
     dump = start_dump(peers, path, "--engine", "proxy")
     watchdog = watchdog_of(dump)
+    # udskit ls names it: the two ends of the pair it shares with the dump.
+    listing = peers.udskit_run("ls").stdout.decode()
+    assert f"udskit-watchdog[{watchdog}]" in listing
     assert socat_exchange(peers, path, b"ping\n") == b"ping\n"
     # Ctrl-C on a terminal: SIGINT to the whole foreground process group.
     os.killpg(dump.pid, signal.SIGINT)
