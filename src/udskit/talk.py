@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final, Protocol, final
 
 from udskit.address import AddressKind, UnixAddress
-from udskit.ancillary import peer_ucred
+from udskit.ancillary import peer_groups, peer_ucred
 from udskit.endpoints import Listener, recv_message, send_message
 from udskit.errors import PeerClosed, SocketError, UdskitError, UsageError, socket_error
 from udskit.probe import explain, os_errors
 from udskit.procfs import process_command
 from udskit.safetext import escape_text
-from udskit.signals import start_worker
+from udskit.signals import Terminated, start_worker
 from udskit.socktype import SocketType
+from udskit.talkevents import Accepted, Closed, Received, Refused, ServerEvent, Stopped
 
 __all__ = [
     "Action",
@@ -52,6 +53,8 @@ DEFAULT_MESSAGE_BUFFER: Final = 65536
 
 Out = Callable[[bytes], None]
 Log = Callable[[str], None]
+#: Told of each thing a server does (`udskit.talkevents`); `listen --json` prints them.
+Observer = Callable[[ServerEvent], None]
 
 
 class Action(enum.Enum):
@@ -121,34 +124,120 @@ def serve(
     log: Log,
     *,
     stop: StopFlag | None = None,
+    events: Observer | None = None,
 ) -> int:
     """Serve until `options.count` is reached (or forever). Returns how many were served.
+
+    With `events`, each client accepted or refused, each read, each close and the stop
+    (with its reason and totals) is told to it as a `udskit.talkevents` value, one at a
+    time even with concurrent clients; what is received then goes there and not to
+    `out` (`listen --json`: the data is in the events).
 
     With `stop`, serving ends once it is set: no more clients are accepted, and the
     ones being served are finished first (a hand-off drains this way). The listener
     may then be shared with another process, so accepting waits in poll() and takes
     EAGAIN (the other process was quicker) in its stride.
 
-    Raises OutputClosed when writing to `out` fails."""
+    Raises OutputClosed when writing to `out` (or telling `events`) fails."""
     closed = threading.Event()
+
+    def output_closed() -> None:
+        closed.set()
+        # Wake the accept() of the main thread when a connection thread hit it
+        # (not a listener that may be shared with a successor: that one polls).
+        if stop is None:
+            with suppress(OSError):
+                listener.sock.shutdown(socket.SHUT_RDWR)
 
     def guarded(data: bytes) -> None:
         try:
             out(data)
         except OSError as exc:
-            closed.set()
-            # Wake the accept() of the main thread when a connection thread hit it
-            # (not a listener that may be shared with a successor: that one polls).
-            if stop is None:
-                with suppress(OSError):
-                    listener.sock.shutdown(socket.SHUT_RDWR)
+            output_closed()
             raise OutputClosed from exc
 
-    if listener.type is SocketType.DGRAM:
-        if stop is not None:
-            raise UsageError("a datagram server has no connections to drain; no hand-off")
-        return _serve_datagrams(listener, options, guarded, log)
-    return _serve_connections(listener, options, guarded, log, closed, stop)
+    report = _Report(events, output_closed)
+    if listener.type is SocketType.DGRAM and stop is not None:
+        raise UsageError("a datagram server has no connections to drain; no hand-off")
+    try:
+        if listener.type is SocketType.DGRAM:
+            served = _serve_datagrams(listener, options, guarded, log, report)
+        else:
+            served = _serve_connections(listener, options, guarded, log, closed, report, stop)
+    except OutputClosed:
+        raise  # nobody is left to tell
+    except KeyboardInterrupt:
+        report.stopped("interrupted")
+        raise
+    except Terminated:
+        report.stopped("terminated")
+        raise
+    except BaseException:
+        report.stopped("error")
+        raise
+    report.stopped("handoff" if stop is not None and stop.is_set() else "count")
+    return served
+
+
+@final
+class _Report:
+    """The events of one server for its observer: told one at a time (client threads
+    share it), and tallied for the last one, `Stopped`. Without an observer it does
+    nothing, and `active` is false."""
+
+    def __init__(self, observer: Observer | None, output_closed: Callable[[], None]) -> None:
+        self._observer = observer
+        self._output_closed = output_closed
+        self._lock = threading.Lock()
+        self._connections = self._messages = self._bytes = self._refused = self._failed = 0
+        self._per_connection: dict[int, tuple[int, int]] = {}
+        self._stopped = False
+
+    @property
+    def active(self) -> bool:
+        return self._observer is not None
+
+    def __call__(self, event: ServerEvent) -> None:
+        if self._observer is None:
+            return
+        with self._lock:
+            if isinstance(event, Accepted):
+                self._connections += 1
+                self._per_connection[event.connection] = (0, 0)
+            elif isinstance(event, Received):
+                self._messages += 1
+                self._bytes += event.length
+                if event.connection is not None:
+                    messages, count = self._per_connection.get(event.connection, (0, 0))
+                    self._per_connection[event.connection] = (messages + 1, count + event.length)
+            elif isinstance(event, Refused):
+                self._refused += 1
+            elif isinstance(event, Closed) and event.error is not None:
+                self._failed += 1
+            try:
+                self._observer(event)
+            except OSError as exc:
+                self._output_closed()
+                raise OutputClosed from exc
+
+    def closed(self, connection: int, error: str | None) -> None:
+        if self._observer is None:
+            return
+        with self._lock:
+            messages, count = self._per_connection.pop(connection, (0, 0))
+        self(Closed(connection, messages, count, error))
+
+    def stopped(self, reason: str) -> None:
+        """The last event (once): on the way out of a signal or an error too, unless
+        the output itself is what failed."""
+        if self._observer is None or self._stopped:
+            return
+        self._stopped = True
+        with self._lock:
+            totals = (self._connections, self._messages, self._bytes)
+            refused, failed = self._refused, self._failed
+        with suppress(OutputClosed):
+            self(Stopped(reason, *totals, refused, failed))
 
 
 # -- connection servers (stream, seqpacket) ------------------------------------------------
@@ -158,6 +247,7 @@ def _serve_connections(
     out: Out,
     log: Log,
     closed: threading.Event,
+    report: _Report,
     stop: StopFlag | None = None,
 ) -> int:
     served = 0
@@ -193,11 +283,15 @@ def _serve_connections(
                 conn.setblocking(True)
             cred = peer_ucred(conn)
             pid, uid, gid = cred.pid, cred.uid, cred.gid
+            groups = peer_groups(conn) if report.active else ()
             if not options.peers.allows(uid, gid, conn):
                 log(f"refused a client: pid {pid} uid {uid} gid {gid} is not allowed")
                 conn.close()
+                report(Refused(pid, uid, gid, groups))
                 continue
             served += 1
+            if report.active:
+                report(Accepted(served, pid, uid, gid, groups, _command_or_none(pid)))
             if options.verbose:
                 log(
                     f"connection {served} from pid {pid} "
@@ -208,7 +302,7 @@ def _serve_connections(
                 "UDSKIT_PEER_UID": str(uid),
                 "UDSKIT_PEER_GID": str(gid),
             }
-            args = (conn, listener, options, out, log, lock, env, live, failures)
+            args = (conn, listener, options, out, log, lock, env, live, failures, report, served)
             if options.concurrent:
                 threads.append(start_worker(_handle_in_thread, *args))
                 threads = [t for t in threads if t.is_alive()]
@@ -229,6 +323,12 @@ def _serve_connections(
         thread.join()
     failures.summary()
     return served
+
+
+def _command_or_none(pid: int) -> str | None:
+    """The peer's /proc/PID/comm, or None once it has exited (a quick client may)."""
+    command = process_command(pid)
+    return None if command == "?" and not os.path.exists(f"/proc/{pid}") else command
 
 
 @final
@@ -273,20 +373,24 @@ def _handle_connection(
     env: dict[str, str],
     live: _Live,
     failures: _FailureLog,
+    report: _Report,
+    connection: int,
 ) -> None:
     live.add(conn)
+    error: str | None = None
     try:
         with conn:
             if options.action is Action.EXEC:
                 _exec_on(conn, options.command or "cat", env, live)
             elif listener.type is SocketType.SEQPACKET:
-                _serve_records(conn, listener, options, out, log, lock)
+                _serve_records(conn, listener, options, out, log, lock, report, connection)
             else:
-                _serve_stream(conn, options, out, lock)
+                _serve_stream(conn, options, out, lock, report, connection)
     except OSError as err:  # a reset mid-stream ends that client, not the server
-        failures.failed(err)
+        error = failures.failed(err)
     finally:
         live.discard(conn)
+    report.closed(connection, error)
 
 
 @final
@@ -309,7 +413,8 @@ class _FailureLog:
             return f"{os.strerror(err.errno).lower()} ({name})"
         return str(err)
 
-    def failed(self, err: OSError) -> None:
+    def failed(self, err: OSError) -> str:
+        """Count (and maybe log) one client's failure; returns its kind."""
         kind = self._kind(err)
         with self._lock:
             count = self._counts[kind] = self._counts.get(kind, 0) + 1
@@ -317,6 +422,7 @@ class _FailureLog:
             self._log(f"a client failed: {kind}")
         elif count in (10, 100, 1000, 10_000, 100_000):
             self._log(f"{count} clients have failed so far: {kind}")
+        return kind
 
     def summary(self) -> None:
         with self._lock:
@@ -326,7 +432,12 @@ class _FailureLog:
 
 
 def _serve_stream(
-    conn: socket.socket, options: ServeOptions, out: Out, lock: threading.Lock
+    conn: socket.socket,
+    options: ServeOptions,
+    out: Out,
+    lock: threading.Lock,
+    report: _Report,
+    connection: int,
 ) -> None:
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -334,7 +445,11 @@ def _serve_stream(
         n = conn.recv_into(buf)
         if n == 0:
             break
+        if report.active:
+            report(Received(bytes(view[:n]), n, connection=connection))
         if options.action is Action.PRINT:
+            if report.active:
+                continue  # the data is in the event
             with lock:
                 out(bytes(view[:n]))
         elif options.action is Action.UPPER:
@@ -352,6 +467,8 @@ def _serve_records(
     out: Out,
     log: Log,
     lock: threading.Lock,
+    report: _Report,
+    connection: int,
 ) -> None:
     while True:
         message = recv_message(conn, options.buffer, listener.address)
@@ -359,6 +476,10 @@ def _serve_records(
             break  # EOF: a seqpacket peer that shut down or closed
         if message.truncated:
             log(f"message truncated: {message.length} bytes, buffer {options.buffer}")
+        if report.active:
+            report(Received(message.data, message.length, message.truncated, connection))
+            if options.action is Action.PRINT:
+                continue  # the data is in the event
         if options.action is Action.PRINT:
             with lock:
                 out(_as_line(message.data))
@@ -405,30 +526,38 @@ def _as_line(data: bytes) -> bytes:
 
 
 # -- datagram server ------------------------------------------------------------------------------
-def _serve_datagrams(listener: Listener, options: ServeOptions, out: Out, log: Log) -> int:
+def _serve_datagrams(
+    listener: Listener, options: ServeOptions, out: Out, log: Log, report: _Report
+) -> int:
     served = 0
     warned_unnamed = False
     checking = options.peers.active
-    if checking:
+    # Events carry each sender's credentials: datagrams have no connection to ask.
+    wanted = checking or report.active
+    if wanted:
         # Datagrams have no connection to check once: each one carries its sender's
         # credentials (SCM_CREDENTIALS) only while SO_PASSCRED is on. open_listener
         # (passcred=True) turns it on before bind; this covers a listener made without.
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     while options.count is None or served < options.count:
-        message = recv_message(
-            listener.sock, options.buffer, listener.address, credentials=checking
-        )
-        if checking:
-            creds = message.credentials
-            if creds is None or not options.peers.allows(creds[1], creds[2]):
-                who = f"pid {creds[0]} uid {creds[1]} gid {creds[2]}" if creds else "unknown"
-                log(
-                    f"dropped a datagram from {message.sender}: sender {who} is not "
-                    "allowed (--allow-uid/--allow-gid); no reply"
-                )
-                continue
+        message = recv_message(listener.sock, options.buffer, listener.address, credentials=wanted)
+        creds = message.credentials
+        if checking and (creds is None or not options.peers.allows(creds[1], creds[2])):
+            who = f"pid {creds[0]} uid {creds[1]} gid {creds[2]}" if creds else "unknown"
+            log(
+                f"dropped a datagram from {message.sender}: sender {who} is not "
+                "allowed (--allow-uid/--allow-gid); no reply"
+            )
+            pid, uid, gid = creds if creds is not None else (None, None, None)
+            report(Refused(pid, uid, gid, sender=message.sender))
+            continue
         served += 1
         sender = message.sender
+        report(
+            Received(
+                message.data, message.length, message.truncated, sender=sender, credentials=creds
+            )
+        )
         if options.verbose:
             log(f"datagram {served} from {sender}: {message.length} bytes")
         if message.truncated:
@@ -437,7 +566,8 @@ def _serve_datagrams(listener: Listener, options: ServeOptions, out: Out, log: L
                 f"buffer {options.buffer} (raise --buffer)"
             )
         if options.action is Action.PRINT:
-            out(_as_line(message.data))
+            if not report.active:  # else the data is in the event
+                out(_as_line(message.data))
             continue
         if options.action is Action.EXEC:
             reply = subprocess.run(

@@ -185,7 +185,7 @@ def test_redis_cli_and_benchmark_through_dump(peers: Peers, sockdir: Path, tmp_p
     sock = redis(peers, sockdir)
     mode_before = os.lstat(sock)
     pcap = tmp_path / "redis.pcapng"
-    dump = start_dump(peers, sock, "-w", str(pcap))
+    dump = start_dump(peers, sock, "--no-watchdog", "-w", str(pcap))
     during = os.lstat(sock)
     assert (during.st_mode, during.st_uid, during.st_gid) == (
         mode_before.st_mode,
@@ -216,7 +216,7 @@ def test_hundred_clients_a_mebibyte_each_every_byte_delivered_and_recorded(
     peers.start(sys.executable, "-c", HASH_SERVER, sock, wait_for=sock, listening=True)
     original = os.lstat(sock).st_ino
     pcap = tmp_path / "many.pcapng"
-    dump = start_dump(peers, sock, "-w", str(pcap))
+    dump = start_dump(peers, sock, "--no-watchdog", "-w", str(pcap))
     sent: dict[int, str] = {}
     replies: dict[int, str] = {}
     errors: list[BaseException] = []
@@ -290,7 +290,7 @@ def test_kill_9_then_restore(peers: Peers, sockdir: Path, tmp_path: Path) -> Non
     sock = redis(peers, sockdir)
     original = os.lstat(sock).st_ino
     pcap = tmp_path / "killed.pcapng"
-    dump = start_dump(peers, sock, "-w", str(pcap))
+    dump = start_dump(peers, sock, "--no-watchdog", "-w", str(pcap))
     assert peers.run("redis-cli", "-s", sock, "SET", "k", "v").stdout == b"OK\n"
 
     def written() -> bool:
@@ -574,7 +574,7 @@ def test_psql_through_dump_is_dissected_as_postgresql(
         listening=True,
     )
     pcap = tmp_path / "pg.pcapng"
-    dump = start_dump(peers, sock, "-w", str(pcap))
+    dump = start_dump(peers, sock, "--no-watchdog", "-w", str(pcap))
     query = peers.run(
         "psql", "-h", run, "-U", "postgres", "-d", "postgres", "-At", "-c", "SELECT 6 * 7"
     )

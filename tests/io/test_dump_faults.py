@@ -263,7 +263,7 @@ def test_a_wrong_type_is_refused_and_nothing_moves(peers: Peers, sockdir: Path) 
 def test_restore_takes_the_unix_prefix(peers: Peers, sockdir: Path) -> None:
     sock = echo(peers, sockdir)
     original = os.lstat(sock).st_ino
-    dump = start_dump(peers, sock)
+    dump = start_dump(peers, sock, "--no-watchdog")
     os.kill(dump.pid, signal.SIGKILL)
     dump.wait()
     restore = peers.udskit_run("dump", "--restore", f"unix:{sock}")

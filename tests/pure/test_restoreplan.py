@@ -17,8 +17,11 @@ from udskit.capture.restoreplan import (
     Start,
     StartFacts,
     Step,
+    Watch,
     plan_restore,
     plan_start,
+    plan_watch,
+    stat_start_time,
 )
 
 ALL = list(Seen)
@@ -129,3 +132,38 @@ def test_the_usual_cases() -> None:
 )
 def test_start_goes_by_this_users_record_only(facts: StartFacts, decision: Start) -> None:
     assert plan_start(facts) is decision
+
+
+# -- the watchdog -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("dismissed", "exited", "expected"),
+    [
+        (False, False, Watch.WAIT),  # the dump runs
+        (False, True, Watch.RESTORE),  # killed: nobody else will put it back
+        (True, False, Watch.LEAVE),  # the dump restored, and is on its way out
+        (True, True, Watch.LEAVE),  # restored and exited: the path is not ours any more
+    ],
+)
+def test_the_watchdog_restores_only_after_a_death_without_a_word(
+    dismissed: bool, exited: bool, expected: Watch
+) -> None:
+    assert plan_watch(dismissed=dismissed, dump_exited=exited) is expected
+
+
+STAT = b"4242 (udskit dump) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0"
+
+
+def test_a_start_time_is_read_after_the_last_parenthesis() -> None:
+    assert stat_start_time(STAT) == "987654"
+    tricky = STAT.replace(b"(udskit dump)", b"(a) R 1 2 (b)")  # comm is the process's
+    assert stat_start_time(tricky) == "987654"
+
+
+@pytest.mark.parametrize("state", [b"Z", b"X"])
+def test_an_exited_process_has_no_start_time(state: bytes) -> None:
+    """A kill -9'd dump is a zombie until reaped: its record is a dead dump's."""
+    assert stat_start_time(STAT.replace(b") S ", b") " + state + b" ")) == ""
+
+
+def test_a_short_stat_line_is_no_process() -> None:
+    assert stat_start_time(b"4242 (x) S 1 2") == ""

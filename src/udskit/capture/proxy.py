@@ -67,7 +67,9 @@ from udskit.capture.restoreplan import (
     Step,
     plan_restore,
     plan_start,
+    stat_start_time,
 )
+from udskit.capture.watchdog import Watchdog
 from udskit.endpoints import (
     DEFAULT_BACKLOG,
     AddressLike,
@@ -220,9 +222,7 @@ def _process_started(pid: int) -> str:
             raw = f.read()
     except OSError:
         return ""
-    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else ""
+    return stat_start_time(raw)
 
 
 def _new_names(name: str) -> tuple[str, str]:
@@ -462,6 +462,8 @@ class Takeover:
         address: UnixAddress,
         sock_type: SocketType | None = None,
         backlog: int = DEFAULT_BACKLOG,
+        *,
+        watchdog: bool = False,
     ) -> None:
         """`address` is a value, parsed once where the text came in (the CLI, or
         `ProxyDump`); `parse_address` makes one from text."""
@@ -489,6 +491,9 @@ class Takeover:
         self.restored = False  # the original is back at PATH
         self._restore_done = False
         self._hidden_kept = False  # the hidden name outlives restore() until close()
+        #: Start a watchdog that restores after a kill -9 (`capture.watchdog`).
+        self.watch = watchdog
+        self.watchdog: Watchdog | None = None
 
     # -- start -----------------------------------------------------------------------------
     def start(self) -> socket.socket:
@@ -503,7 +508,20 @@ class Takeover:
             with os_errors("connect", address):
                 directory = Directory(path)
             with directory:
-                return self._start_in(directory)
+                sock = self._start_in(directory)
+        if self.watch:
+            # Outside the lock: the watchdog inherits none of our fds but the two it
+            # is given, and a restore it makes takes the lock itself.
+            try:
+                # Held until the watchdog is stored, so that close() always finds it.
+                with signals_held():
+                    self.watchdog = Watchdog.start(self.path)
+            except OSError as exc:
+                self.notes.append(
+                    f"no watchdog ({exc.strerror or exc}): after a kill -9, run "
+                    f"`udskit dump --restore {self.path}`"
+                )
+        return sock
 
     def _start_in(self, directory: Directory) -> socket.socket:
         path, address, name = self.path, self.address, self.name
@@ -724,22 +742,31 @@ class Takeover:
 
     def close(self) -> None:
         """Restore (if not yet), close the proxy's socket, drop the dump's other names
-        and its record."""
+        and its record; then send the watchdog away (it has nothing left to do)."""
         try:
             self.restore()
         finally:
-            if self.sock is not None:
-                self.sock.close()
-            record = self.record
-            if record is not None and self._restore_done:
-                self.record = None
-                with directory_lock(self.path, "restore"), Directory(self.path) as directory:
-                    plan = plan_restore(
-                        _facts(directory, self.name, record, keep_hidden=False, own=True)
-                    )
-                    # Only cleaning up now: the original is where restore() left it.
-                    steps = tuple(s for s in plan.steps if s in _CLEANUP)
-                    _carry_out(directory, self.name, record, replace(plan, steps=steps, reasons=()))
+            try:
+                if self.sock is not None:
+                    self.sock.close()
+                record = self.record
+                if record is not None and self._restore_done:
+                    self.record = None
+                    with directory_lock(self.path, "restore"), Directory(self.path) as directory:
+                        plan = plan_restore(
+                            _facts(directory, self.name, record, keep_hidden=False, own=True)
+                        )
+                        # Only cleaning up now: the original is where restore() left it.
+                        steps = tuple(s for s in plan.steps if s in _CLEANUP)
+                        _carry_out(
+                            directory, self.name, record, replace(plan, steps=steps, reasons=())
+                        )
+            finally:
+                # Even when the restore failed: it was tried and reported here, and a
+                # watchdog trying the same again behind the user's back helps nobody.
+                watchdog, self.watchdog = self.watchdog, None
+                if watchdog is not None:
+                    watchdog.dismiss()
 
 
 _CLEANUP: Final = frozenset({Step.DROP_HIDDEN, Step.DROP_STAGING, Step.FORGET})
@@ -779,6 +806,7 @@ class ProxyDump:
         allow_identity_change: bool = False,
         allow_uids: Collection[int] = (),
         allow_gids: Collection[int] = (),
+        watchdog: bool = True,
     ) -> None:
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
@@ -801,7 +829,7 @@ class ProxyDump:
         self._closed = False
         self._notes: list[str] = []
         if self.listen is None:
-            self.takeover = Takeover(self.target, sock_type)
+            self.takeover = Takeover(self.target, sock_type, watchdog=watchdog)
 
     @property
     def display_path(self) -> str:

@@ -33,8 +33,11 @@ __all__ = [
     "Start",
     "StartFacts",
     "Step",
+    "Watch",
     "plan_restore",
     "plan_start",
+    "plan_watch",
+    "stat_start_time",
 ]
 
 
@@ -171,3 +174,37 @@ def plan_start(facts: StartFacts) -> Start:
     if not facts.live:
         return Start.STALE
     return Start.GO
+
+
+def stat_start_time(raw: bytes) -> str:
+    """The start time (field 22) in a /proc/PID/stat line, or '' for a process that has
+    exited. A zombie (state Z, or X while being reaped) keeps its stat file until its
+    parent waits for it, and a dump killed with kill -9 is one until then; it is as
+    dead as a dump can be (its watchdog restores at that very moment), so its record
+    must not read as a running dump's."""
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    if len(fields) <= 19 or fields[0] in (b"Z", b"X"):
+        return ""
+    return fields[19].decode()
+
+
+class Watch(enum.Enum):
+    WAIT = "wait"  # the dump runs: keep watching
+    LEAVE = "leave"  # the dump put everything back itself and said so: exit, touch nothing
+    RESTORE = "restore"  # the dump is gone without a word: do what --restore does, then exit
+
+
+def plan_watch(*, dismissed: bool, dump_exited: bool) -> Watch:
+    """What a dump's watchdog does next, from what it has seen: the dump's word that it
+    is done (written to the watchdog's pipe after its own restore) and the dump's exit
+    (its pidfd became readable). The word wins: a dump that stopped cleanly and then
+    exited leaves nothing to restore, and its path may already be in other hands (a
+    new dump, a restarted server) that a late restore must not disturb. A closed pipe
+    alone proves nothing: the kernel closes a dying process's files before it becomes
+    a zombie, and until then its record still reads as a running dump's."""
+    if dismissed:
+        return Watch.LEAVE
+    if dump_exited:
+        return Watch.RESTORE
+    return Watch.WAIT

@@ -20,7 +20,9 @@ is renamed over PATH; each new client is forwarded to the original and every chu
 recorded with its time, direction and the client's pid, uid, gid and command.
 Connections that were open before the dump are not touched (nor seen: their count is
 printed at start). On exit (Ctrl-C, SIGTERM,
-SIGHUP, -c reached, an error) the original file is put back. After a kill -9, run
+SIGHUP, -c reached, an error) the original file is put back. After a kill -9 a
+watchdog (udskit-watchdog in ps, in a session of its own so that Ctrl-C and hangups
+do not reach it) puts it back at once; without one (--no-watchdog), run
 `udskit dump --restore PATH`.
 
 The eBPF engine (--engine ebpf, root) moves nothing: it watches the syscalls that move
@@ -141,6 +143,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--restore",
         action="store_true",
         help="put the original socket file ADDR back after a dump was killed (kill -9)",
+    )
+    source.add_argument(
+        "--no-watchdog",
+        action="store_true",
+        help="(proxy) start no watchdog: after a kill -9 the original stays moved until "
+        "`udskit dump --restore PATH`",
     )
     out = parser.add_argument_group("output")
     shape = out.add_mutually_exclusive_group()
@@ -365,6 +373,7 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
             allow_identity_change=args.allow_identity_change,
             allow_uids=[resolve_user(u) for u in args.allow_uid],
             allow_gids=[resolve_group(g) for g in args.allow_gid],
+            watchdog=not args.no_watchdog,
         )
     # Opened (so a bad path fails before anything is moved), emptied only once started.
     writer = PcapngWriter(args.write, port) if args.write is not None else None

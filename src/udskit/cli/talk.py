@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from udskit.address import UnixAddress
     from udskit.errors import SocketError
     from udskit.socktype import SocketType
+    from udskit.talk import Observer
+    from udskit.talkevents import ServerEvent
 
 TYPES = ("stream", "dgram", "seqpacket")
 
@@ -24,6 +26,17 @@ examples:
                                                   the uppercase datagram server of TLPI
   udskit listen /run/x.sock --exec 'date'         run a command per connection (inetd)
   udskit listen /run/x.sock --mode 0660 --group adm --allow-uid 1000
+  udskit listen /tmp/app.sock --json --concurrent | jq -c 'select(.event=="accepted")'
+                                                  who connects: pid, uid, gid, groups
+  udskit listen /tmp/app.sock --json | jq -r 'select(.event=="data") | .text'
+
+--json prints one JSON object per line on stdout: listening (address, type, pid),
+accepted (connection number, the client's pid, uid, gid, groups and command, from
+SO_PEERCRED), data (connection, or a datagram's sender and credentials; length,
+truncated, the exact bytes in base64 as "data", and "text" when they are UTF-8),
+closed (messages, bytes, error), refused (--allow-uid/--allow-gid) and stopped (the
+reason and the totals). Addresses paste back into udskit; bytes that are not UTF-8
+in them are also given exactly in *_b64 fields.
 
 A socket file left by a dead server is replaced; a live one is never touched.
 The socket file is removed when the server stops (also on Ctrl-C and SIGTERM).
@@ -143,6 +156,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--no-replace", action="store_true", help="fail rather than replace a stale socket file"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log each client to stderr")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON lines on stdout instead of the data: listening, accepted (the client's "
+        "pid, uid, gid, groups), data (base64, and text when UTF-8), closed, refused, "
+        "stopped (totals)",
+    )
     from udskit.cli.activate import add_from_systemd_option, add_handoff_option
 
     add_from_systemd_option(p)
@@ -254,12 +274,24 @@ def handle_listen(args: argparse.Namespace, env: Env) -> int:
     )
     from udskit.cli.activate import serving_listener
 
-    passcred = sock_type is SocketType.DGRAM and options.peers.active
+    # A datagram's credentials come only with SO_PASSCRED, on before the first one.
+    passcred = sock_type is SocketType.DGRAM and (options.peers.active or args.json)
     with serving_listener(args, env, sock_type, passcred=passcred) as (listener, stop):
         if listener.replaced_stale:
             env.err(f"udskit listen: replaced a stale socket file at {listener.address}")
         if args.address == "@" or args.verbose:
             env.err(f"udskit listen: listening on {listener.address} ({sock_type.value})")
+        events: Observer | None = None
+        if args.json:
+            import os
+
+            from udskit.talkevents import Listening, record
+
+            def events(event: ServerEvent) -> None:
+                _json_line(env, record(event))
+
+            with suppress(OSError):  # a closed stdout: serve() finds out and stops
+                events(Listening(listener.address, sock_type, os.getpid(), listener.replaced_stale))
         # stdout closed (`| head`): done, as any filter would be.
         with suppress(OutputClosed):
             serve(
@@ -268,6 +300,7 @@ def handle_listen(args: argparse.Namespace, env: Env) -> int:
                 env.write,
                 lambda line: env.err(f"udskit listen: {line}"),
                 stop=stop,
+                events=events,
             )
     return ExitStatus.OK
 
