@@ -406,6 +406,112 @@ def test_curl_keepalive_on_a_pathname_socket_and_tshark_dissects_it(
     assert uris == ["/upload", f"/blob/{size}"]
 
 
+# -- mid-stream: connections met in their middle still dissect -------------------------------
+GRPC_PEER = Path(__file__).parent.parent / "data" / "grpc_peer.py"
+
+
+def tshark_fields(peers: Peers, pcap: Path, display: str, field: str) -> list[str]:
+    result = peers.run("tshark", "-r", pcap, "-Y", display, "-T", "fields", "-e", field)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode().split()
+
+
+def test_grpc_call_on_a_channel_open_before_the_capture_is_dissected(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    path = sockdir / "grpc.sock"
+    peers.start(sys.executable, GRPC_PEER, "server", path, wait_for=path, listening=True)
+    client = peers.start(sys.executable, GRPC_PEER, "client", path, stdin=subprocess.PIPE)
+    assert client.proc.stdin is not None and client.proc.stdout is not None
+    assert client.proc.stdout.readline() == b"said before\n"  # the channel is up
+    pcap = tmp_path / "grpc.pcapng"
+    dump = Dump(peers, "-w", pcap, path)
+    client.proc.stdin.write(b"Shout\nSay\n")
+    client.proc.stdin.flush()
+    assert client.proc.stdout.readline() == b"HELLO SHOUT!\n"
+    assert client.proc.stdout.readline() == b"said hello Say\n"
+    status, _ = dump.stop()
+
+    assert status == 130, dump.lines
+    # HPACK state from before the capture is lost: `Say`, first called before it,
+    # is sent as an index into that state; `Shout` is new, sent as a literal.
+    paths = tshark_fields(peers, pcap, "http2.header", "http2.headers.path")
+    assert paths == ["/udskit.test.Echo/Shout"]
+    comments = tshark_fields(peers, pcap, 'frame.comment contains "synthetic=1"', "frame.number")
+    assert len(comments) == 1, "one synthetic preface"
+    # `udskit dump -r` shows only what was sent: no preface that nobody sent.
+    sent = streams(pcap)[1][Direction.C2S]
+    assert not sent.startswith(b"PRI * HTTP/2.0")
+    assert b"/udskit.test.Echo/Shout" in sent
+
+
+HTTP1_CLIENT = """\
+import os, socket, sys, time
+path, go = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+s.sendall(b"POST /upload HTTP/1.1\\r\\nContent-Length: 128\\r\\n\\r\\n" + b"a" * 64)
+print("half", flush=True)
+for part in (b"b", b"c"):
+    while not os.path.exists(go + part.decode()):
+        time.sleep(0.01)
+    s.sendall(part * 32)
+def reply():
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        head += s.recv(1)
+    n = int(head.split(b"Content-Length: ")[1].split(b"\\r\\n")[0])
+    got = b""
+    while len(got) < n:
+        got += s.recv(n - len(got))
+    return got
+reply()
+s.sendall(b"GET /blob/512 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+print(len(reply()), flush=True)
+"""
+
+
+def test_http1_met_inside_a_request_body_is_dissected_from_the_next_request(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    path = sockdir / "http.sock"
+    go = tmp_path / "go"
+    peers.start(sys.executable, "-c", HTTP_SERVER, path, tmp_path / "never", wait_for=path)
+    client = peers.start(sys.executable, "-c", HTTP1_CLIENT, path, go)
+    assert client.proc.stdout is not None
+    assert client.proc.stdout.readline() == b"half\n"
+    pcap = tmp_path / "http.pcapng"
+    dump = Dump(peers, "-w", pcap, path)
+    # The server has been blocked in recv(2) since before the capture: what that call
+    # returns is not seen (its start was not). Once it has taken the b's, its next
+    # call is seen: the c's are the capture's first chunk, the middle of a request.
+    Path(f"{go}b").touch()
+    wait_for(lambda: queued_at_server(str(path)) == 0, what="the server to read")
+    Path(f"{go}c").touch()
+    assert client.proc.stdout.readline() == b"512\n"
+    status, _ = dump.stop()
+
+    assert status == 130, dump.lines
+    assert tshark_fields(peers, pcap, "http.request", "http.request.uri") == ["/blob/512"]
+    assert tshark_fields(peers, pcap, "http.response", "http.response.code") == ["200", "200"]
+    sent = streams(pcap)[1][Direction.C2S]
+    assert sent.startswith(b"c" * 32 + b"GET /blob/512 HTTP/1.1")
+
+
+def queued_at_server(address: str) -> int | None:
+    """Bytes waiting in the receive queue of the server's end of `address`'s one
+    connection."""
+    from udskit.address import parse_address
+    from udskit.inspect.lister import dump_unix_sockets
+    from udskit.inspect.sockdiag import Show, SocketState
+
+    wanted = parse_address(address)
+    for info in dump_unix_sockets(Show.NAME | Show.RQLEN):
+        if info.state is SocketState.CONNECTED and info.address == wanted:
+            return info.recv_q
+    return None
+
+
 # -- failures ----------------------------------------------------------------------------------
 def test_without_root_one_line_and_auto_falls_back(peers: Peers, sockdir: Path) -> None:
     name = f"@udskit-ebpf-nobody-{os.getpid()}-{uuid.uuid4().hex[:8]}"

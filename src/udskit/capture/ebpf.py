@@ -407,7 +407,9 @@ class EbpfDump:
         else:
             client = ClientInfo()
         path = self.display_path
-        conn = _Conn(ConnectionInfo(self._next_id, sock_type, path, path, client), server_side)
+        # A connection the scan found was open before us: seen from its middle.
+        info = ConnectionInfo(self._next_id, sock_type, path, path, client, planned is not None)
+        conn = _Conn(info, server_side)
         self._cookies[cookie] = conn
         self.stats.connections += 1
         return conn

@@ -246,10 +246,17 @@ class PcapngWriter:
                     os.unlink(self.path)
 
     def opened(
-        self, conn: int, path: str, sock_type: SocketType, client: ClientInfo, time_ns: int
+        self,
+        conn: int,
+        path: str,
+        sock_type: SocketType,
+        client: ClientInfo,
+        time_ns: int,
+        midstream: bool = False,
     ) -> None:
         meta = json.dumps(
             {
+                "midstream": midstream,
                 "path": path,
                 "type": sock_type.value,
                 "pid": client.pid,
@@ -721,7 +728,14 @@ class _RecordDecoder:
                     break
                 meta = json.loads(bytes(view[pos + open_size : end]))
                 client = ClientInfo(meta["pid"], meta["uid"], meta["gid"], meta["command"])
-                encoder.opened(conn, meta["path"], SocketType(meta["type"]), client, t)
+                encoder.opened(
+                    conn,
+                    meta["path"],
+                    SocketType(meta["type"]),
+                    client,
+                    t,
+                    bool(meta.get("midstream")),
+                )
                 pos = end
             elif kind == _KIND_CLOSE:
                 if pos + close_size > size:
@@ -809,7 +823,7 @@ class DumpTap:
             path = self._paths[conn.id] = conn.listen
         try:
             if self.pcapng is not None:
-                self.pcapng.opened(conn.id, path, conn.sock_type, client, time_ns)
+                self.pcapng.opened(conn.id, path, conn.sock_type, client, time_ns, conn.midstream)
             if self.printer is not None:
                 self.printer(Event.open(time_ns, conn.id, path, conn.sock_type, client))
         except Exception as exc:  # a tap must not raise: report it from the main thread
