@@ -512,6 +512,91 @@ def queued_at_server(address: str) -> int | None:
     return None
 
 
+# -- filters, as ptcpdump has them -------------------------------------------------------------
+def ready_dump(peers: Peers, *args: str | os.PathLike[str]) -> Peer:
+    """`udskit dump ARGS` (no -B: the proxy engine takes none), once it has started."""
+    dump = peers.udskit("dump", *args)
+    assert dump.proc.stderr is not None
+    lines: list[str] = []
+    while not any("Ctrl-C to stop" in line for line in lines):
+        raw = dump.proc.stderr.readline()
+        assert raw, f"udskit dump exited: {lines}"
+        lines.append(raw.decode())
+    return dump
+
+
+def ping_as_python(path: Path) -> socket.socket:
+    """A client of another name, left connected: a client that is gone before the
+    eBPF engine reads who it was is recorded without a name (see the README), and
+    its descriptor number, reused by the server, could lend it the next one's."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(str(path))
+    s.sendall(b"PING\r\n")
+    assert s.recv(100) == b"+PONG\r\n"
+    return s
+
+
+def socat_client(peers: Peers, path: Path, *, as_nobody: bool = False) -> Peer:
+    """A client that stays connected while the test talks through it (who a client
+    is, is read while it is connected: see the README on short-lived clients)."""
+    argv = ["socat", "-", f"UNIX-CONNECT:{path}"]
+    return peers.start(*(peers.as_nobody(*argv) if as_nobody else argv), stdin=subprocess.PIPE)
+
+
+def ask(client: Peer, command: bytes, reply: bytes) -> None:
+    assert client.proc.stdin is not None and client.proc.stdout is not None
+    client.proc.stdin.write(command)
+    client.proc.stdin.flush()
+    assert client.proc.stdout.read(len(reply)) == reply
+
+
+@pytest.mark.parametrize("engine", ["proxy", "ebpf"])
+def test_pname_direction_and_count_piped_into_tshark(
+    peers: Peers, sockdir: Path, engine: str, ebpf: None
+) -> None:
+    path = redis_server(peers, sockdir)
+    dump = ready_dump(
+        peers, "--engine", engine, "--pname=socat", "-Q", "in", "-c", "2", "-w", "-", path
+    )
+    other = ping_as_python(path)  # another command name: not recorded, not counted
+    client = socat_client(peers, path)
+    ask(client, resp_set(b"k", b"v"), b"+OK\r\n")
+    ask(client, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"$1\r\nv\r\n")
+    assert dump.proc.stdout is not None
+    pcapng = dump.proc.stdout.read()
+    assert dump.proc.wait(30) == 0, "-c 2 reached: done"
+    other.close()
+    # What `udskit dump -w - | tshark -r -` gets.
+    result = peers.run("tshark", "-r", "-", "-Y", "resp", input=pcapng)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert "SET k v" in lines[0] and "GET k" in lines[1]
+
+
+def test_uid_and_out_keep_only_replies_to_that_users_clients(
+    peers: Peers, sockdir: Path, ebpf: None
+) -> None:
+    os.chmod(sockdir, 0o755)
+    path = sockdir / "redis.sock"
+    peers.start("redis-server", "--port", "0", "--unixsocket", path, "--unixsocketperm", "777",
+                "--save", "", "--appendonly", "no", wait_for=path, listening=True)  # fmt: skip
+    dump = ready_dump(peers, "--engine", "ebpf", "--uid", "nobody", "-Q", "out", "--json", path)
+    other = ping_as_python(path)  # root's
+    client = socat_client(peers, path, as_nobody=True)
+    ask(client, b"ECHO for-nobody\r\n", b"$10\r\nfor-nobody\r\n")
+    os.kill(dump.pid, signal.SIGINT)
+    out, _ = dump.proc.communicate(timeout=30)
+    other.close()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    data = [e for e in events if e["event"] == "data"]
+    nobody = _nobody_ids()[0]
+    assert {e["uid"] for e in events} == {nobody}
+    assert [e["direction"] for e in data] == ["s2c"]
+    assert data[0]["command"] == "socat"
+
+
 # -- failures ----------------------------------------------------------------------------------
 def test_without_root_one_line_and_auto_falls_back(peers: Peers, sockdir: Path) -> None:
     name = f"@udskit-ebpf-nobody-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -107,7 +107,15 @@ def _open_for_writing(path: str) -> tuple[int, bool]:
     is opened with O_NOFOLLOW too and used only if it is this user's own regular file,
     or not a regular file at all (a FIFO, /dev/null, /dev/full, a tty). The one
     symlink followed on purpose is /dev/stdout and its kin, which belong to the system.
+    "-" is standard output (`udskit dump -w - | tshark -r -`), as tcpdump has it.
     """
+    if path == "-":
+        try:
+            return os.dup(1), False  # ours to close; never truncated (see _truncate)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write -: standard output is not open ({exc.strerror})"
+            ) from None
     flags = os.O_WRONLY | os.O_CLOEXEC
     try:
         try:
@@ -155,7 +163,8 @@ class PcapngSink:
         self.path = target if isinstance(target, str) else getattr(target, "name", "output")
         if isinstance(target, str):
             fd, _created = _open_for_writing(target)
-            _truncate(fd)
+            if target != "-":
+                _truncate(fd)
             self._file: BinaryIO = os.fdopen(fd, "wb")
         else:
             self._file = target
@@ -212,7 +221,8 @@ class PcapngWriter:
         """The takeover succeeded: empty the file and start the writer process."""
         fd, self._fd = self._fd, -1
         try:
-            _truncate(fd)
+            if self.path != "-":  # stdout: whatever it is, it is the caller's
+                _truncate(fd)
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -807,6 +817,7 @@ class DumpTap:
         self._clients: dict[int, ClientInfo] = {}
         self._done = False
         self._snaplen = selection.snaplen
+        self._flow_filtered = selection.flow is not None
         self._lean_count: Callable[[], int] = lambda: 0
         self._lean_stop: Callable[[], None] = lambda: None
         if pcapng is not None and printer is None and selection == Selection():
@@ -841,6 +852,8 @@ class DumpTap:
         engine's snap length); None means all of it is in `data`."""
         client = self._clients.get(conn.id)
         if client is None or self._done:
+            return
+        if self._flow_filtered and not self.selection.keeps(client, direction):
             return
         if length is None:
             length = len(data)

@@ -147,7 +147,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     shape.add_argument("-X", dest="hex", action="store_true", help="payload in hex and ASCII")
     shape.add_argument("-A", dest="ascii", action="store_true", help="payload as ASCII text")
     shape.add_argument("--json", action="store_true", help="one JSON object per event")
-    out.add_argument("-w", "--write", metavar="FILE", help="write pcapng (for Wireshark)")
+    out.add_argument(
+        "-w", "--write", metavar="FILE", help="write pcapng (for Wireshark); - is stdout"
+    )
     out.add_argument(
         "--print", action="store_true", help="with -w, also print events (as tcpdump --print)"
     )
@@ -167,6 +169,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=positive_int,
         metavar="PID",
         help="only clients with this pid; (ebpf) without ADDR: every unix connection PID holds",
+    )
+    limits.add_argument(
+        "--pname",
+        metavar="NAME",
+        help="only clients whose command name (comm, as `ps -o comm` shows it) is NAME",
+    )
+    limits.add_argument("--uid", metavar="USER", help="only clients of this user (name or uid)")
+    limits.add_argument(
+        "-Q",
+        "--direction",
+        choices=("in", "out", "inout"),
+        default="inout",
+        help="only data received (in) or sent (out) by the watched side: the server of "
+        "ADDR; with --pid and no ADDR, process PID; with --inode or -- CMD, the holder "
+        "of the inode or the command (default: inout)",
     )
     limits.add_argument(
         "-s",
@@ -222,15 +239,23 @@ def _split_command(parser: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
-    from udskit.capture.events import Selection
+    from udskit.capture.events import Flow, Selection
     from udskit.capture.printers import Format
+    from udskit.endpoints import resolve_user
     from udskit.errors import UsageError
 
     for name in ("count", "snaplen"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name} must be at least 1")
-    selection = Selection(pid=args.pid, count=args.count, snaplen=args.snaplen)
+    selection = Selection(
+        pid=args.pid,
+        count=args.count,
+        snaplen=args.snaplen,
+        pname=args.pname,
+        uid=resolve_user(args.uid) if args.uid is not None else None,
+        flow=None if args.direction == "inout" else Flow(args.direction),
+    )
     fmt = (
         Format.HEX
         if args.hex
@@ -241,6 +266,10 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         else Format.LINE
     )
     printing = args.write is None or args.print or fmt is not Format.LINE
+    if args.write == "-" and printing:
+        raise UsageError(
+            "-w - writes the capture to standard output: leave out --print, -A, -X and --json"
+        )
     if args.restore:
         return _restore(args, env)
     if args.read is not None:
@@ -327,8 +356,7 @@ def _quiet_stdout(env: Env) -> None:
 
 
 def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
-    from udskit.capture.engine import choose_engine
-    from udskit.capture.events import Selection
+    from udskit.capture.engine import choose_engine, selection_for
     from udskit.capture.pcapng import parse_decode_as
     from udskit.capture.proxy import ProxyDump
     from udskit.capture.sinks import DumpTap, LineSink, PcapngWriter
@@ -353,8 +381,10 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         ring_bytes=_ring_bytes(args),
         say=env.err,
     )
-    if dump is not None and args.address is None and args.inode is None and not args.run:
-        selection = Selection(count=args.count, snaplen=args.snaplen)  # --pid is the target
+    if dump is not None:
+        selection = selection_for(
+            selection, address=args.address, inode=args.inode, pid=args.pid, command=args.run
+        )
     if dump is None:
         dump = ProxyDump(
             args.address,

@@ -495,7 +495,16 @@ INLINE int accepted(struct exit_ctx *ctx)
 	bpf_map_update_elem(&socks, &k, &v, BPF_ANY);
 	copy.cookie = v.cookie;
 	copy.flags = v.flags;
-	emit_fd(K_ACCEPT, &copy, id, (__u64)ctx->ret);
+	/* Wake the reader now, not at the next poll: it reads the client's SO_PEERCRED
+	 * and command through the server's descriptor, which a short-lived client (one
+	 * redis-cli command) has closed a few milliseconds later. */
+	struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec), 0);
+	if (!r) {
+		count(C_LOST_EVENTS, 1);
+		return 0;
+	}
+	head(r, K_ACCEPT, &copy, id, (__u64)ctx->ret, 0);
+	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 
