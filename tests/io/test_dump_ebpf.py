@@ -10,6 +10,7 @@ Skipped, with the reason, only where the kernel or the machine cannot run BPF at
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -595,6 +596,133 @@ def test_uid_and_out_keep_only_replies_to_that_users_clients(
     assert {e["uid"] for e in events} == {nobody}
     assert [e["direction"] for e in data] == ["s2c"]
     assert data[0]["command"] == "socat"
+
+
+# -- sendmmsg/recvmmsg, sendfile/splice ----------------------------------------------------------
+MMSG = """\
+import ctypes, json, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+keep = []
+def vector(messages):
+    vec = (mmsghdr * len(messages))()
+    for m, parts in zip(vec, messages):
+        iovs = (iovec * len(parts))()
+        for iov, part in zip(iovs, parts):
+            buf = ctypes.create_string_buffer(part, len(part))
+            keep.append(buf)
+            iov.base, iov.len = ctypes.addressof(buf), len(part)
+        keep.append(iovs)
+        m.hdr.iov, m.hdr.iovlen = iovs, len(parts)
+    return vec
+def sendmmsg(s, messages):
+    assert libc.sendmmsg(s.fileno(), vector(messages), len(messages), 0) == len(messages)
+def recvmmsg(s, n):
+    vec = vector([[bytes(100)] for _ in range(n)])
+    got = libc.recvmmsg(s.fileno(), vec, n, 0x10000, None)  # MSG_WAITFORONE
+    assert got > 0, ctypes.get_errno()
+    return [ctypes.string_at(m.hdr.iov[0].base, m.len) for m in vec[:got]]
+go = sys.argv[1]
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+print(json.dumps({"inode": os.fstat(a.fileno()).st_ino}), flush=True)
+while not os.path.exists(go):
+    time.sleep(0.01)
+sendmmsg(a, [[b"one"], [b"tw", b"o!"], [b"three"]])
+got = []
+while len(got) < 3:
+    got += recvmmsg(b, 3)
+sendmmsg(b, [[b"back-1"], [b"back-2"]])
+echoed = []
+while len(echoed) < 2:
+    echoed += recvmmsg(a, 2)
+print(json.dumps({"b": [g.decode() for g in got], "a": [e.decode() for e in echoed]}), flush=True)
+"""
+
+
+def test_sendmmsg_and_recvmmsg_are_one_chunk_per_message(
+    peers: Peers, tmp_path: Path, ebpf: None
+) -> None:
+    go = tmp_path / "go"
+    pair = peers.start(sys.executable, "-c", MMSG, go)
+    assert pair.proc.stdout is not None
+    inode = json.loads(pair.proc.stdout.readline())["inode"]
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", "--inode", str(inode))
+    go.touch()
+    done = json.loads(pair.proc.stdout.readline())
+    assert done == {"b": ["one", "two!", "three"], "a": ["back-1", "back-2"]}
+    os.kill(dump.pid, signal.SIGINT)
+    out, _ = dump.proc.communicate(timeout=30)
+    data = [json.loads(line) for line in out.decode().splitlines()]
+    chunks = [(e["direction"], base64.b64decode(e["data"])) for e in data if e["event"] == "data"]
+    assert chunks == [
+        ("c2s", b"one"),
+        ("c2s", b"two!"),
+        ("c2s", b"three"),
+        ("s2c", b"back-1"),
+        ("s2c", b"back-2"),
+    ]
+
+
+SENDFILE_SERVER = """\
+import os, socket, sys, time
+path, blob, go = sys.argv[1], sys.argv[2], sys.argv[3]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(1)
+while not os.path.exists(go):  # accept(2) after the capture started: see the test
+    time.sleep(0.01)
+c, _ = srv.accept()
+assert c.recv(100) == b"send"
+with open(blob, "rb") as f:
+    assert os.sendfile(c.fileno(), f.fileno(), 0, 1000) == 1000
+r, w = os.pipe()
+os.write(w, b"s" * 500)
+assert os.splice(r, c.fileno(), 500) == 500
+c.sendall(b"end")
+c.recv(100)
+"""
+
+
+def test_sendfile_and_splice_are_seen_with_their_length(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    path = sockdir / "files.sock"
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"f" * 1000)
+    go = tmp_path / "go"
+    peers.start(sys.executable, "-c", SENDFILE_SERVER, path, blob, go, wait_for=path)
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    # A call in progress when the capture starts is not seen (its entry was not):
+    # the server accepts only now, so that its accept(2) starts watching the client.
+    go.touch()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"send")
+        got = b""
+        while not got.endswith(b"end"):
+            got += s.recv(4096)
+    assert got == b"f" * 1000 + b"s" * 500 + b"end"
+    os.kill(dump.pid, signal.SIGINT)
+    out, _ = dump.proc.communicate(timeout=30)
+    data = [json.loads(line) for line in out.decode().splitlines()]
+    chunks = [(e["direction"], e["length"], e["data"]) for e in data if e["event"] == "data"]
+    # The file's and the pipe's bytes never pass through the server's memory: their
+    # length is recorded, and they are marked as cut (nothing captured).
+    assert chunks[:4] == [
+        ("c2s", 4, base64.b64encode(b"send").decode()),
+        ("s2c", 1000, ""),
+        ("s2c", 500, ""),
+        ("s2c", 3, base64.b64encode(b"end").decode()),
+    ]
 
 
 # -- failures ----------------------------------------------------------------------------------

@@ -125,10 +125,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     source.add_argument(
         "--engine",
         choices=("proxy", "ebpf", "auto"),
-        default="proxy",
+        default="auto",
         help="proxy: take the socket's place (new clients only); ebpf: watch the "
         "syscalls in the kernel (existing connections too, abstract names, socketpairs; "
-        "root); auto: ebpf where it can run, else proxy (default: proxy)",
+        "root, clang, BPF allowed); auto: ebpf where it can run, else proxy, saying why "
+        "(default: auto; the start line names the engine in use)",
     )
     source.add_argument(
         "--inode",
@@ -418,7 +419,10 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
                 env.err(f"udskit dump: {warning}")
             for note in dump.start_notes:
                 env.err(f"udskit dump: {note}")
-            env.err(f"udskit dump: {dump.describe()}; Ctrl-C to stop")
+            described = dump.describe()
+            if isinstance(dump, ProxyDump):  # the eBPF engine's line names itself
+                described += " (engine proxy)"
+            env.err(f"udskit dump: {described}; Ctrl-C to stop")
             dump.run()
         finally:
             notes = dump.close()
@@ -485,7 +489,6 @@ def _failure_text(error: BaseException) -> str:
 
 def demo(tour: Tour) -> None:
     """Capture a real HTTP exchange (curl over a unix socket) into a pcapng file."""
-    import os
     import shutil
     import subprocess
     import sys
@@ -504,9 +507,8 @@ def demo(tour: Tour) -> None:
     )
     try:
         tour.wait_for(sock, listening=True)
-        before = os.lstat(sock).st_ino
         dump = tour.spawn("dump", "-w", pcap, "--print", sock, wait_for=None)
-        _wait_for_takeover(sock, dump, before)
+        started = _wait_for_start(dump)
         for url in ("http://localhost/hello", "http://localhost/api/items?id=7"):
             tour.out.write(f"   $ curl --unix-socket {sock} {url}\n")
             result = subprocess.run(
@@ -517,7 +519,7 @@ def demo(tour: Tour) -> None:
             )
             tour.out.write(f"     {result.stdout.decode(errors='replace').strip()}\n")
         out, err = tour.stop(dump)
-        for line in (out + err).decode(errors="replace").splitlines():
+        for line in (started + out + err).decode(errors="replace").splitlines():
             tour.out.write(f"     {line}\n")
         tour.say(f"the capture is in {pcap}; read it back:")
         tour.show("dump", "-r", pcap, "-A")
@@ -539,16 +541,16 @@ def demo(tour: Tour) -> None:
             server.wait()
 
 
-def _wait_for_takeover(sock: str, proc: Any, before: int) -> None:
-    import os
-    import time
-
-    deadline = time.monotonic() + 10
-    while os.lstat(sock).st_ino == before:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("udskit dump did not take over the socket")
-        time.sleep(0.01)
-    time.sleep(0.05)
+def _wait_for_start(proc: Any) -> bytes:
+    """What the dump said until it runs (either engine ends its start with "Ctrl-C to
+    stop"); a dump that exits instead is a RuntimeError with its words."""
+    said = b""
+    while b"Ctrl-C to stop" not in said:
+        line = proc.stderr.readline()
+        if not line:
+            raise RuntimeError(f"udskit dump did not start: {said.decode(errors='replace')}")
+        said += line
+    return said
 
 
 _HTTP_SERVER = """\
