@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 DESCRIPTION = """\
 Capture the traffic of a live unix socket, as tcpdump does for network interfaces.
 
+Two engines: --engine auto (the default) uses eBPF where it can run (root, BPF allowed,
+clang) and otherwise the proxy, saying why; the start line names the engine in use.
+
 The proxy engine takes the socket file's place without a gap: the original file gets a
 hidden second name (.NAME.udskit-dump-RANDOM) and a proxy with the same mode, owner and group
 is renamed over PATH; each new client is forwarded to the original and every chunk is
@@ -26,8 +29,9 @@ SIGHUP, -c reached, an error) the original file is put back. After a kill -9, ru
 The eBPF engine (--engine ebpf, root) moves nothing: it watches the syscalls that move
 data on the connections of ADDR (open ones too, and new ones from their first byte),
 of a socket inode (--inode, socketpairs) or of a process (--pid without ADDR). Losses
-in the kernel's ring buffer are counted and reported at the end. --engine auto uses it
-where it can run and otherwise the proxy, saying why.
+in the kernel's ring buffer are counted and reported at the end. Connections open
+before the capture are written so that Wireshark still dissects them (HTTP/2 and gRPC
+get a synthetic preface, marked synthetic=1 in the packet comment).
 """
 
 EPILOG = """\
@@ -39,6 +43,9 @@ examples:
                                                  see lines too
   udskit dump -w cap.pcapng --decode-as postgres /run/postgresql/.s.PGSQL.5432
   udskit dump -r cap.pcapng -X                   read a capture back
+  udskit dump -w - /tmp/redis.sock | tshark -r - -Y resp     pcapng on stdout
+  udskit dump --pname curl -Q in -c 10 /run/app.sock   only what curl sends; 10 chunks
+  udskit dump --uid www-data -Q out /run/app.sock      only replies to www-data's clients
   udskit dump --listen @dbg /run/app.sock        abstract or immovable: clients that
                                                  connect to @dbg are recorded; @dbg admits
                                                  only who could connect to the file
@@ -49,8 +56,12 @@ examples:
   udskit dump --engine ebpf -A @app-debug        an abstract name, as is
   udskit dump --engine ebpf --inode 123456       one socketpair (inode from `udskit ls`)
   udskit dump --engine ebpf --pid 4242 --json    every unix connection of process 4242
+  udskit dump --engine ebpf -w c.pcapng -- curl --unix-socket /run/app.sock http://x/
+                                                 a command's traffic; exits as it did
+  udskit dump --engine proxy /run/app.sock       pin the proxy (new clients only)
   tshark -r cap.pcapng -Y http.request -T fields -e http.request.uri
   tshark -r cap.pcapng -T fields -e frame.comment    client pid and command
+  tshark -r cap.pcapng -Y http2.header -T fields -e http2.headers.path    gRPC methods
 
 pcapng: each connection is a synthetic TCP flow between 127.0.0.1 (the server, on
 port 80, 6379, 5432 or the --decode-as port) and 127.1.X.Y (the client) that exists
