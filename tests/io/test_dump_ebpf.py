@@ -457,6 +457,7 @@ for part in (b"b", b"c"):
     while not os.path.exists(go + part.decode()):
         time.sleep(0.01)
     s.sendall(part * 32)
+    print(part.decode(), flush=True)
 def reply():
     head = b""
     while b"\\r\\n\\r\\n" not in head:
@@ -487,8 +488,10 @@ def test_http1_met_inside_a_request_body_is_dissected_from_the_next_request(
     # returns is not seen (its start was not). Once it has taken the b's, its next
     # call is seen: the c's are the capture's first chunk, the middle of a request.
     Path(f"{go}b").touch()
+    assert client.proc.stdout.readline() == b"b\n"  # sent: in the queue, or read
     wait_for(lambda: queued_at_server(str(path)) == 0, what="the server to read")
     Path(f"{go}c").touch()
+    assert client.proc.stdout.readline() == b"c\n"
     assert client.proc.stdout.readline() == b"512\n"
     status, _ = dump.stop()
 
