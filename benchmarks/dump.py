@@ -102,7 +102,7 @@ def through(contender: str, workdir: Path, redis_sock: str) -> Iterator[str]:
     if contender == "udskit dump -w":
         before = os.lstat(redis_sock).st_ino
         dump = start(
-            sys.executable, "-m", "udskit", "dump", "-w", str(workdir / "dump.pcapng"), redis_sock
+            *UDSKIT_DUMP, "--engine", "proxy", "-w", str(workdir / "dump.pcapng"), redis_sock
         )
         wait_until("udskit dump", lambda: os.lstat(redis_sock).st_ino != before, dump)
         try:
@@ -216,6 +216,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and rounds")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="CONTENDER",
+        help="run direct and this contender only (repeatable), e.g. --only "
+        f"'{EBPF}'; one of: {', '.join([*CONTENDERS[1:], EBPF])}",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
     # Requests per run: redis-benchmark's own default (100,000) at -P 1, and ten times
@@ -234,6 +241,11 @@ def main() -> None:
         CONTENDERS.append(EBPF)
     except BpfUnavailable as exc:
         print(f"no eBPF column: {exc}", file=sys.stderr)
+    if args.only:
+        unknown = set(args.only) - set(CONTENDERS)
+        if unknown:
+            raise SystemExit(f"--only: no such contender here: {', '.join(sorted(unknown))}")
+        CONTENDERS[:] = ["direct", *(c for c in CONTENDERS if c in args.only)]
     workdir = Path(tempfile.mkdtemp(prefix="udsk-dumpbench-", dir="/tmp"))
     redis_sock = str(workdir / "redis.sock")
     redis = start(
@@ -288,20 +300,21 @@ def report(samples: dict[tuple[str, int, str], list[float]], rounds: int, sniffe
             )
     print()
     for pipeline in (1, 16):
-        ours = statistics.median(
-            [statistics.median(samples[("udskit dump -w", pipeline, t)]) for t in TESTS]
-        )
-        recipe = statistics.median(
-            [statistics.median(samples[("socat+tcpdump", pipeline, t)]) for t in TESTS]
-        )
         base = statistics.median(
             [statistics.median(samples[("direct", pipeline, t)]) for t in TESTS]
         )
-        goal = " (goal: >= 50%)" if pipeline == 1 else ""
-        print(
-            f"-P {pipeline}: udskit dump -w keeps {ours / base:.0%} of direct{goal}; "
-            f"{ours / recipe:.1f}x the socat+tcpdump recipe"
-        )
+        if "udskit dump -w" in CONTENDERS and "socat+tcpdump" in CONTENDERS:  # not --only
+            ours = statistics.median(
+                [statistics.median(samples[("udskit dump -w", pipeline, t)]) for t in TESTS]
+            )
+            recipe = statistics.median(
+                [statistics.median(samples[("socat+tcpdump", pipeline, t)]) for t in TESTS]
+            )
+            goal = " (goal: >= 50%)" if pipeline == 1 else ""
+            print(
+                f"-P {pipeline}: udskit dump -w keeps {ours / base:.0%} of direct{goal}; "
+                f"{ours / recipe:.1f}x the socat+tcpdump recipe"
+            )
         if EBPF in CONTENDERS:
             ebpf = statistics.median(
                 [statistics.median(samples[(EBPF, pipeline, t)]) for t in TESTS]

@@ -45,6 +45,9 @@ class ConnectionInfo:
     listen: str
     upstream: str
     client: ClientInfo
+    #: Open before the capture saw it (the eBPF engine): its first recorded bytes may
+    #: be the middle of a message.
+    midstream: bool = False
 
 
 class Tap(Protocol):

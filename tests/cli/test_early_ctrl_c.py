@@ -81,7 +81,7 @@ COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
     "connect": lambda _d, s: ["connect", str(s)],
     "send": lambda _d, s: ["send", str(s), "a", "--timeout", "20"],
     "relay": lambda d, s: ["relay", f"unix-listen:{d / 'front.sock'}", f"unix:{s}"],
-    "dump": lambda d, s: ["dump", str(s), "-w", str(d / "c.pcapng")],
+    "dump": lambda d, s: ["dump", "--engine", "proxy", str(s), "-w", str(d / "c.pcapng")],
     "ls": lambda _d, _s: ["ls", "-p"],
     "doctor": lambda _d, s: ["doctor", str(s)],
     "bench": lambda d, _s: ["bench", "--quick", "-t", "unix-stream", "--dir", str(d)],

@@ -83,7 +83,12 @@ def start_dump(peers: Peers, path: Path, *args: str, stdout: int | None = None) 
     """Start `udskit dump ARGS PATH` and wait until the proxy is in the original's place."""
     before = os.lstat(path).st_ino
     dump = peers.udskit(
-        "dump", *args, path, stdout=stdout if stdout is not None else subprocess.PIPE
+        "dump",
+        "--engine",
+        "proxy",
+        *args,
+        path,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
     )
 
     def taken_over() -> bool:
@@ -301,7 +306,7 @@ def test_kill_9_then_restore(peers: Peers, sockdir: Path, tmp_path: Path) -> Non
     dump.wait()
     assert written()  # what reached the file stays readable
     assert os.lstat(sock).st_ino != original  # the dead proxy's file is in the way
-    again = peers.udskit_run("dump", sock)
+    again = peers.udskit_run("dump", "--engine", "proxy", sock)
     assert again.returncode == 1
     message = again.stderr.decode().strip()
     assert len(message.splitlines()) == 1 and f"udskit dump --restore {sock}" in message
@@ -366,7 +371,7 @@ def test_restore_after_a_kill_at_every_step(
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (os.lstat(sock).st_ino == original) == (path_is == "original")
     assert dump_names(sock) != []
-    refused = peers.udskit_run("dump", sock)
+    refused = peers.udskit_run("dump", "--engine", "proxy", sock)
     assert refused.returncode == 1
     assert b"was killed and left it moved; run `udskit dump --restore" in refused.stderr
     restore = peers.udskit_run("dump", "--restore", sock)
@@ -429,7 +434,9 @@ def test_listen_beside_an_abstract_socket(peers: Peers, abstract_name: str) -> N
     original = abstract_name + "-orig"
     front = abstract_name + "-front"
     peers.start(sys.executable, "-c", ECHO_SERVER, original, "stream", wait_for=original)
-    dump = peers.udskit("dump", "--json", "--listen", front, original, wait_for=front)
+    dump = peers.udskit(
+        "dump", "--engine", "proxy", "--json", "--listen", front, original, wait_for=front
+    )
     got = peers.run("socat", "-", f"ABSTRACT-CONNECT:{front[1:]}", input=b"hello\n")
     assert got.stdout == b"HELLO\n"
     _status, out, _err = stop_dump(dump)
@@ -517,13 +524,13 @@ def test_snaplen_in_json_and_hex(peers: Peers, sockdir: Path) -> None:
 
 # -- errors a user can make ---------------------------------------------------------------------
 def test_errors_are_one_line(peers: Peers, sockdir: Path, tmp_path: Path) -> None:
-    missing = peers.udskit_run("dump", sockdir / "nothing.sock")
+    missing = peers.udskit_run("dump", "--engine", "proxy", sockdir / "nothing.sock")
     assert missing.returncode == 1
     assert len(missing.stderr.decode().strip().splitlines()) == 1
     assert b"Traceback" not in missing.stderr
     plain = tmp_path / "file.txt"
     plain.write_text("x")
-    not_socket = peers.udskit_run("dump", plain)
+    not_socket = peers.udskit_run("dump", "--engine", "proxy", plain)
     assert not_socket.returncode == 2 and b"not a socket" in not_socket.stderr
     bad_file = peers.udskit_run("dump", "-r", plain)
     # unreadable content is a failure to read (1), as the README documents; like tshark
@@ -532,10 +539,10 @@ def test_errors_are_one_line(peers: Peers, sockdir: Path, tmp_path: Path) -> Non
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(stale))
     s.close()
-    refused = peers.udskit_run("dump", stale)
+    refused = peers.udskit_run("dump", "--engine", "proxy", stale)
     assert refused.returncode == 1 and b"stale" in refused.stderr
     assert sorted(os.listdir(sockdir)) == ["stale.sock"]
-    unwritable = peers.udskit_run("dump", "-w", "/proc/nope.pcapng", stale)
+    unwritable = peers.udskit_run("dump", "--engine", "proxy", "-w", "/proc/nope.pcapng", stale)
     assert unwritable.returncode == 2 and b"-w" in unwritable.stderr
 
 
@@ -591,7 +598,7 @@ def test_psql_through_dump_is_dissected_as_postgresql(
 def test_no_right_to_take_the_place_says_what_to_do(peers: Peers, sockdir: Path) -> None:
     sock = sockdir / "root.sock"
     peers.start(sys.executable, "-c", ECHO_SERVER, sock, "stream", wait_for=sock)
-    out = peers.run(*peers.as_nobody(*UDSKIT, "dump", sock))
+    out = peers.run(*peers.as_nobody(*UDSKIT, "dump", "--engine", "proxy", sock))
     assert out.returncode == 1
     line = out.stderr.decode()
     assert line.count("\n") == 1 and "Traceback" not in line
@@ -642,7 +649,7 @@ def test_a_second_dump_on_the_same_socket_is_refused(peers: Peers, sockdir: Path
     sock = redis(peers, sockdir)
     original = os.lstat(sock).st_ino
     first = start_dump(peers, sock)
-    second = peers.udskit_run("dump", sock)
+    second = peers.udskit_run("dump", "--engine", "proxy", sock)
     assert second.returncode == 1
     assert b"another udskit dump already runs" in second.stderr
     assert ping(sock) == b"+PONG\r\n"

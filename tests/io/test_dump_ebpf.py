@@ -10,6 +10,7 @@ Skipped, with the reason, only where the kernel or the machine cannot run BPF at
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -404,6 +405,327 @@ def test_curl_keepalive_on_a_pathname_socket_and_tshark_dissects_it(
     assert result.returncode == 0, result.stderr
     uris = result.stdout.decode().split()
     assert uris == ["/upload", f"/blob/{size}"]
+
+
+# -- mid-stream: connections met in their middle still dissect -------------------------------
+GRPC_PEER = Path(__file__).parent.parent / "data" / "grpc_peer.py"
+
+
+def tshark_fields(peers: Peers, pcap: Path, display: str, field: str) -> list[str]:
+    result = peers.run("tshark", "-r", pcap, "-Y", display, "-T", "fields", "-e", field)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode().split()
+
+
+def test_grpc_call_on_a_channel_open_before_the_capture_is_dissected(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    path = sockdir / "grpc.sock"
+    peers.start(sys.executable, GRPC_PEER, "server", path, wait_for=path, listening=True)
+    client = peers.start(sys.executable, GRPC_PEER, "client", path, stdin=subprocess.PIPE)
+    assert client.proc.stdin is not None and client.proc.stdout is not None
+    assert client.proc.stdout.readline() == b"said before\n"  # the channel is up
+    pcap = tmp_path / "grpc.pcapng"
+    dump = Dump(peers, "-w", pcap, path)
+    client.proc.stdin.write(b"Shout\nSay\n")
+    client.proc.stdin.flush()
+    assert client.proc.stdout.readline() == b"HELLO SHOUT!\n"
+    assert client.proc.stdout.readline() == b"said hello Say\n"
+    status, _ = dump.stop()
+
+    assert status == 130, dump.lines
+    # HPACK state from before the capture is lost: `Say`, first called before it,
+    # is sent as an index into that state; `Shout` is new, sent as a literal.
+    paths = tshark_fields(peers, pcap, "http2.header", "http2.headers.path")
+    assert paths == ["/udskit.test.Echo/Shout"]
+    comments = tshark_fields(peers, pcap, 'frame.comment contains "synthetic=1"', "frame.number")
+    assert len(comments) == 1, "one synthetic preface"
+    # `udskit dump -r` shows only what was sent: no preface that nobody sent.
+    sent = streams(pcap)[1][Direction.C2S]
+    assert not sent.startswith(b"PRI * HTTP/2.0")
+    assert b"/udskit.test.Echo/Shout" in sent
+
+
+HTTP1_CLIENT = """\
+import os, socket, sys, time
+path, go = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+s.sendall(b"POST /upload HTTP/1.1\\r\\nContent-Length: 128\\r\\n\\r\\n" + b"a" * 64)
+print("half", flush=True)
+for part in (b"b", b"c"):
+    while not os.path.exists(go + part.decode()):
+        time.sleep(0.01)
+    s.sendall(part * 32)
+    print(part.decode(), flush=True)
+def reply():
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        head += s.recv(1)
+    n = int(head.split(b"Content-Length: ")[1].split(b"\\r\\n")[0])
+    got = b""
+    while len(got) < n:
+        got += s.recv(n - len(got))
+    return got
+reply()
+s.sendall(b"GET /blob/512 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+print(len(reply()), flush=True)
+"""
+
+
+def test_http1_met_inside_a_request_body_is_dissected_from_the_next_request(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    path = sockdir / "http.sock"
+    go = tmp_path / "go"
+    peers.start(sys.executable, "-c", HTTP_SERVER, path, tmp_path / "never", wait_for=path)
+    client = peers.start(sys.executable, "-c", HTTP1_CLIENT, path, go)
+    assert client.proc.stdout is not None
+    assert client.proc.stdout.readline() == b"half\n"
+    pcap = tmp_path / "http.pcapng"
+    dump = Dump(peers, "-w", pcap, path)
+    # The server has been blocked in recv(2) since before the capture: what that call
+    # returns is not seen (its start was not). Once it has taken the b's, its next
+    # call is seen: the c's are the capture's first chunk, the middle of a request.
+    Path(f"{go}b").touch()
+    assert client.proc.stdout.readline() == b"b\n"  # sent: in the queue, or read
+    wait_for(lambda: queued_at_server(str(path)) == 0, what="the server to read")
+    Path(f"{go}c").touch()
+    assert client.proc.stdout.readline() == b"c\n"
+    assert client.proc.stdout.readline() == b"512\n"
+    status, _ = dump.stop()
+
+    assert status == 130, dump.lines
+    assert tshark_fields(peers, pcap, "http.request", "http.request.uri") == ["/blob/512"]
+    assert tshark_fields(peers, pcap, "http.response", "http.response.code") == ["200", "200"]
+    sent = streams(pcap)[1][Direction.C2S]
+    assert sent.startswith(b"c" * 32 + b"GET /blob/512 HTTP/1.1")
+
+
+def queued_at_server(address: str) -> int | None:
+    """Bytes waiting in the receive queue of the server's end of `address`'s one
+    connection."""
+    from udskit.address import parse_address
+    from udskit.inspect.lister import dump_unix_sockets
+    from udskit.sockdiag import Show, SocketState
+
+    wanted = parse_address(address)
+    for info in dump_unix_sockets(Show.NAME | Show.RQLEN):
+        if info.state is SocketState.CONNECTED and info.address == wanted:
+            return info.recv_q
+    return None
+
+
+# -- filters, as ptcpdump has them -------------------------------------------------------------
+def ready_dump(peers: Peers, *args: str | os.PathLike[str]) -> Peer:
+    """`udskit dump ARGS` (no -B: the proxy engine takes none), once it has started."""
+    dump = peers.udskit("dump", *args)
+    assert dump.proc.stderr is not None
+    lines: list[str] = []
+    while not any("Ctrl-C to stop" in line for line in lines):
+        raw = dump.proc.stderr.readline()
+        assert raw, f"udskit dump exited: {lines}"
+        lines.append(raw.decode())
+    return dump
+
+
+def ping_as_python(path: Path) -> socket.socket:
+    """A client of another name, left connected: a client that is gone before the
+    eBPF engine reads who it was is recorded without a name (see the README), and
+    its descriptor number, reused by the server, could lend it the next one's."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(str(path))
+    s.sendall(b"PING\r\n")
+    assert s.recv(100) == b"+PONG\r\n"
+    return s
+
+
+def socat_client(peers: Peers, path: Path, *, as_nobody: bool = False) -> Peer:
+    """A client that stays connected while the test talks through it (who a client
+    is, is read while it is connected: see the README on short-lived clients)."""
+    argv = ["socat", "-", f"UNIX-CONNECT:{path}"]
+    return peers.start(*(peers.as_nobody(*argv) if as_nobody else argv), stdin=subprocess.PIPE)
+
+
+def ask(client: Peer, command: bytes, reply: bytes) -> None:
+    assert client.proc.stdin is not None and client.proc.stdout is not None
+    client.proc.stdin.write(command)
+    client.proc.stdin.flush()
+    assert client.proc.stdout.read(len(reply)) == reply
+
+
+@pytest.mark.parametrize("engine", ["proxy", "ebpf"])
+def test_pname_direction_and_count_piped_into_tshark(
+    peers: Peers, sockdir: Path, engine: str, ebpf: None
+) -> None:
+    path = redis_server(peers, sockdir)
+    dump = ready_dump(
+        peers, "--engine", engine, "--pname=socat", "-Q", "in", "-c", "2", "-w", "-", path
+    )
+    other = ping_as_python(path)  # another command name: not recorded, not counted
+    client = socat_client(peers, path)
+    ask(client, resp_set(b"k", b"v"), b"+OK\r\n")
+    ask(client, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"$1\r\nv\r\n")
+    assert dump.proc.stdout is not None
+    pcapng = dump.proc.stdout.read()
+    assert dump.proc.wait(30) == 0, "-c 2 reached: done"
+    other.close()
+    # What `udskit dump -w - | tshark -r -` gets.
+    result = peers.run("tshark", "-r", "-", "-Y", "resp", input=pcapng)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert "SET k v" in lines[0] and "GET k" in lines[1]
+
+
+def test_uid_and_out_keep_only_replies_to_that_users_clients(
+    peers: Peers, sockdir: Path, ebpf: None
+) -> None:
+    os.chmod(sockdir, 0o755)
+    path = sockdir / "redis.sock"
+    peers.start("redis-server", "--port", "0", "--unixsocket", path, "--unixsocketperm", "777",
+                "--save", "", "--appendonly", "no", wait_for=path, listening=True)  # fmt: skip
+    dump = ready_dump(peers, "--engine", "ebpf", "--uid", "nobody", "-Q", "out", "--json", path)
+    other = ping_as_python(path)  # root's
+    client = socat_client(peers, path, as_nobody=True)
+    ask(client, b"ECHO for-nobody\r\n", b"$10\r\nfor-nobody\r\n")
+    os.kill(dump.pid, signal.SIGINT)
+    out, _ = dump.proc.communicate(timeout=30)
+    other.close()
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    data = [e for e in events if e["event"] == "data"]
+    nobody = _nobody_ids()[0]
+    assert {e["uid"] for e in events} == {nobody}
+    assert [e["direction"] for e in data] == ["s2c"]
+    assert data[0]["command"] == "socat"
+
+
+# -- sendmmsg/recvmmsg, sendfile/splice ----------------------------------------------------------
+MMSG = """\
+import ctypes, json, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+keep = []
+def vector(messages):
+    vec = (mmsghdr * len(messages))()
+    for m, parts in zip(vec, messages):
+        iovs = (iovec * len(parts))()
+        for iov, part in zip(iovs, parts):
+            buf = ctypes.create_string_buffer(part, len(part))
+            keep.append(buf)
+            iov.base, iov.len = ctypes.addressof(buf), len(part)
+        keep.append(iovs)
+        m.hdr.iov, m.hdr.iovlen = iovs, len(parts)
+    return vec
+def sendmmsg(s, messages):
+    assert libc.sendmmsg(s.fileno(), vector(messages), len(messages), 0) == len(messages)
+def recvmmsg(s, n):
+    vec = vector([[bytes(100)] for _ in range(n)])
+    got = libc.recvmmsg(s.fileno(), vec, n, 0x10000, None)  # MSG_WAITFORONE
+    assert got > 0, ctypes.get_errno()
+    return [ctypes.string_at(m.hdr.iov[0].base, m.len) for m in vec[:got]]
+go = sys.argv[1]
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+print(json.dumps({"inode": os.fstat(a.fileno()).st_ino}), flush=True)
+while not os.path.exists(go):
+    time.sleep(0.01)
+sendmmsg(a, [[b"one"], [b"tw", b"o!"], [b"three"]])
+got = []
+while len(got) < 3:
+    got += recvmmsg(b, 3)
+sendmmsg(b, [[b"back-1"], [b"back-2"]])
+echoed = []
+while len(echoed) < 2:
+    echoed += recvmmsg(a, 2)
+print(json.dumps({"b": [g.decode() for g in got], "a": [e.decode() for e in echoed]}), flush=True)
+"""
+
+
+def test_sendmmsg_and_recvmmsg_are_one_chunk_per_message(
+    peers: Peers, tmp_path: Path, ebpf: None
+) -> None:
+    go = tmp_path / "go"
+    pair = peers.start(sys.executable, "-c", MMSG, go)
+    assert pair.proc.stdout is not None
+    inode = json.loads(pair.proc.stdout.readline())["inode"]
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", "--inode", str(inode))
+    go.touch()
+    done = json.loads(pair.proc.stdout.readline())
+    assert done == {"b": ["one", "two!", "three"], "a": ["back-1", "back-2"]}
+    os.kill(dump.pid, signal.SIGINT)
+    out, _ = dump.proc.communicate(timeout=30)
+    data = [json.loads(line) for line in out.decode().splitlines()]
+    chunks = [(e["direction"], base64.b64decode(e["data"])) for e in data if e["event"] == "data"]
+    assert chunks == [
+        ("c2s", b"one"),
+        ("c2s", b"two!"),
+        ("c2s", b"three"),
+        ("s2c", b"back-1"),
+        ("s2c", b"back-2"),
+    ]
+
+
+SENDFILE_SERVER = """\
+import os, socket, sys, time
+path, blob, go = sys.argv[1], sys.argv[2], sys.argv[3]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(1)
+while not os.path.exists(go):  # accept(2) after the capture started: see the test
+    time.sleep(0.01)
+c, _ = srv.accept()
+assert c.recv(100) == b"send"
+with open(blob, "rb") as f:
+    assert os.sendfile(c.fileno(), f.fileno(), 0, 1000) == 1000
+r, w = os.pipe()
+os.write(w, b"s" * 500)
+assert os.splice(r, c.fileno(), 500) == 500
+c.sendall(b"end")
+c.recv(100)
+"""
+
+
+def test_sendfile_and_splice_are_seen_with_their_length(
+    peers: Peers, sockdir: Path, tmp_path: Path, ebpf: None
+) -> None:
+    path = sockdir / "files.sock"
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"f" * 1000)
+    go = tmp_path / "go"
+    peers.start(sys.executable, "-c", SENDFILE_SERVER, path, blob, go, wait_for=path)
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    # A call in progress when the capture starts is not seen (its entry was not):
+    # the server accepts only now, so that its accept(2) starts watching the client.
+    go.touch()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"send")
+        got = b""
+        while not got.endswith(b"end"):
+            got += s.recv(4096)
+    assert got == b"f" * 1000 + b"s" * 500 + b"end"
+    os.kill(dump.pid, signal.SIGINT)
+    out, _ = dump.proc.communicate(timeout=30)
+    data = [json.loads(line) for line in out.decode().splitlines()]
+    chunks = [(e["direction"], e["length"], e["data"]) for e in data if e["event"] == "data"]
+    # The file's and the pipe's bytes never pass through the server's memory: their
+    # length is recorded, and they are marked as cut (nothing captured).
+    assert chunks[:4] == [
+        ("c2s", 4, base64.b64encode(b"send").decode()),
+        ("s2c", 1000, ""),
+        ("s2c", 500, ""),
+        ("s2c", 3, base64.b64encode(b"end").decode()),
+    ]
 
 
 # -- failures ----------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def run_dump_here(argv: list[str], sock: Path) -> tuple[int, Env]:
 
     thread = threading.Thread(target=stopper, daemon=True)
     thread.start()
-    status = main(["dump", *argv], env)
+    status = main(["dump", "--engine", "proxy", *argv], env)
     thread.join(30)
     return status, env
 
@@ -247,7 +247,7 @@ def test_an_exception_right_after_the_link_leaves_path_alone(
 def test_a_wrong_type_is_refused_and_nothing_moves(peers: Peers, sockdir: Path) -> None:
     sock = echo(peers, sockdir)
     original = os.lstat(sock).st_ino
-    wrong = peers.udskit_run("dump", "--type", "dgram", sock)
+    wrong = peers.udskit_run("dump", "--engine", "proxy", "--type", "dgram", sock)
     assert wrong.returncode == 2
     assert wrong.stderr.decode() == f"udskit dump: {sock} is a stream socket; drop --type\n"
     assert_restored(sock, original)
@@ -306,11 +306,11 @@ def test_a_failed_start_keeps_an_existing_file_and_removes_a_new_one(
     precious = tmp_path / "precious.pcapng"
     precious.write_bytes(b"yesterday's capture")
     missing = sockdir / "nothing.sock"
-    failed = peers.udskit_run("dump", "-w", precious, missing)
+    failed = peers.udskit_run("dump", "--engine", "proxy", "-w", precious, missing)
     assert failed.returncode == 1, failed.stderr
     assert precious.read_bytes() == b"yesterday's capture"
     new = tmp_path / "new.pcapng"
-    failed = peers.udskit_run("dump", "-w", new, missing)
+    failed = peers.udskit_run("dump", "--engine", "proxy", "-w", new, missing)
     assert failed.returncode == 1 and not new.exists()
 
 

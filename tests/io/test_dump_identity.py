@@ -365,13 +365,20 @@ def test_without_capabilities_dump_refuses_other_users_clients(peers: Peers, soc
     sock = home / "open.sock"
     peers.start(*NOBODY, sys.executable, "-c", ECHO_SERVER, sock, "stream", wait_for=sock)
     os.chmod(sock, 0o777)
-    refused = peers.run(*NOBODY, *UDSKIT, "dump", sock)
+    refused = peers.run(*NOBODY, *UDSKIT, "dump", "--engine", "proxy", sock)
     assert refused.returncode == 2
     line = refused.stderr.decode()
     assert line.count("\n") == 1 and "--allow-identity-change" in line and "as root" in line
     assert sorted(os.listdir(home)) == ["open.sock"]
     dump = peers.start(
-        *NOBODY, *UDSKIT, "dump", "--allow-identity-change", sock, stdout=subprocess.DEVNULL
+        *NOBODY,
+        *UDSKIT,
+        "dump",
+        "--engine",
+        "proxy",
+        "--allow-identity-change",
+        sock,
+        stdout=subprocess.DEVNULL,
     )
     assert dump.proc.stderr is not None
     head = [dump.proc.stderr.readline().decode() for _ in range(2)]  # up and running

@@ -287,14 +287,14 @@ def test_a_capture_file_nobody_made_is_not_written(
     )
     assert planted.wait() == 0
     before = untouched(secret)
-    owned = peers.udskit_run("dump", "-w", hostile_dir / "cap.pcapng", path)
+    owned = peers.udskit_run("dump", "--engine", "proxy", "-w", hostile_dir / "cap.pcapng", path)
     assert owned.returncode == 2
     assert owned.stderr.decode() == (
         f"udskit dump: cannot write {hostile_dir}/cap.pcapng: it belongs to nobody (uid "
         f"{NOBODY}), not to you; udskit writes captures only into files it creates or "
         "that are your own: remove it or pick another path\n"
     )
-    linked = peers.udskit_run("dump", "-w", hostile_dir / "link.pcapng", path)
+    linked = peers.udskit_run("dump", "--engine", "proxy", "-w", hostile_dir / "link.pcapng", path)
     assert linked.returncode == 2
     assert "it is a symlink, which udskit does not follow for -w" in linked.stderr.decode()
     assert untouched(secret) == before and secret.read_text() == "root only\n"

@@ -13,10 +13,17 @@ Who the client is: for a connection recorded at the server's end, its SO_PEERCRE
 read through a copy of the server's descriptor (pidfd_getfd(2)) that is closed at
 once; at the client's end, the holding process itself (/proc/PID/status).
 
-What is not seen (yet): bytes beyond the first iovec of writev/readv/sendmsg/recvmsg
-(the chunk is marked truncated, with its real length), sendmmsg/recvmmsg, splice and
-sendfile; descriptors a process inherits by fork() after the start; and connections
-accepted in the few milliseconds between the scan and the start of the watch.
+sendmmsg/recvmmsg are one chunk per message (up to 64 per call); splice and sendfile
+move bytes that never pass through the process's memory, so their chunks carry the
+length and are marked as cut, with nothing captured.
+
+What is not seen (yet): a syscall already in progress when the capture starts (a
+server blocked in accept(2) or read(2) then: its next call is seen); descriptors a
+process inherits by fork() after the start; connections accepted in the few
+milliseconds between the scan and the start of the watch. Who a client is, is read
+from the server's descriptor when its accept is handled (the ring wakes the reader
+at once for it): a client that has connected, talked and closed before that shows as
+pid "?" (and passes no --pid/--pname/--uid filter).
 """
 
 from __future__ import annotations
@@ -407,7 +414,9 @@ class EbpfDump:
         else:
             client = ClientInfo()
         path = self.display_path
-        conn = _Conn(ConnectionInfo(self._next_id, sock_type, path, path, client), server_side)
+        # A connection the scan found was open before us: seen from its middle.
+        info = ConnectionInfo(self._next_id, sock_type, path, path, client, planned is not None)
+        conn = _Conn(info, server_side)
         self._cookies[cookie] = conn
         self.stats.connections += 1
         return conn

@@ -8,19 +8,40 @@ falling back, since the proxy would capture something else.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from udskit.capture.bpf_loader import RING_BYTES, BpfUnavailable
 from udskit.capture.ebpf import EbpfDump, target_from
 from udskit.capture.ebpf_records import Target
+from udskit.capture.events import Selection
 from udskit.errors import UsageError
 
-__all__ = ["EBPF_BACKLOG_BYTES", "choose_engine"]
+__all__ = ["EBPF_BACKLOG_BYTES", "choose_engine", "selection_for"]
 
 #: With eBPF, waiting for the pcapng writer slows no client down (the kernel keeps
 #: going and the ring buffer fills), so the capture may hold more in memory before
 #: it records chunks as lengths only: a burst of a few hundred MiB is kept whole.
 EBPF_BACKLOG_BYTES = 512 << 20
+
+
+def selection_for(
+    selection: Selection,
+    *,
+    address: str | None = None,
+    inode: int | None = None,
+    pid: int | None = None,
+    command: Sequence[str] | None = None,
+) -> Selection:
+    """The user's filters as the capture applies them: `pid` filters clients only
+    with an address (without one it is the target), and `-Q` is seen from the server
+    of the address, from process `pid`, or from the client end (an inode's holder,
+    the command): see `Flow`."""
+    if command or (address is None and inode is not None):
+        return dataclasses.replace(selection, viewer=Selection.CLIENT_SIDE)
+    if address is None and pid is not None:
+        return dataclasses.replace(selection, pid=None, viewer=pid)
+    return selection
 
 
 def choose_engine(

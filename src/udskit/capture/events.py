@@ -6,8 +6,9 @@ makes them from the relay's `Tap` calls; `-r FILE.pcapng` makes them back from a
 a later eBPF engine will make the same ones from kernel probes. Printers and the
 pcapng encoder only ever see events, so every output works with every engine.
 
-`Selection` holds the user's filters and limits (`--pid`, `-c`, `-s`) as plain rules
-applied to values, so they behave the same live and when reading a file.
+`Selection` holds the user's filters and limits (`--pid`, `--pname`, `--uid`, `-Q`, `-c`,
+`-s`) as plain rules applied to values, so they behave the same live and when reading
+a file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,23 @@ from typing import final
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, Direction
 
-__all__ = ["ClientInfo", "Direction", "Event", "EventKind", "Selection"]
+__all__ = ["ClientInfo", "Direction", "Event", "EventKind", "Flow", "Selection"]
+
+#: The kernel keeps 15 bytes of a command name (TASK_COMM_LEN 16, with the NUL).
+COMM_LEN = 15
+
+
+class Flow(enum.Enum):
+    """`-Q`: which data to keep, seen from the side the capture watches (tcpdump's
+    -Q for an interface). `in` is what that side receives, `out` what it sends:
+
+    - ADDR: the server of ADDR, so `in` is client to server (c2s);
+    - `--pid PID` without ADDR: process PID, whichever end of each connection it is;
+    - `--inode N` and `-- CMD`: the holder of N, the command: the client end (s2c is in).
+    """
+
+    IN = "in"
+    OUT = "out"
 
 
 class EventKind(enum.Enum):
@@ -122,9 +139,35 @@ class Selection:
     pid: int | None = None
     count: int | None = None
     snaplen: int | None = None
+    #: `--pname`: the client's command name (comm, as `ps -o comm` shows it).
+    pname: str | None = None
+    #: `--uid`: the client's user id.
+    uid: int | None = None
+    #: `-Q in|out`; None keeps both directions (`-Q inout`).
+    flow: Flow | None = None
+    #: Who `-Q` is relative to: None for the server of ADDR; else this pid (`--pid`
+    #: without ADDR), or CLIENT_SIDE for the client end (`--inode`, `-- CMD`).
+    viewer: int | None = None
+
+    #: `viewer` value for "the client end of each connection".
+    CLIENT_SIDE = -1
 
     def wants(self, client: ClientInfo) -> bool:
-        return self.pid is None or client.pid == self.pid
+        """Does the connection of this client pass --pid, --pname and --uid?"""
+        if self.pid is not None and client.pid != self.pid:
+            return False
+        if self.uid is not None and client.uid != self.uid:
+            return False
+        return self.pname is None or client.command in (self.pname, self.pname[:COMM_LEN])
+
+    def keeps(self, client: ClientInfo, direction: Direction) -> bool:
+        """Does a chunk going `direction` pass -Q?"""
+        if self.flow is None:
+            return True
+        viewer = self.viewer
+        at_client = viewer == self.CLIENT_SIDE or (viewer is not None and client.pid == viewer)
+        inward = Direction.S2C if at_client else Direction.C2S
+        return (direction is inward) == (self.flow is Flow.IN)
 
     def apply(self, event: Event) -> Event:
         """The event as recorded under the snap length (for events read back from files)."""

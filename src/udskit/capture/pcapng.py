@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Final, final
 
 from udskit.capture.events import Event, EventKind
+from udskit.capture.midstream import Opening, opening
 from udskit.errors import UdskitError, UsageError
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, Direction
@@ -212,6 +213,7 @@ class CommentFields:
     closing: bool = False  # `event=close`: the end of a datagram/seqpacket connection
     first: Direction | None = None  # with closing: who closed first
     fds: tuple[str, ...] = ()  # descriptors passed with this packet's chunk
+    synthetic: bool = False  # bytes the writer added so that Wireshark dissects
 
 
 def parse_comment(text: str | None) -> CommentFields:
@@ -246,7 +248,10 @@ def parse_comment(text: str | None) -> CommentFields:
             listed = []
         if isinstance(listed, list):
             fds = tuple(str(kind) for kind in listed)
-    return CommentFields(number("conn"), fields.get("path"), sock_type, client, closing, first, fds)
+    synthetic = fields.get("synthetic") == "1"
+    return CommentFields(
+        number("conn"), fields.get("path"), sock_type, client, closing, first, fds, synthetic
+    )
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -282,6 +287,8 @@ class _Flow:
         "comment",
         "conn",
         "fd_note",
+        "held",
+        "held_bytes",
         "open_ns",
         "pending",
         "port",
@@ -300,6 +307,10 @@ class _Flow:
         self.text = text
         self.comment = _comment_options(text)
         self.fd_note: str | None = None  # the next chunk's comment: descriptors passed
+        #: A connection seen from its middle: its chunks until one is a place to start
+        #: (see udskit.capture.midstream), as (direction, bytes, length, time, fd note).
+        self.held: list[tuple[Direction, bytes, int, int, str | None]] | None = None
+        self.held_bytes = 0
         self.open_ns = open_ns
         self.client_ip = CLIENT_NET | ((conn // CLIENT_PORTS + 1) & 0xFFFF)
         self.client_port = CLIENT_PORT_BASE + conn % CLIENT_PORTS
@@ -354,12 +365,22 @@ class PcapngEncoder:
 
     # -- the Tap-shaped entry points ------------------------------------------------------
     def opened(
-        self, conn: int, path: str, sock_type: SocketType, client: ClientInfo, time_ns: int
+        self,
+        conn: int,
+        path: str,
+        sock_type: SocketType,
+        client: ClientInfo,
+        time_ns: int,
+        midstream: bool = False,
     ) -> None:
+        """`midstream`: the connection was open before the capture, so its first
+        chunk may be the middle of anything (see udskit.capture.midstream)."""
         text = format_comment(conn, path, sock_type, client)
         flow = _Flow(conn, sock_type is SocketType.STREAM, text, time_ns)
         self._flows[conn] = flow
-        if self.server_port is not None:
+        if midstream and flow.stream:
+            flow.held = []
+        elif self.server_port is not None:
             self._start(flow, self.server_port)
 
     def data(
@@ -378,6 +399,9 @@ class PcapngEncoder:
         if flow is None:
             return
         if flow.pending:
+            if flow.held is not None:
+                self._midstream(flow, direction, payload, length, time_ns)
+                return
             self._start(flow, guess_port(payload))
         if flow.fd_note is not None:  # this chunk came with descriptors: say so
             note, flow.fd_note = flow.fd_note, None
@@ -439,11 +463,15 @@ class PcapngEncoder:
         out += _U32.pack(total)
 
     def closed(self, conn: int, first: Direction | None, time_ns: int) -> None:
-        flow = self._flows.pop(conn, None)
+        flow = self._flows.get(conn)
         if flow is None:
             return
         if flow.pending:
-            self._start(flow, FALLBACK_PORT)
+            if flow.held:  # no place to start came: write what was held as it is
+                self._midstream_begin(flow, Opening(self.server_port or FALLBACK_PORT))
+            else:
+                self._start(flow, self.server_port or FALLBACK_PORT)
+        del self._flows[conn]
         if not flow.stream:
             word = "none" if first is None else first.value
             flow.comment = _comment_options(f"{flow.text} event=close first={word}")
@@ -479,6 +507,50 @@ class PcapngEncoder:
             self.data(ev.conn, ev.direction, ev.data, ev.length, ev.time_ns)
         else:
             self.closed(ev.conn, ev.direction, ev.time_ns)
+
+    # -- mid-stream connections -----------------------------------------------------------
+    def _midstream(
+        self,
+        flow: _Flow,
+        direction: Direction,
+        payload: bytes | memoryview,
+        length: int,
+        time_ns: int,
+    ) -> None:
+        """A chunk of a connection seen from its middle, before its flow has begun:
+        begin it here if this chunk is a place to start, else hold the chunk."""
+        assert flow.held is not None
+        note, flow.fd_note = flow.fd_note, None
+        flow.held.append((direction, bytes(payload), length, time_ns, note))
+        start = opening(
+            payload,
+            guess_port(payload),
+            forced_port=self.server_port,
+            fallback_port=FALLBACK_PORT,
+            held_chunks=len(flow.held) - 1,
+            held_bytes=flow.held_bytes,
+        )
+        flow.held_bytes += len(payload)
+        if start is not None:
+            self._midstream_begin(flow, start)
+
+    def _midstream_begin(self, flow: _Flow, start: Opening) -> None:
+        """The handshake, the held chunks but the last, the synthetic bytes (if any,
+        marked in their comment), then the last held chunk: the one that starts."""
+        held, flow.held = flow.held or [], None
+        at = held[-1][3] if held else flow.open_ns
+        self._start(flow, start.port)
+        for i, (direction, payload, length, time_ns, note) in enumerate(held):
+            if i == len(held) - 1 and start.synthetic:
+                plain, flow.comment = flow.comment, _comment_options(f"{flow.text} synthetic=1")
+                try:
+                    self._tcp(
+                        flow, True, TCP_PSH | TCP_ACK, start.synthetic, len(start.synthetic), at
+                    )
+                finally:
+                    flow.comment = plain
+            flow.fd_note = note
+            self.data(flow.conn, direction, payload, length, time_ns)
 
     # -- packets ---------------------------------------------------------------------------
     def _start(self, flow: _Flow, port: int) -> None:
@@ -868,6 +940,8 @@ def decode_events(
             flows[key] = flow
             yield Event.open(packet.time_ns, conn, flow.path, flow.sock_type, info.client)
         direction = Direction.C2S if seg.src == flow.client else Direction.S2C
+        if info.synthetic:
+            continue  # not sent by anyone (a mid-stream HTTP/2 preface)
         if seg.proto != IPPROTO_TCP:
             if info.closing and seg.length == 0:
                 del flows[key]

@@ -74,7 +74,15 @@ def open_for_writing(path: str) -> tuple[int, bool]:
     is opened with O_NOFOLLOW too and used only if it is this user's own regular file,
     or not a regular file at all (a FIFO, /dev/null, /dev/full, a tty). The one
     symlink followed on purpose is /dev/stdout and its kin, which belong to the system.
+    "-" is standard output (`udskit dump -w - | tshark -r -`), as tcpdump has it.
     """
+    if path == "-":
+        try:
+            return os.dup(1), False  # ours to close; never truncated (see truncate)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write -: standard output is not open ({exc.strerror})"
+            ) from None
     flags = os.O_WRONLY | os.O_CLOEXEC
     try:
         try:
@@ -123,7 +131,8 @@ class PcapngSink:
         self.path = target if isinstance(target, str) else getattr(target, "name", "output")
         if isinstance(target, str):
             fd, _created = open_for_writing(target)
-            truncate(fd)
+            if target != "-":
+                truncate(fd)
             self._file: BinaryIO = os.fdopen(fd, "wb")
         else:
             self._file = target
@@ -180,7 +189,8 @@ class PcapngWriter:
         """The takeover succeeded: empty the file and start the writer process."""
         fd, self._fd = self._fd, -1
         try:
-            truncate(fd)
+            if self.path != "-":  # stdout: whatever it is, it is the caller's
+                truncate(fd)
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -214,9 +224,15 @@ class PcapngWriter:
                     os.unlink(self.path)
 
     def opened(
-        self, conn: int, path: str, sock_type: SocketType, client: ClientInfo, time_ns: int
+        self,
+        conn: int,
+        path: str,
+        sock_type: SocketType,
+        client: ClientInfo,
+        time_ns: int,
+        midstream: bool = False,
     ) -> None:
-        self.out += open_record(conn, path, sock_type, client, time_ns)
+        self.out += open_record(conn, path, sock_type, client, time_ns, midstream)
 
     def data(
         self, conn: int, direction: Direction, payload: bytes | memoryview, length: int, t: int

@@ -45,6 +45,9 @@ def read_events(
         if not selection.wants(event.client):
             continue
         if event.kind is EventKind.DATA:
+            assert event.direction is not None
+            if not selection.keeps(event.client, event.direction):
+                continue
             if selection.count is not None and data_events >= selection.count:
                 return
             data_events += 1

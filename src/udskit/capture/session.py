@@ -52,7 +52,8 @@ class CaptureStats:
 class Capture:
     """One capture of `address` (or of socket `inode`, or of process `pid`'s
     connections, with the eBPF engine). `engine` is "proxy", "ebpf" or "auto";
-    `write` a pcapng path; `selection` the filters of `udskit dump` (--pid, -c, -s).
+    `write` a pcapng path (or "-": standard output); `selection` the filters of
+    `udskit dump` (--pid, --pname, --uid, -Q, -c, -s).
     `listen`, `sock_type` and `grace` are the proxy engine's (`udskit dump --listen`,
     `--type`, `--grace`)."""
 
@@ -73,7 +74,11 @@ class Capture:
         ring_bytes: int | None = None,
     ) -> None:
         self._args = (address, engine, inode, pid, listen)
-        self._selection = selection or Selection(pid=pid if address is not None else None)
+        from udskit.capture.engine import selection_for
+
+        self._selection = selection_for(
+            selection or Selection(pid=pid), address=address, inode=inode, pid=pid
+        )
         self._write = write
         self._decode_as = decode_as
         self._sock_type = sock_type

@@ -77,6 +77,7 @@ class DumpTap:
         self._clients: dict[int, ClientInfo] = {}
         self._done = False
         self._snaplen = selection.snaplen
+        self._flow_filtered = selection.flow is not None
         self._lean_count: Callable[[], int] = lambda: 0
         self._lean_stop: Callable[[], None] = lambda: None
         if pcapng is not None and printer is None and selection == Selection():
@@ -93,7 +94,7 @@ class DumpTap:
             path = self._paths[conn.id] = conn.listen
         try:
             if self.pcapng is not None:
-                self.pcapng.opened(conn.id, path, conn.sock_type, client, time_ns)
+                self.pcapng.opened(conn.id, path, conn.sock_type, client, time_ns, conn.midstream)
             if self.printer is not None:
                 self.printer(Event.open(time_ns, conn.id, path, conn.sock_type, client))
         except Exception as exc:  # a tap must not raise: report it from the main thread
@@ -111,6 +112,8 @@ class DumpTap:
         engine's snap length); None means all of it is in `data`."""
         client = self._clients.get(conn.id)
         if client is None or self._done:
+            return
+        if self._flow_filtered and not self.selection.keeps(client, direction):
             return
         if length is None:
             length = len(data)

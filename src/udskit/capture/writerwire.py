@@ -63,10 +63,16 @@ def cannot_write(path: str, exc: OSError) -> UdskitError:
 
 
 def open_record(
-    conn: int, path: str, sock_type: SocketType, client: ClientInfo, time_ns: int
+    conn: int,
+    path: str,
+    sock_type: SocketType,
+    client: ClientInfo,
+    time_ns: int,
+    midstream: bool = False,
 ) -> bytes:
     meta = json.dumps(
         {
+            "midstream": midstream,
             "path": path,
             "type": sock_type.value,
             "pid": client.pid,

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 DESCRIPTION = """\
 Capture the traffic of a live unix socket, as tcpdump does for network interfaces.
 
+Two engines: --engine auto (the default) uses eBPF where it can run (root, BPF allowed,
+clang) and otherwise the proxy, saying why; the start line names the engine in use.
+
 The proxy engine takes the socket file's place without a gap: the original file gets a
 hidden second name (.NAME.udskit-dump-RANDOM) and a proxy with the same mode, owner and group
 is renamed over PATH; each new client is forwarded to the original and every chunk is
@@ -28,8 +31,9 @@ do not reach it) puts it back at once; without one (--no-watchdog), run
 The eBPF engine (--engine ebpf, root) moves nothing: it watches the syscalls that move
 data on the connections of ADDR (open ones too, and new ones from their first byte),
 of a socket inode (--inode, socketpairs) or of a process (--pid without ADDR). Losses
-in the kernel's ring buffer are counted and reported at the end. --engine auto uses it
-where it can run and otherwise the proxy, saying why.
+in the kernel's ring buffer are counted and reported at the end. Connections open
+before the capture are written so that Wireshark still dissects them (HTTP/2 and gRPC
+get a synthetic preface, marked synthetic=1 in the packet comment).
 """
 
 EPILOG = """\
@@ -41,6 +45,9 @@ examples:
                                                  see lines too
   udskit dump -w cap.pcapng --decode-as postgres /run/postgresql/.s.PGSQL.5432
   udskit dump -r cap.pcapng -X                   read a capture back
+  udskit dump -w - /tmp/redis.sock | tshark -r - -Y resp     pcapng on stdout
+  udskit dump --pname curl -Q in -c 10 /run/app.sock   only what curl sends; 10 chunks
+  udskit dump --uid www-data -Q out /run/app.sock      only replies to www-data's clients
   udskit dump --listen @dbg /run/app.sock        abstract or immovable: clients that
                                                  connect to @dbg are recorded; @dbg admits
                                                  only who could connect to the file
@@ -51,8 +58,12 @@ examples:
   udskit dump --engine ebpf -A @app-debug        an abstract name, as is
   udskit dump --engine ebpf --inode 123456       one socketpair (inode from `udskit ls`)
   udskit dump --engine ebpf --pid 4242 --json    every unix connection of process 4242
+  udskit dump --engine ebpf -w c.pcapng -- curl --unix-socket /run/app.sock http://x/
+                                                 a command's traffic; exits as it did
+  udskit dump --engine proxy /run/app.sock       pin the proxy (new clients only)
   tshark -r cap.pcapng -Y http.request -T fields -e http.request.uri
   tshark -r cap.pcapng -T fields -e frame.comment    client pid and command
+  tshark -r cap.pcapng -Y http2.header -T fields -e http2.headers.path    gRPC methods
 
 pcapng: each connection is a synthetic TCP flow between 127.0.0.1 (the server, on
 port 80, 6379, 5432 or the --decode-as port) and 127.1.X.Y (the client) that exists
@@ -127,10 +138,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     source.add_argument(
         "--engine",
         choices=("proxy", "ebpf", "auto"),
-        default="proxy",
+        default="auto",
         help="proxy: take the socket's place (new clients only); ebpf: watch the "
         "syscalls in the kernel (existing connections too, abstract names, socketpairs; "
-        "root); auto: ebpf where it can run, else proxy (default: proxy)",
+        "root, clang, BPF allowed); auto: ebpf where it can run, else proxy, saying why "
+        "(default: auto; the start line names the engine in use)",
     )
     source.add_argument(
         "--inode",
@@ -155,7 +167,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     shape.add_argument("-X", dest="hex", action="store_true", help="payload in hex and ASCII")
     shape.add_argument("-A", dest="ascii", action="store_true", help="payload as ASCII text")
     shape.add_argument("--json", action="store_true", help="one JSON object per event")
-    out.add_argument("-w", "--write", metavar="FILE", help="write pcapng (for Wireshark)")
+    out.add_argument(
+        "-w", "--write", metavar="FILE", help="write pcapng (for Wireshark); - is stdout"
+    )
     out.add_argument(
         "--print", action="store_true", help="with -w, also print events (as tcpdump --print)"
     )
@@ -175,6 +189,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=positive_int,
         metavar="PID",
         help="only clients with this pid; (ebpf) without ADDR: every unix connection PID holds",
+    )
+    limits.add_argument(
+        "--pname",
+        metavar="NAME",
+        help="only clients whose command name (comm, as `ps -o comm` shows it) is NAME",
+    )
+    limits.add_argument("--uid", metavar="USER", help="only clients of this user (name or uid)")
+    limits.add_argument(
+        "-Q",
+        "--direction",
+        choices=("in", "out", "inout"),
+        default="inout",
+        help="only data received (in) or sent (out) by the watched side: the server of "
+        "ADDR; with --pid and no ADDR, process PID; with --inode or -- CMD, the holder "
+        "of the inode or the command (default: inout)",
     )
     limits.add_argument(
         "-s",
@@ -230,15 +259,23 @@ def _split_command(parser: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace, env: Env) -> int:
-    from udskit.capture.events import Selection
+    from udskit.capture.events import Flow, Selection
     from udskit.capture.printers import Format
+    from udskit.endpoints import resolve_user
     from udskit.errors import UsageError
 
     for name in ("count", "snaplen"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name} must be at least 1")
-    selection = Selection(pid=args.pid, count=args.count, snaplen=args.snaplen)
+    selection = Selection(
+        pid=args.pid,
+        count=args.count,
+        snaplen=args.snaplen,
+        pname=args.pname,
+        uid=resolve_user(args.uid) if args.uid is not None else None,
+        flow=None if args.direction == "inout" else Flow(args.direction),
+    )
     fmt = (
         Format.HEX
         if args.hex
@@ -249,6 +286,10 @@ def handle(args: argparse.Namespace, env: Env) -> int:
         else Format.LINE
     )
     printing = args.write is None or args.print or fmt is not Format.LINE
+    if args.write == "-" and printing:
+        raise UsageError(
+            "-w - writes the capture to standard output: leave out --print, -A, -X and --json"
+        )
     if args.restore:
         return _restore(args, env)
     if args.read is not None:
@@ -336,8 +377,7 @@ def _quiet_stdout(env: Env) -> None:
 
 def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> int:
     from udskit.address import parse_address
-    from udskit.capture.engine import choose_engine
-    from udskit.capture.events import Selection
+    from udskit.capture.engine import choose_engine, selection_for
     from udskit.capture.pcapng import parse_decode_as
     from udskit.capture.proxy import ProxyDump
     from udskit.capture.sinks import DumpTap, LineSink, PcapngWriter
@@ -362,8 +402,10 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
         ring_bytes=_ring_bytes(args),
         say=env.err,
     )
-    if dump is not None and args.address is None and args.inode is None and not args.run:
-        selection = Selection(count=args.count, snaplen=args.snaplen)  # --pid is the target
+    if dump is not None:
+        selection = selection_for(
+            selection, address=args.address, inode=args.inode, pid=args.pid, command=args.run
+        )
     if dump is None:
         dump = ProxyDump(
             parse_address(args.address),  # parsed once, here; the value travels inward
@@ -398,7 +440,10 @@ def _capture(args: argparse.Namespace, env: Env, selection: Any, fmt: Any) -> in
                 env.err(f"udskit dump: {warning}")
             for note in dump.start_notes:
                 env.err(f"udskit dump: {note}")
-            env.err(f"udskit dump: {dump.describe()}; Ctrl-C to stop")
+            described = dump.describe()
+            if isinstance(dump, ProxyDump):  # the eBPF engine's line names itself
+                described += " (engine proxy)"
+            env.err(f"udskit dump: {described}; Ctrl-C to stop")
             dump.run()
         finally:
             notes = dump.close()
@@ -465,7 +510,6 @@ def _failure_text(error: BaseException) -> str:
 
 def demo(tour: Tour) -> None:
     """Capture a real HTTP exchange (curl over a unix socket) into a pcapng file."""
-    import os
     import shutil
     import subprocess
     import sys
@@ -484,9 +528,8 @@ def demo(tour: Tour) -> None:
     )
     try:
         tour.wait_for(sock, listening=True)
-        before = os.lstat(sock).st_ino
         dump = tour.spawn("dump", "-w", pcap, "--print", sock, wait_for=None)
-        _wait_for_takeover(sock, dump, before)
+        started = _wait_for_start(dump)
         for url in ("http://localhost/hello", "http://localhost/api/items?id=7"):
             tour.out.write(f"   $ curl --unix-socket {sock} {url}\n")
             result = subprocess.run(
@@ -497,7 +540,7 @@ def demo(tour: Tour) -> None:
             )
             tour.out.write(f"     {result.stdout.decode(errors='replace').strip()}\n")
         out, err = tour.stop(dump)
-        for line in (out + err).decode(errors="replace").splitlines():
+        for line in (started + out + err).decode(errors="replace").splitlines():
             tour.out.write(f"     {line}\n")
         tour.say(f"the capture is in {pcap}; read it back:")
         tour.show("dump", "-r", pcap, "-A")
@@ -519,16 +562,16 @@ def demo(tour: Tour) -> None:
             server.wait()
 
 
-def _wait_for_takeover(sock: str, proc: Any, before: int) -> None:
-    import os
-    import time
-
-    deadline = time.monotonic() + 10
-    while os.lstat(sock).st_ino == before:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("udskit dump did not take over the socket")
-        time.sleep(0.01)
-    time.sleep(0.05)
+def _wait_for_start(proc: Any) -> bytes:
+    """What the dump said until it runs (either engine ends its start with "Ctrl-C to
+    stop"); a dump that exits instead is a RuntimeError with its words."""
+    said = b""
+    while b"Ctrl-C to stop" not in said:
+        line = proc.stderr.readline()
+        if not line:
+            raise RuntimeError(f"udskit dump did not start: {said.decode(errors='replace')}")
+        said += line
+    return said
 
 
 _HTTP_SERVER = """\

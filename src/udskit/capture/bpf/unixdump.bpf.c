@@ -92,6 +92,13 @@ struct msghdr_u {
 	__u32 flags;
 };
 
+/* struct mmsghdr of sendmmsg(2)/recvmmsg(2): a msghdr and the bytes it moved. */
+struct mmsghdr_u {
+	struct msghdr_u hdr;
+	__u32 len;
+	__u32 pad;
+};
+
 /* Keep in step with udskit/capture/ebpf_records.py. */
 #define SNAP_LEN 65536
 #define TINY 128
@@ -120,6 +127,9 @@ struct msghdr_u {
  * MAX_PIECES of them (64 MiB); what is beyond is marked as cut. */
 #define MAX_PIECES 1024
 #define MAX_IOVECS 64
+/* sendmmsg/recvmmsg: the messages of one call that are recorded (UIO_MAXIOV allows
+ * 1024; senders batch far fewer), each as its own chunk. */
+#define MAX_MMSG 64
 
 #define OP_BUF 1    /* args: fd, buf, count (write, read, sendto, recvfrom) */
 #define OP_IOV 2    /* args: fd, iov, vlen (writev, readv) */
@@ -128,6 +138,8 @@ struct msghdr_u {
 #define OP_DUP 5    /* args: old fd */
 #define OP_CONNECT 6
 #define OP_SOCKETPAIR 7
+#define OP_MMSG 8   /* args: fd, mmsghdr vector, vlen (sendmmsg, recvmmsg) */
+#define OP_NODATA 9 /* splice, sendfile: bytes that never pass through user memory */
 #define AF_UNIX 1
 
 #define MSG_PEEK 2
@@ -166,7 +178,9 @@ struct call {
 	__u64 base;     /* the current buffer */
 	__u64 len;      /* its length */
 	__u64 off;      /* how far into it */
-	__u64 left;     /* bytes of the call not recorded yet */
+	__u64 left;     /* bytes of the current message not recorded yet */
+	__u64 msg_ptr;  /* sendmmsg/recvmmsg: the next struct mmsghdr */
+	__u64 msgs_left;
 };
 
 struct rec {
@@ -339,8 +353,24 @@ static long walk_step(__u32 index, void *arg)
 	struct call *w = ((struct walker *)arg)->w;
 	if (!w)
 		return 1;
-	if (w->left == 0)
-		return 1;
+	if (w->left == 0) {
+		/* The next message of a sendmmsg/recvmmsg call, if there is one. */
+		struct mmsghdr_u m;
+		if (w->msgs_left == 0)
+			return 1;
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)w->msg_ptr)) {
+			count(C_READ_FAILED, 1);
+			return 1;
+		}
+		w->msg_ptr += sizeof(m);
+		w->msgs_left -= 1;
+		w->iov_ptr = m.hdr.iov;
+		w->iov_left = m.hdr.iovlen;
+		w->left = m.len;
+		w->off = 0;
+		w->len = 0;
+		return 0;
+	}
 	if (w->off >= w->len) {
 		struct iovec_u iov;
 		if (w->iov_left == 0 || w->iov_left > MAX_IOVECS ||
@@ -378,9 +408,16 @@ INLINE int leave(struct exit_ctx *ctx, __u32 kind)
 	if (!c)
 		return 0;
 	__s64 ret = ctx->ret;
-	if (c->op != OP_BUF && c->op != OP_IOV && c->op != OP_MSG)
+	if (c->op == OP_NODATA) {
+		/* The length is known, the bytes went from file to socket (or socket to
+		 * pipe) inside the kernel: a chunk marked as cut, with nothing captured. */
+		if (ret > 0)
+			emit_data(c->kind, c, id, 0, 0, (__u64)ret, 0);
 		goto done;
-	if (ret == 0 && kind == K_RECV) {
+	}
+	if (c->op != OP_BUF && c->op != OP_IOV && c->op != OP_MSG && c->op != OP_MMSG)
+		goto done;
+	if (ret == 0 && kind == K_RECV && c->op != OP_MMSG) {
 		emit_fd(K_EOF, c, id, 0);
 		goto done;
 	}
@@ -399,7 +436,16 @@ INLINE int leave(struct exit_ctx *ctx, __u32 kind)
 	c->len = 0;
 	c->iov_ptr = 0;
 	c->iov_left = 0;
-	if (c->op == OP_BUF) {
+	c->msg_ptr = 0;
+	c->msgs_left = 0;
+	if (c->op == OP_MMSG) {
+		/* ret is the number of messages; each says how many bytes it moved. */
+		c->left = 0;
+		c->msg_ptr = c->ptr;
+		c->msgs_left = (__u64)ret < c->count ? (__u64)ret : c->count;
+		if (c->msgs_left > MAX_MMSG)
+			c->msgs_left = MAX_MMSG;
+	} else if (c->op == OP_BUF) {
 		c->base = c->ptr;
 		c->len = c->count;
 	} else if (c->op == OP_IOV) {
@@ -413,7 +459,7 @@ INLINE int leave(struct exit_ctx *ctx, __u32 kind)
 		}
 	}
 	struct walker walker = {.w = c};
-	bpf_loop(MAX_PIECES + MAX_IOVECS, walk_step, &walker, 0);
+	bpf_loop(MAX_PIECES + MAX_IOVECS + 2 * MAX_MMSG, walk_step, &walker, 0);
 	if (c->left) /* more than MAX_PIECES pieces: the rest is marked as cut */
 		emit_data(kind, c, id, 0, 0, c->left, 0);
 done:
@@ -450,6 +496,48 @@ int enter_recvmsg(struct enter_ctx *ctx)
 		return 0;
 	return enter(ARG(0), OP_MSG, ARG(1), 0, F_RECORD);
 }
+
+SEC("tracepoint/syscalls/sys_enter_sendmmsg")
+int enter_sendmmsg(struct enter_ctx *ctx) { return enter(ARG(0), OP_MMSG, ARG(1), ARG(2), F_RECORD); }
+SEC("tracepoint/syscalls/sys_enter_recvmmsg")
+int enter_recvmmsg(struct enter_ctx *ctx)
+{
+	if (ARG(3) & MSG_PEEK)
+		return 0;
+	return enter(ARG(0), OP_MMSG, ARG(1), ARG(2), F_RECORD);
+}
+
+/* splice(2) and sendfile(2): which end is the watched socket says the direction. */
+INLINE int enter_nodata(__u64 fd, __u32 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct val *v = watched(id >> 32, fd);
+	if (!v || !(v->flags & F_RECORD))
+		return 0;
+	struct call c = {.fd = (__u32)fd, .op = OP_NODATA, .cookie = v->cookie,
+			 .flags = v->flags, .kind = kind};
+	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
+	return 1;
+}
+
+SEC("tracepoint/syscalls/sys_enter_splice")
+int enter_splice(struct enter_ctx *ctx)
+{
+	if (!enter_nodata(ARG(2), K_SEND)) /* fd_out */
+		enter_nodata(ARG(0), K_RECV); /* fd_in */
+	return 0;
+}
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int enter_sendfile(struct enter_ctx *ctx) { enter_nodata(ARG(0), K_SEND); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_sendmmsg")
+int exit_sendmmsg(struct exit_ctx *ctx) { return leave(ctx, K_SEND); }
+SEC("tracepoint/syscalls/sys_exit_recvmmsg")
+int exit_recvmmsg(struct exit_ctx *ctx) { return leave(ctx, K_RECV); }
+SEC("tracepoint/syscalls/sys_exit_splice")
+int exit_splice(struct exit_ctx *ctx) { return leave(ctx, 0); }
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int exit_sendfile(struct exit_ctx *ctx) { return leave(ctx, 0); }
 
 SEC("tracepoint/syscalls/sys_exit_write")
 int exit_write(struct exit_ctx *ctx) { return leave(ctx, K_SEND); }
@@ -495,7 +583,16 @@ INLINE int accepted(struct exit_ctx *ctx)
 	bpf_map_update_elem(&socks, &k, &v, BPF_ANY);
 	copy.cookie = v.cookie;
 	copy.flags = v.flags;
-	emit_fd(K_ACCEPT, &copy, id, (__u64)ctx->ret);
+	/* Wake the reader now, not at the next poll: it reads the client's SO_PEERCRED
+	 * and command through the server's descriptor, which a short-lived client (one
+	 * redis-cli command) has closed a few milliseconds later. */
+	struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec), 0);
+	if (!r) {
+		count(C_LOST_EVENTS, 1);
+		return 0;
+	}
+	head(r, K_ACCEPT, &copy, id, (__u64)ctx->ret, 0);
+	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 
