@@ -171,7 +171,14 @@ class RecordDecoder:
                     break
                 meta = json.loads(bytes(view[pos + open_size : end]))
                 client = ClientInfo(meta["pid"], meta["uid"], meta["gid"], meta["command"])
-                encoder.opened(conn, meta["path"], SocketType(meta["type"]), client, t)
+                encoder.opened(
+                    conn,
+                    meta["path"],
+                    SocketType(meta["type"]),
+                    client,
+                    t,
+                    bool(meta.get("midstream")),
+                )
                 pos = end
             elif kind == KIND_CLOSE:
                 if pos + close_size > size:
