@@ -185,12 +185,18 @@ def run_cli(argv: list[str], stop: Interrupter, path: str) -> tuple[int | str | 
     saved_argv, saved = sys.argv, {s: signal.getsignal(s) for s in (2, 15, 1)}
     saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     sys.argv = ["udskit", *argv]
+    threads_before = set(threading.enumerate())
     try:
         escaped = stop.run(run)
     finally:
         sys.argv = saved_argv
         done.set()
         client.join(10)
+        # A --concurrent server's connection threads are daemons that a stop does not
+        # wait for past its grace (the process is about to end): let them finish
+        # closing, so that what is counted below is what nobody would ever close.
+        for thread in set(threading.enumerate()) - threads_before:
+            thread.join(10)
         for signum, handler in saved.items():
             signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
