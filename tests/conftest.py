@@ -59,6 +59,21 @@ def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition"
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing uses right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def tcp_listening(port: int) -> bool:
+    """Does a TCP socket listen on `port` (from /proc/net/tcp, without connecting)?"""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return any(r[1].endswith(f":{port:04X}") and r[3] == "0A" for r in rows)
+
+
 def ready(address: UnixAddress) -> bool:
     """Can a client use `address` now? A datagram socket once it is bound; a stream or
     seqpacket one only once it listens: its file appears at bind(), and a connect()

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import Peer, Peers, wait_until
+from tests.conftest import Peer, Peers, free_port, tcp_listening, wait_until
 
 SIZE = 1 << 20
 #: Record and datagram sizes whose boundaries must survive (plus SIZE in 64 KiB parts).
@@ -185,19 +185,6 @@ class Run:
         wait_until(path.exists, what=f"the far end's result for connection {number}")
         digest, count = path.read_text().split()
         return digest, int(count)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def tcp_listening(port: int) -> bool:
-    with open("/proc/net/tcp") as f:
-        rows = [line.split() for line in f.readlines()[1:]]
-    return any(r[1].endswith(f":{port:04X}") and r[3] == "0A" for r in rows)
 
 
 def fds_of(pid: int) -> dict[int, str]:

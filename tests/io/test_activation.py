@@ -10,8 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.conftest import Peers, wait_until
-from tests.io.test_handoff import HTTP_SERVER, CurlLoop, free_port, tcp_listening
+from tests.conftest import Peers, free_port, tcp_listening, wait_until
+from tests.io.test_handoff import HTTP_SERVER, CurlLoop
 
 #: What a plain LISTEN_FDS server reports: its env, and what it got at fd 3 and 4.
 _REPORTER = textwrap.dedent(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Peer, Peers, wait_until
+from tests.conftest import ROOT, Peer, Peers, free_port, tcp_listening, wait_until
 from udskit import HandoffError
 from udskit.address import UnixAddress, parse_address
 from udskit.ancillary import fd_count
@@ -23,20 +22,6 @@ from udskit.probe import is_bound
 HTTP_SERVER = str(ROOT / "tests" / "data" / "plain_http_server.py")
 #: How long the client loops run (bounded, as the issue asks).
 LOAD_SECONDS = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def tcp_listening(port: int) -> bool:
-    with open("/proc/net/tcp") as f:
-        return any(
-            line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"
-            for line in f.readlines()[1:]
-        )
 
 
 class CurlLoop:

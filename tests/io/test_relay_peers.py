@@ -8,14 +8,13 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Peer, Peers, wait_until
+from tests.conftest import Peer, Peers, free_port, tcp_listening, wait_until
 
 #: python's http.server on a unix socket (it only binds TCP by itself).
 UNIX_HTTP = r"""
@@ -41,19 +40,6 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def tcp_listening(port: int) -> bool:
-    with open("/proc/net/tcp") as f:
-        rows = [line.split() for line in f.readlines()[1:]]
-    return any(r[1].endswith(f":{port:04X}") and r[3] == "0A" for r in rows)
 
 
 def start_relay(peers: Peers, *args: str, tcp_port: int | None = None) -> Peer:
