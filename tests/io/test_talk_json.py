@@ -48,8 +48,9 @@ def _tree(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            # Bytes: a comm is any bytes (another test's process is named with 0xff).
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
         except OSError:
             continue
         children.setdefault(ppid, []).append(int(entry))
