@@ -29,6 +29,7 @@ from udskit.address import UnixAddress, parse_address
 from udskit.inspect.owners import read_proc_net_unix
 from udskit.probe import _wanted_names as probe_names
 from udskit.probe import is_bound
+from udskit.umask import current_umask
 
 # Hypothesis fails an example that takes over 200 ms, and a health check fails slow data
 # generation: on a busy 2-core machine both happen with correct code
@@ -379,18 +380,27 @@ class Peers:
 
 
 @pytest.fixture(autouse=True)
-def signal_handlers_are_left_as_found() -> Iterator[None]:
-    """Every test leaves the stop signals' handlers as it found them. A handler left
-    behind by an in-process run (one that stops a loop instead of raising) made a later
-    test's Ctrl-C do nothing: this names the test that left it, not its victim."""
+def process_state_is_left_as_found() -> Iterator[None]:
+    """Every test leaves the stop signals' handlers and mask, and the umask, as it
+    found them. A handler left behind by an in-process run (one that stops a loop
+    instead of raising) made a later test's Ctrl-C do nothing; a umask of 0777 left by
+    an interrupted bind made later tests' directories mode 0000, seen as EACCES for
+    nobody and postgres. This names the test that left it, not its victim."""
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     before = {s: signal.getsignal(s) for s in stops}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    umask = current_umask()
     yield
     after = {s: signal.getsignal(s) for s in stops}
     for signum, handler in before.items():
         signal.signal(signum, handler)
     changed = [signal.Signals(s).name for s in stops if after[s] is not before[s]]
     assert not changed, f"this test left its own handler for {', '.join(changed)}"
+    left_mask = signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    assert left_mask == mask, f"this test left signals blocked: {sorted(left_mask - mask)}"
+    left_umask = current_umask()
+    os.umask(umask)
+    assert left_umask == umask, f"this test left umask {left_umask:04o} (was {umask:04o})"
 
 
 @pytest.fixture

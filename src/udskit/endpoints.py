@@ -34,6 +34,7 @@ from udskit.fsguard import Directory, FileSwapped, exclusive, socket_file_inode
 from udskit.probe import Liveness, bound_owners, file_kind, os_errors, probe_liveness
 from udskit.signals import signals_held
 from udskit.socktype import SocketType
+from udskit.umask import current_umask, umask_as
 
 if TYPE_CHECKING:  # asyncio costs every command ~30 ms at start; only its users import it
     import asyncio
@@ -371,7 +372,7 @@ def _bind_path(
     if restricted:
         assert ours is not None
         try:
-            final_mode = mode if mode is not None else 0o777 & ~_current_umask()
+            final_mode = mode if mode is not None else 0o777 & ~current_umask()
             try:
                 directory.set_owner_and_mode(name, ours, uid, gid, final_mode)
             except FileSwapped as err:
@@ -421,22 +422,14 @@ def _bind_once(
             with os_errors("listen", addr):
                 raise
         return
-    old = os.umask(0o777)
     try:
-        sock.bind(addr.to_sockaddr())
+        with umask_as(0o777):
+            sock.bind(addr.to_sockaddr())
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise
         with os_errors("listen", addr, sock_type):
             raise
-    finally:
-        os.umask(old)
-
-
-def _current_umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
 
 
 def _in_use(addr: UnixAddress, detail: str) -> Exception:

@@ -31,6 +31,7 @@ import pytest
 import udskit
 from udskit.endpoints import close_open_listeners, open_listener
 from udskit.socktype import SocketType
+from udskit.umask import current_umask
 
 # A socket object dropped by the interrupt (an accept() whose result was never stored)
 # is closed by its finalizer, with a ResourceWarning; not a leak. Raw descriptors are
@@ -134,6 +135,7 @@ def test_open_listener_interrupted_at_every_line_leaves_no_file(
     sock_type: SocketType, mode: int | None
 ) -> None:
     leftovers = []
+    umask = current_umask()
     at = 1
     while True:
         where = fresh_dir()
@@ -152,6 +154,9 @@ def test_open_listener_interrupted_at_every_line_leaves_no_file(
                 leftovers.append(stop.where)
             if leaked := open_fds() - before:
                 leftovers.append(f"{stop.where}: {sorted(leaked)}")
+            if current_umask() != umask:  # the host process would keep it
+                leftovers.append(f"{stop.where}: umask {current_umask():o}")
+                os.umask(umask)
         finally:
             shutil.rmtree(where, ignore_errors=True)
         at += 1
@@ -219,6 +224,7 @@ def test_listen_interrupted_at_every_line_exits_130_and_leaves_no_file(extra: li
         status, _left = run_cli(argv, Interrupter(0), warm)
         assert status == 0
         bad = []
+        umask = current_umask()
         at = 1
         while True:
             path = os.path.join(where, f"s{at}.sock")
@@ -227,6 +233,9 @@ def test_listen_interrupted_at_every_line_exits_130_and_leaves_no_file(extra: li
             status, left = run_cli(["listen", path, "--echo", "--count", "1", *extra], stop, path)
             if leaked := open_fds() - before:
                 bad.append((stop.where, status, f"leaked {sorted(leaked)}"))
+            if current_umask() != umask:
+                bad.append((stop.where, status, f"umask {current_umask():o}"))
+                os.umask(umask)
             if not stop.where:
                 assert status == 0
                 break

@@ -136,7 +136,7 @@ FOUNDATION = frozenset(
     {
         "access", "address", "ancillary", "cmsg", "endpoints", "errors", "fsguard",
         "identity", "netlink", "probe", "procfs", "procnet", "safetext", "signals",
-        "sockdiag", "socktype",
+        "sockdiag", "socktype", "umask",
     }
 )  # fmt: skip
 

@@ -101,6 +101,7 @@ from udskit.procfs import process_command, user_name
 from udskit.signals import signals_held, stop_signals_call
 from udskit.socktype import SocketType
 from udskit.tap import Tap
+from udskit.umask import umask_as
 
 if TYPE_CHECKING:
     from udskit.relay import Relay
@@ -661,12 +662,8 @@ class Takeover:
                 # Before bind, so the very first datagram carries its sender's
                 # credentials (a datagram queued earlier has none: pid 0, uid 65534).
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            old = os.umask(0o777)
-            try:
-                with os_errors("listen", staging, self.sock_type):
-                    sock.bind(self.staging)
-            finally:
-                os.umask(old)
+            with umask_as(0o777), os_errors("listen", staging, self.sock_type):
+                sock.bind(self.staging)
             proxy = socket_file_inode(sock)
             if proxy is None:
                 if directory.exposure(os.geteuid()) is not None:

@@ -46,6 +46,7 @@ from udskit.files.wire import (
     tune,
 )
 from udskit.signals import signals_held
+from udskit.umask import current_umask
 
 __all__ = ["Transfer", "get_file", "list_files", "put_file"]
 
@@ -66,12 +67,6 @@ class Transfer:
 
 def _remote(path: str | bytes) -> bytes:
     return path if isinstance(path, bytes) else os.fsencode(path)
-
-
-def _umask() -> int:
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
 
 
 AddressLike = UnixAddress | str
@@ -185,7 +180,7 @@ def get_file(
                     f"{show_path(path)}: SHA-256 mismatch (the file changed on the server "
                     "while it was sent?); nothing was kept"
                 )
-            os.fchmod(fd, header.mode & 0o777 & ~_umask())
+            os.fchmod(fd, header.mode & 0o777 & ~current_umask())
             try:
                 os.rename(temp, target)
             except OSError as exc:

@@ -60,6 +60,7 @@ from udskit.files.wire import (
 from udskit.procfs import process_command
 from udskit.signals import start_worker
 from udskit.socktype import SocketType
+from udskit.umask import current_umask
 
 __all__ = ["FileServer", "serve_files"]
 
@@ -71,12 +72,6 @@ _JOIN_TIMEOUT: Final = 5.0
 
 class _Aborted(Exception):
     """Raw file bytes were in flight: the only way to report is to close."""
-
-
-def _umask() -> int:
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
 
 
 @final
@@ -114,7 +109,7 @@ class FileServer:
         self.max_size = max_size
         self.resolver = resolver
         self._log = log or (lambda _line: None)
-        self._umask = _umask()
+        self._umask = current_umask()
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
