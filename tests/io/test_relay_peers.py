@@ -4,10 +4,12 @@ curl, python's http.server, redis, socat; signals; 500 clients at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +42,15 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 """
+
+
+def _fds(pid: int) -> dict[str, str]:
+    """A process's descriptors and what each names."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            found[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return found
 
 
 def start_relay(peers: Peers, *args: str, tcp_port: int | None = None) -> Peer:
@@ -238,7 +249,7 @@ def test_500_clients_at_once_lose_nothing_and_leak_nothing(peers: Peers, sockdir
     peers.start(sys.executable, "-c", ECHO, backend, wait_for=backend)
     front = sockdir / "front.sock"
     relay = start_relay(peers, f"unix-listen:{front}", f"unix:{backend}")
-    fds_before = sorted(os.listdir(f"/proc/{relay.pid}/fd"))
+    fds_before = _fds(relay.pid)
 
     async def one(size: int = 1 << 20) -> bool:
         data = os.urandom(size)
@@ -265,11 +276,15 @@ def test_500_clients_at_once_lose_nothing_and_leak_nothing(peers: Peers, sockdir
 
     results = asyncio.run(all_at_once())
     assert results.count(True) == 500
-    wait_until(
-        lambda: sorted(os.listdir(f"/proc/{relay.pid}/fd")) == fds_before,
-        timeout=30,
-        what="the relay to close every connection",
-    )
+    try:
+        wait_until(lambda: _fds(relay.pid) == fds_before, timeout=30, what="the relay to close")
+    except AssertionError:
+        left = {fd: to for fd, to in _fds(relay.pid).items() if fds_before.get(fd) != to}
+        gone = {fd: to for fd, to in fds_before.items() if fd not in _fds(relay.pid)}
+        inodes = {to.removeprefix("socket:[").rstrip("]") for to in left.values()}
+        ss = subprocess.run(["ss", "-xaenp"], check=False, capture_output=True, text=True).stdout
+        seen = [line for line in ss.splitlines() if any(f" {i} " in line for i in inodes)]
+        raise AssertionError(f"the relay kept {left}, closed {gone}; ss -xaenp: {seen}") from None
     relay.stop(signal.SIGTERM)
     assert relay.proc.returncode == 143
     assert sorted(p.name for p in sockdir.iterdir()) == ["echo.sock"]
