@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -53,11 +54,17 @@ def _fds(pid: int) -> dict[str, str]:
     return found
 
 
-def start_relay(peers: Peers, *args: str, tcp_port: int | None = None) -> Peer:
+def start_relay(
+    peers: Peers, *args: str, tcp_port: int | None = None, stdout: IO[bytes] | None = None
+) -> Peer:
     wait_for = next((a.split(":", 1)[1] for a in args if a.startswith("unix-listen:")), None)
     abstract = next((a.split(":", 1)[1] for a in args if a.startswith("abstract-listen:")), None)
     target = wait_for or (f"@{abstract}" if abstract else None)
-    relay = peers.udskit("relay", *args, wait_for=target, listening=True if target else None)
+    listening = True if target else None
+    if stdout is None:
+        relay = peers.udskit("relay", *args, wait_for=target, listening=listening)
+    else:
+        relay = peers.udskit("relay", *args, wait_for=target, listening=listening, stdout=stdout)
     if tcp_port is not None:
         wait_until(lambda: tcp_listening(tcp_port), what=f"relay on port {tcp_port}")
     return relay
@@ -244,11 +251,23 @@ def test_allow_uid_by_peer_credentials(peers: Peers, sockdir: Path) -> None:
     assert "refused" in log and "uid 65534" in log
 
 
-def test_500_clients_at_once_lose_nothing_and_leak_nothing(peers: Peers, sockdir: Path) -> None:
+def test_500_clients_at_once_lose_nothing_and_leak_nothing(
+    peers: Peers, sockdir: Path, tmp_path: Path
+) -> None:
     backend = sockdir / "echo.sock"
     peers.start(sys.executable, "-c", ECHO, backend, wait_for=backend)
     front = sockdir / "front.sock"
-    relay = start_relay(peers, f"unix-listen:{front}", f"unix:{backend}")
+    log = tmp_path / "events.jsonl"
+
+    def events(kind: str) -> list[dict[str, object]]:
+        lines = log.read_text().split("\n")[:-1]  # whole lines only
+        return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+    with open(log, "wb") as out:
+        relay = start_relay(peers, "--json", f"unix-listen:{front}", f"unix:{backend}", stdout=out)
+    # Its descriptors once it says it listens: a socket file that accepts connections
+    # comes a little before (the directory lock is still held while its inode is checked).
+    wait_until(lambda: events("listening") != [], what="the relay's listening event")
     fds_before = _fds(relay.pid)
 
     async def one(size: int = 1 << 20) -> bool:
@@ -276,8 +295,9 @@ def test_500_clients_at_once_lose_nothing_and_leak_nothing(peers: Peers, sockdir
 
     results = asyncio.run(all_at_once())
     assert results.count(True) == 500
+    wait_until(lambda: len(events("closed")) == 500, timeout=30, what="500 closed events")
     try:
-        wait_until(lambda: _fds(relay.pid) == fds_before, timeout=30, what="the relay to close")
+        wait_until(lambda: _fds(relay.pid) == fds_before, what="the relay's descriptors as before")
     except AssertionError:
         left = {fd: to for fd, to in _fds(relay.pid).items() if fds_before.get(fd) != to}
         gone = {fd: to for fd, to in fds_before.items() if fd not in _fds(relay.pid)}
