@@ -530,9 +530,8 @@ def ready_dump(peers: Peers, *args: str | os.PathLike[str]) -> Peer:
 
 
 def ping_as_python(path: Path) -> socket.socket:
-    """A client of another name, left connected: a client that is gone before the
-    eBPF engine reads who it was is recorded without a name (see the README), and
-    its descriptor number, reused by the server, could lend it the next one's."""
+    """A client of another name, left connected (one that is gone before the eBPF
+    engine handles its accept is recorded without a command name: see the README)."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(str(path))
@@ -542,8 +541,8 @@ def ping_as_python(path: Path) -> socket.socket:
 
 
 def socat_client(peers: Peers, path: Path, *, as_nobody: bool = False) -> Peer:
-    """A client that stays connected while the test talks through it (who a client
-    is, is read while it is connected: see the README on short-lived clients)."""
+    """A client that stays connected while the test talks through it (its command
+    name is read while it is connected: see the README on short-lived clients)."""
     argv = ["socat", "-", f"UNIX-CONNECT:{path}"]
     return peers.start(*(peers.as_nobody(*argv) if as_nobody else argv), stdin=subprocess.PIPE)
 
@@ -805,3 +804,52 @@ def test_a_missing_command_is_one_line_and_127(peers: Peers, ebpf: None) -> None
     result = peers.udskit_run("dump", "--engine", "ebpf", "--", "no-such-program-here")
     assert result.returncode == 127
     assert "cannot run 'no-such-program-here': No such file or directory" in result.stderr.decode()
+
+
+# -- who a short-lived client is -----------------------------------------------------------------
+def json_events(dump: Peer) -> list[dict[str, object]]:
+    """Stop `udskit dump --json` (SIGINT) and read every event it printed."""
+    os.kill(dump.pid, signal.SIGINT)
+    out, err = dump.proc.communicate(timeout=60)
+    assert dump.proc.returncode == 130, err.decode(errors="replace")  # stopped by Ctrl-C
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+def test_short_lived_clients_of_two_users_each_keep_their_own_identity(
+    peers: Peers, sockdir: Path, ebpf: None
+) -> None:
+    """redis closes the end of a client that has gone and accepts the next client under
+    the same descriptor number: who connected must come from that connection, not from
+    whatever the number names once the capture gets to it."""
+    os.chmod(sockdir, 0o755)
+    path = sockdir / "redis.sock"
+    peers.start("redis-server", "--port", "0", "--unixsocket", path, "--unixsocketperm", "777",
+                "--save", "", "--appendonly", "no", wait_for=path, listening=True)  # fmt: skip
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    nobody = _nobody_ids()[0]
+    truth: dict[int, tuple[int, str]] = {}  # pid -> (uid, what it said)
+    for i in range(40):
+        word = f"client-{i}-of-{'nobody' if i % 2 else 'root'}"
+        argv = ["redis-cli", "-s", str(path), "ECHO", word]
+        client = peers.start(*(peers.as_nobody(*argv) if i % 2 else argv))
+        out, _ = client.proc.communicate(timeout=30)
+        assert out.strip() == word.encode()
+        truth[client.pid] = (nobody if i % 2 else 0, word)
+    by_conn: dict[object, list[dict[str, object]]] = {}
+    for event in json_events(dump):
+        by_conn.setdefault(event["conn"], []).append(event)
+    seen: dict[int, tuple[int, str]] = {}
+    for events in by_conn.values():
+        (who,) = {(e["pid"], e["uid"]) for e in events}  # one identity per connection
+        sent = b"".join(
+            base64.b64decode(str(e["data"]))
+            for e in events
+            if e["event"] == "data" and e["direction"] == "c2s"
+        )
+        assert isinstance(who[0], int) and isinstance(who[1], int), (who, sent)
+        assert who[0] not in seen, f"two connections say they are pid {who[0]}"
+        seen[who[0]] = (who[1], sent.decode())
+    for pid, (uid, word) in truth.items():
+        assert pid in seen, f"the connection of pid {pid} ({word}) is missing or misnamed"
+        assert seen[pid][0] == uid, (pid, word, seen[pid])
+        assert word in seen[pid][1], (pid, word, seen[pid])

@@ -9,9 +9,12 @@ same `Tap` calls the proxy engine makes, and counts what the kernel dropped.
 So connections that were open before the capture are seen, abstract names and
 socketpairs too, and the server's SO_PEERCRED still names the real client.
 
-Who the client is: for a connection recorded at the server's end, its SO_PEERCRED,
-read through a copy of the server's descriptor (pidfd_getfd(2)) that is closed at
-once; at the client's end, the holding process itself (/proc/PID/status).
+Who the client is: for a connection accepted during the capture, what the BPF
+program read at the accept's exit from the new socket (the pid and credentials
+connect(2) left there, as SO_PEERCRED returns them): never through the server's
+descriptor later, whose number may name the next client by then. For a connection
+open before the start, its SO_PEERCRED through a copy of the server's descriptor
+(pidfd_getfd(2)) closed at once; at the client's end, the holding process itself.
 
 sendmmsg/recvmmsg are one chunk per message (up to 64 per call); splice and sendfile
 move bytes that never pass through the process's memory, so their chunks carry the
@@ -20,10 +23,7 @@ length and are marked as cut, with nothing captured.
 What is not seen (yet): a syscall already in progress when the capture starts (a
 server blocked in accept(2) or read(2) then: its next call is seen); descriptors a
 process inherits by fork() after the start; connections accepted in the few
-milliseconds between the scan and the start of the watch. Who a client is, is read
-from the server's descriptor when its accept is handled (the ring wakes the reader
-at once for it): a client that has connected, talked and closed before that shows as
-pid "?" (and passes no --pid/--pname/--uid filter).
+milliseconds between the scan and the start of the watch.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from udskit.capture.ebpf_records import (
     Target,
     WatchFlags,
     decode_made,
+    decode_peer,
     decode_record,
     direction_of,
     plan_watch,
@@ -518,10 +519,24 @@ class EbpfDump:
             # Accepted while we were planning: the scan found it already.
             self._cookies[record.cookie] = known
             return
-        sock_type = self._socket_type(*key)
+        # Who connected and the socket's type, as the kernel read them at the accept's
+        # exit: by now the client may be gone and the server may have closed this
+        # descriptor and accepted the next client under the same number, so nothing
+        # is read through it here (it would name the next client).
+        peer = decode_peer(record.data)
+        if peer is None:
+            client = ClientInfo()
+            sock_type = self.sock_type or SocketType.STREAM
+        else:
+            command = process_command(peer.pid) if peer.pid is not None else None
+            client = ClientInfo(peer.pid, peer.uid, peer.gid, command)
+            sock_type = next(
+                (t for t in SocketType if t.kernel == peer.kernel_type),
+                self.sock_type or SocketType.STREAM,
+            )
         conn = self._new_conn(record.cookie, sock_type, True, None)
         conn.info = ConnectionInfo(
-            conn.info.id, sock_type, conn.info.listen, conn.info.upstream, _peer_cred_of(*key)
+            conn.info.id, sock_type, conn.info.listen, conn.info.upstream, client
         )
         conn.fds.add(key)
         self._by_fd[key] = conn
@@ -544,9 +559,6 @@ class EbpfDump:
         conn.fds.add(key)
         self._by_fd[key] = conn
         self._opened(conn, record.time_ns + self._offset)
-
-    def _socket_type(self, pid: int, fd: int) -> SocketType:
-        return _socket_type_of(pid, fd, self.sock_type or SocketType.STREAM)
 
     def _fd_closed(self, pid: int, fd: int, cookie: int, time_ns: int) -> None:
         key = (pid, fd)

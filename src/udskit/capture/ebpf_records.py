@@ -32,6 +32,7 @@ __all__ = [
     "HEADER",
     "SNAP_LEN",
     "Made",
+    "Peer",
     "Plan",
     "PlannedConn",
     "Record",
@@ -39,6 +40,7 @@ __all__ = [
     "Target",
     "WatchFlags",
     "decode_made",
+    "decode_peer",
     "decode_record",
     "direction_of",
     "plan_watch",
@@ -151,6 +153,33 @@ def decode_made(data: bytes) -> Made:
             address = from_sun_path(addr[2:addrlen])
     name = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
     return Made(name, uid_gid & 0xFFFFFFFF, uid_gid >> 32, address)
+
+
+_PEER: Final = struct.Struct("<IIIHH")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who connected, as the kernel saw it at the accept(2) exit (struct peer_info):
+    the client's pid (None if the kernel held none), effective uid and gid when it
+    connected (what SO_PEERCRED says), and the socket's kernel type number."""
+
+    pid: int | None
+    uid: int
+    gid: int
+    kernel_type: int
+
+
+def decode_peer(data: bytes) -> Peer | None:
+    """The data of an ACCEPT record; None when the kernel could not read it (then
+    who connected is unknown: never guessed from a descriptor that may be reused)."""
+    if len(data) < _PEER.size:
+        return None
+    pid, uid, gid, kernel_type, ok = _PEER.unpack_from(data)
+    if not ok:
+        return None
+    return Peer(pid or None, uid, gid, kernel_type)
 
 
 def direction_of(kind: RecordKind, flags: WatchFlags) -> Direction:

@@ -21,6 +21,7 @@
  */
 
 typedef unsigned char __u8;
+typedef unsigned short __u16;
 typedef unsigned int __u32;
 typedef int __s32;
 typedef unsigned long long __u64;
@@ -52,6 +53,7 @@ static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static __u64 (*bpf_get_current_uid_gid)(void) = (void *)15;
+static __u64 (*bpf_get_current_task)(void) = (void *)35;
 static long (*bpf_get_current_comm)(void *buf, __u32 size) = (void *)16;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *src) = (void *)112;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
@@ -60,6 +62,26 @@ static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
 static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx,
                         __u64 flags) = (void *)181;
+
+/* The few kernel structures the accept(2) exit walks, from the new descriptor to
+ * the credentials connect(2) stored in the server's socket (what SO_PEERCRED
+ * returns). Only the fields used are declared: preserve_access_index makes clang
+ * emit CO-RE relocations, and libbpf fits every offset to the running kernel from
+ * its BTF (/sys/kernel/btf/vmlinux) at load, so no kernel headers are needed. */
+#define CORE __attribute__((preserve_access_index))
+typedef struct { __u32 val; } kuid_t;
+typedef struct { __u32 val; } kgid_t;
+struct cred { kuid_t euid; kgid_t egid; } CORE;
+struct upid { int nr; } CORE;
+struct pid { struct upid numbers[1]; } CORE;
+struct sock { struct pid *sk_peer_pid; const struct cred *sk_peer_cred; } CORE;
+struct socket { short type; struct sock *sk; } CORE;
+struct file { void *private_data; } CORE;
+struct fdtable { unsigned int max_fds; struct file **fd; } CORE;
+struct files_struct { struct fdtable *fdt; } CORE;
+struct task_struct { struct files_struct *files; } CORE;
+#define KREAD(dst, src) \
+	bpf_probe_read_kernel(&(dst), sizeof(dst), __builtin_preserve_access_index(&(src)))
 
 /* The raw syscall tracepoint contexts: common header, syscall number, arguments. */
 struct enter_ctx {
@@ -563,6 +585,43 @@ int enter_accept(struct enter_ctx *ctx) { return enter(ARG(0), OP_ACCEPT, 0, 0, 
 SEC("tracepoint/syscalls/sys_enter_accept4")
 int enter_accept4(struct enter_ctx *ctx) { return enter(ARG(0), OP_ACCEPT, 0, 0, F_LISTENER); }
 
+/* Data of K_ACCEPT records: who connected, read here, at the accept's exit, while
+ * the descriptor surely is the accepted socket. Read later in user space through
+ * the server's descriptor, it could name the NEXT client: a short-lived one closes,
+ * the server closes its end, and the next accept reuses the number. */
+struct peer_info {
+	__u32 pid; /* 0: the kernel holds no pid (or it could not be read) */
+	__u32 uid; /* the client's effective ids when it connected, as SO_PEERCRED */
+	__u32 gid;
+	__u16 type; /* SOCK_STREAM, SOCK_SEQPACKET */
+	__u16 ok;   /* 1 when uid, gid and type were read */
+};
+
+INLINE void peer_of(__u32 fd, struct peer_info *out)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct files_struct *files = 0;
+	struct fdtable *fdt = 0;
+	struct file **array = 0;
+	struct file *file = 0;
+	struct socket *sock = 0;
+	struct sock *sk = 0;
+	const struct cred *cred = 0;
+	struct pid *pid = 0;
+	unsigned int max_fds = 0;
+	__builtin_memset(out, 0, sizeof(*out));
+	if (KREAD(files, task->files) || !files || KREAD(fdt, files->fdt) || !fdt ||
+	    KREAD(max_fds, fdt->max_fds) || fd >= max_fds || KREAD(array, fdt->fd) || !array ||
+	    bpf_probe_read_kernel(&file, sizeof(file), array + fd) || !file ||
+	    KREAD(sock, file->private_data) || !sock || KREAD(sk, sock->sk) || !sk ||
+	    KREAD(cred, sk->sk_peer_cred) || !cred || KREAD(out->uid, cred->euid.val) ||
+	    KREAD(out->gid, cred->egid.val) || KREAD(out->type, sock->type))
+		return;
+	out->ok = 1;
+	if (KREAD(pid, sk->sk_peer_pid) == 0 && pid)
+		KREAD(out->pid, pid->numbers[0].nr);
+}
+
 INLINE int accepted(struct exit_ctx *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -583,16 +642,14 @@ INLINE int accepted(struct exit_ctx *ctx)
 	bpf_map_update_elem(&socks, &k, &v, BPF_ANY);
 	copy.cookie = v.cookie;
 	copy.flags = v.flags;
-	/* Wake the reader now, not at the next poll: it reads the client's SO_PEERCRED
-	 * and command through the server's descriptor, which a short-lived client (one
-	 * redis-cli command) has closed a few milliseconds later. */
-	struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec), 0);
+	struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + sizeof(struct peer_info), 0);
 	if (!r) {
 		count(C_LOST_EVENTS, 1);
 		return 0;
 	}
-	head(r, K_ACCEPT, &copy, id, (__u64)ctx->ret, 0);
-	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
+	peer_of((__u32)ctx->ret, (struct peer_info *)(r + 1));
+	head(r, K_ACCEPT, &copy, id, (__u64)ctx->ret, sizeof(struct peer_info));
+	bpf_ringbuf_submit(r, wake_flags());
 	return 0;
 }
 
