@@ -853,3 +853,32 @@ def test_short_lived_clients_of_two_users_each_keep_their_own_identity(
         assert pid in seen, f"the connection of pid {pid} ({word}) is missing or misnamed"
         assert seen[pid][0] == uid, (pid, word, seen[pid])
         assert word in seen[pid][1], (pid, word, seen[pid])
+
+
+def test_two_captures_of_one_socket_at_once_both_see_everything(
+    peers: Peers, sockdir: Path, ebpf: None
+) -> None:
+    """Each capture loads its own program, maps and ring buffer: a second one of the
+    same socket sees the connection open before both and a new one, as the first does."""
+    path = redis_server(peers, sockdir)
+    held = ping_as_python(path)  # open before both captures
+    first = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    second = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    held.sendall(b"ECHO held-open\r\n")
+    assert held.recv(100) == b"$9\r\nheld-open\r\n"
+    held.close()
+    new = peers.run("redis-cli", "-s", path, "ECHO", "connected-later")
+    assert new.stdout.strip() == b"connected-later"
+    views = []
+    for dump in (first, second):
+        sent = {}
+        for event in json_events(dump):
+            if event["event"] == "data" and event["direction"] == "c2s":
+                sent[event["conn"]] = sent.get(event["conn"], b"") + base64.b64decode(
+                    str(event["data"])
+                )
+        views.append(sorted(sent.values()))
+    assert views[0] == views[1]
+    assert len(views[0]) == 2, views[0]
+    assert any(b"held-open" in data for data in views[0])
+    assert any(b"connected-later" in data for data in views[0])
