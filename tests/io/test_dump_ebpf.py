@@ -871,7 +871,7 @@ def test_two_captures_of_one_socket_at_once_both_see_everything(
     assert new.stdout.strip() == b"connected-later"
     views = []
     for dump in (first, second):
-        sent = {}
+        sent: dict[object, bytes] = {}
         for event in json_events(dump):
             if event["event"] == "data" and event["direction"] == "c2s":
                 sent[event["conn"]] = sent.get(event["conn"], b"") + base64.b64decode(
@@ -882,3 +882,78 @@ def test_two_captures_of_one_socket_at_once_both_see_everything(
     assert len(views[0]) == 2, views[0]
     assert any(b"held-open" in data for data in views[0])
     assert any(b"connected-later" in data for data in views[0])
+
+
+# -- calls already in progress when the capture starts --------------------------------------------
+def blocked_in(pid: int, names: tuple[str, ...]) -> bool:
+    """Whether `pid`'s main thread sleeps in one of the syscalls named (x86_64 or
+    aarch64 numbers), as /proc/PID/syscall says."""
+    import platform
+
+    numbers = {
+        "x86_64": {"read": 0, "accept": 43, "accept4": 288},
+        "aarch64": {"read": 63, "accept": 202, "accept4": 242},
+    }.get(platform.machine())
+    if numbers is None:
+        pytest.skip(f"no syscall numbers for {platform.machine()} in this test")
+    try:
+        first = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return first.lstrip("-").isdigit() and int(first) in {numbers[n] for n in names}
+
+
+def test_a_server_blocked_in_accept_at_the_start_has_its_connection_seen(
+    peers: Peers, sockdir: Path, ebpf: None
+) -> None:
+    """nc -lU sleeps in accept(2) when the capture starts: that accept's return must
+    still watch the new connection (it entered before the program ran)."""
+    path = sockdir / "nc.sock"
+    server = peers.start("nc", "-lU", path, wait_for=path, listening=True)
+    wait_for(lambda: blocked_in(server.pid, ("accept", "accept4")), what="nc in accept")
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    client = peers.start("nc", "-U", path, stdin=subprocess.PIPE)
+    assert client.proc.stdin is not None and server.proc.stdout is not None
+    client.proc.stdin.write(b"hello through a waiting accept\n")
+    client.proc.stdin.flush()
+    assert server.proc.stdout.readline() == b"hello through a waiting accept\n"
+    close_stdin(client)
+    events = json_events(dump)
+    sent = b"".join(
+        base64.b64decode(str(e["data"]))
+        for e in events
+        if e["event"] == "data" and e["direction"] == "c2s"
+    )
+    assert sent == b"hello through a waiting accept\n", events
+    assert {e["pid"] for e in events} == {client.pid}
+
+
+def test_a_reader_blocked_in_read_at_the_start_has_its_first_bytes_seen(
+    peers: Peers, ebpf: None
+) -> None:
+    """socat gives cat a socketpair as stdin and stdout; cat sleeps in read(2) when
+    the capture of its socket starts. The bytes that read returns are the first of
+    the capture, not lost because the call began before it."""
+    socat = peers.start("socat", "-", "EXEC:cat", stdin=subprocess.PIPE)
+    cat_pid: list[int] = []
+
+    def cat_waits() -> bool:
+        children = Path(f"/proc/{socat.pid}/task/{socat.pid}/children").read_text().split()
+        cat_pid[:] = [int(c) for c in children]
+        return bool(cat_pid) and blocked_in(cat_pid[0], ("read",))
+
+    wait_for(cat_waits, what="cat in read")
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", "--pid", str(cat_pid[0]))
+    assert socat.proc.stdin is not None and socat.proc.stdout is not None
+    socat.proc.stdin.write(b"first line, read by a call older than the capture\n")
+    socat.proc.stdin.flush()
+    assert socat.proc.stdout.readline() == b"first line, read by a call older than the capture\n"
+    events = json_events(dump)
+    close_stdin(socat)
+    got: dict[str, bytes] = {"c2s": b"", "s2c": b""}
+    for e in events:
+        if e["event"] == "data":
+            got[str(e["direction"])] += base64.b64decode(str(e["data"]))
+    # cat's end is the one held by the pid: what it reads goes s2c, what it writes c2s.
+    line = b"first line, read by a call older than the capture\n"
+    assert got == {"s2c": line, "c2s": line}, events

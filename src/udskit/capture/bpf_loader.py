@@ -259,6 +259,7 @@ class BpfProgram:
             self.counters_fd = self._map_fd(b"counters")
             self.procs_fd = self._map_fd(b"procs")
             self.traced_fd = self._map_fd(b"traced")
+            self.calls_fd = self._map_fd(b"calls")
 
             self._ring = RingReader(self._map_fd(b"events"), ring_bytes, on_record)
         except BaseException:
@@ -294,6 +295,23 @@ class BpfProgram:
         value = ctypes.c_uint32(1)
         self._lib.bpf_map_update_elem(self.traced_fd, ctypes.byref(key), ctypes.byref(value), 0)
         self.watch_process(pid)
+
+    def resume_call(self, pid: int, tid: int, call: bytes) -> bool:
+        """Record, at its exit, a call thread `tid` entered before the program ran:
+        `call` is a struct call as the enter program would have made it. False when
+        the thread has entered a call since (it is seen then): never overwritten."""
+        key = ctypes.c_uint64((pid << 32) | tid)
+        value = ctypes.create_string_buffer(call, len(call))
+        return bool(self._lib.bpf_map_update_elem(self.calls_fd, ctypes.byref(key), value, 1) == 0)
+
+    def forget_call(self, pid: int, tid: int, call: bytes) -> None:
+        """Undo `resume_call` if the entry is still the one it made (the thread left
+        that call before the entry was made: it must not be used at another exit)."""
+        key = ctypes.c_uint64((pid << 32) | tid)
+        value = ctypes.create_string_buffer(len(call))
+        found = self._lib.bpf_map_lookup_elem(self.calls_fd, ctypes.byref(key), value) == 0
+        if found and value.raw == call:
+            self._lib.bpf_map_delete_elem(self.calls_fd, ctypes.byref(key))
 
     def unwatch(self, pid: int, fd: int) -> None:
         key = (ctypes.c_uint32 * 2)(pid, fd)

@@ -20,10 +20,14 @@ sendmmsg/recvmmsg are one chunk per message (up to 64 per call); splice and send
 move bytes that never pass through the process's memory, so their chunks carry the
 length and are marked as cut, with nothing captured.
 
-What is not seen (yet): a syscall already in progress when the capture starts (a
-server blocked in accept(2) or read(2) then: its next call is seen); descriptors a
-process inherits by fork() after the start; connections accepted in the few
-milliseconds between the scan and the start of the watch.
+A call already in progress on a watched descriptor when the capture starts (a server
+waiting in accept(2), a reader in read(2)) entered before the program ran: the entry
+its enter would have made is made from /proc/PID/task/TID/syscall, so what it returns
+is recorded (x86_64 and aarch64; elsewhere a start note says it is not).
+
+What is not seen (yet): descriptors a process inherits by fork() after the start;
+connections accepted in the few milliseconds between the scan and the start of the
+watch.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from typing import Any, Final, final
 from udskit.address import AddressKind, parse_address
 from udskit.capture.bpf_loader import RING_BYTES, BpfProgram
 from udskit.capture.ebpf_records import (
+    CALL,
     HEADER,
+    CallOp,
     Plan,
     PlannedConn,
     Record,
@@ -56,7 +62,9 @@ from udskit.capture.ebpf_records import (
     decode_peer,
     decode_record,
     direction_of,
+    in_progress_call,
     plan_watch,
+    supports_in_progress,
 )
 from udskit.errors import BpfUnavailable, UdskitError
 from udskit.procfs import process_command, walk_socket_fds
@@ -174,6 +182,15 @@ def _socket_type_of(pid: int, fd: int, default: SocketType) -> SocketType:
     return next((t for t in SocketType if t.kernel == kernel), default)
 
 
+def _syscall_line(pid: int, tid: int) -> str:
+    """/proc/PID/task/TID/syscall: the call a thread is blocked in ('' if gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall", encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return ""
+
+
 def _process_info(pid: int) -> ClientInfo:
     """The holder itself as the client (its real uid and gid)."""
     uid = gid = None
@@ -270,6 +287,8 @@ class EbpfDump:
         self._offset = 0
         self.sock_type: SocketType | None = None
         self.watched_listeners = 0
+        #: Calls already in progress at the start that are recorded at their end.
+        self.resumed_calls = 0
 
     # -- ProxyDump's surface ------------------------------------------------------------
     @property
@@ -391,6 +410,9 @@ class EbpfDump:
         }:
             program.watch_process(pid)
         self.watched_listeners = len(plan.listeners)
+        watched: dict[tuple[int, int], tuple[int, int]] = {
+            key: (0, int(WatchFlags.LISTENER)) for key in plan.listeners
+        }
         now = time.time_ns()
         for planned in plan.conns:
             cookie = self._next_cookie
@@ -401,9 +423,51 @@ class EbpfDump:
                 conn.fds.add((pid, fd))
                 self._by_fd[(pid, fd)] = conn
                 program.watch(pid, fd, cookie, flags)
+                watched[(pid, fd)] = (cookie, int(flags))
             self._opened(conn, now)
         if plan.conns:
             self.sock_type = plan.conns[0].sock_type
+        self._resume_in_progress(watched)
+
+    def _resume_in_progress(self, watched: dict[tuple[int, int], tuple[int, int]]) -> None:
+        """Calls already blocked on a watched descriptor (a server in accept(2), a
+        reader in read(2)) entered before the program ran: their exit would find no
+        entry and what they return would be lost. Each thread's /proc syscall line
+        says which call it is in and its arguments: the entry its enter would have
+        made is made now, and undone if the thread has left that call meanwhile."""
+        import platform
+
+        program = self._program
+        assert program is not None
+        machine = platform.machine()
+        if not supports_in_progress(machine):
+            self.start_notes.append(
+                f"calls already in progress at the start (a server waiting in accept, a "
+                f"reader in read) are not recorded on {machine}: their next calls are"
+            )
+            return
+        for pid in sorted({pid for pid, _fd in watched}):
+            try:
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            except (OSError, ValueError):
+                continue
+            for tid in tids:
+                line = _syscall_line(pid, tid)
+                call = in_progress_call(line, machine) if line else None
+                target = watched.get((pid, call.fd)) if call is not None else None
+                if call is None or target is None:
+                    continue
+                cookie, flags = target
+                need = WatchFlags.LISTENER if call.op is CallOp.ACCEPT else WatchFlags.RECORD
+                if not flags & need:
+                    continue
+                entry = CALL.pack(call.ptr, call.count, call.fd, call.op, cookie, flags)
+                if not program.resume_call(pid, tid, entry):
+                    continue
+                if _syscall_line(pid, tid) != line:
+                    program.forget_call(pid, tid, entry)
+                else:
+                    self.resumed_calls += 1
 
     def _new_conn(
         self, cookie: int, sock_type: SocketType, server_side: bool, planned: PlannedConn | None
