@@ -133,10 +133,11 @@ def target_from(
 
 
 @contextmanager
-def _borrowed(pid: int, fd: int) -> Iterator[socket.socket | None]:
+def _borrowed(pid: int, fd: int, inode: int | None = None) -> Iterator[socket.socket | None]:
     """Another process's socket, through a copy of its descriptor (pidfd_getfd(2)),
     closed again at once: our copy must not keep a connection open. None when the
-    process or the descriptor is gone."""
+    process or the descriptor is gone, or (given `inode`) when the number now names
+    another socket: closed and reused since the scan, it would tell of someone else."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
@@ -150,6 +151,10 @@ def _borrowed(pid: int, fd: int) -> Iterator[socket.socket | None]:
     if copy < 0:
         yield None
         return
+    if inode is not None and os.fstat(copy).st_ino != inode:
+        os.close(copy)
+        yield None
+        return
     sock = socket.socket(fileno=copy)
     try:
         yield sock
@@ -157,9 +162,10 @@ def _borrowed(pid: int, fd: int) -> Iterator[socket.socket | None]:
         sock.close()
 
 
-def _peer_cred_of(pid: int, fd: int) -> ClientInfo:
-    """SO_PEERCRED of another process's socket: who its peer is."""
-    with _borrowed(pid, fd) as sock:
+def _peer_cred_of(pid: int, fd: int, inode: int) -> ClientInfo:
+    """SO_PEERCRED of another process's socket `inode`: who its peer is (unknown if
+    the descriptor no longer names that socket)."""
+    with _borrowed(pid, fd, inode) as sock:
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12) if sock else None
         except OSError:
@@ -475,7 +481,9 @@ class EbpfDump:
         self._next_id += 1
         if planned is not None:
             pid, fd = planned.fds[0]
-            client = _peer_cred_of(pid, fd) if planned.server_side else _process_info(pid)
+            client = (
+                _peer_cred_of(pid, fd, planned.inode) if planned.server_side else _process_info(pid)
+            )
         else:
             client = ClientInfo()
         path = self.display_path
