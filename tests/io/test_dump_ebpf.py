@@ -530,8 +530,7 @@ def ready_dump(peers: Peers, *args: str | os.PathLike[str]) -> Peer:
 
 
 def ping_as_python(path: Path) -> socket.socket:
-    """A client of another name, left connected (one that is gone before the eBPF
-    engine handles its accept is recorded without a command name: see the README)."""
+    """A client of another name, left connected."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(str(path))
@@ -541,8 +540,7 @@ def ping_as_python(path: Path) -> socket.socket:
 
 
 def socat_client(peers: Peers, path: Path, *, as_nobody: bool = False) -> Peer:
-    """A client that stays connected while the test talks through it (its command
-    name is read while it is connected: see the README on short-lived clients)."""
+    """A client that stays connected while the test talks through it."""
     argv = ["socat", "-", f"UNIX-CONNECT:{path}"]
     return peers.start(*(peers.as_nobody(*argv) if as_nobody else argv), stdin=subprocess.PIPE)
 
@@ -840,7 +838,10 @@ def test_short_lived_clients_of_two_users_each_keep_their_own_identity(
         by_conn.setdefault(event["conn"], []).append(event)
     seen: dict[int, tuple[int, str]] = {}
     for events in by_conn.values():
-        (who,) = {(e["pid"], e["uid"]) for e in events}  # one identity per connection
+        # One identity per connection; the command name read in the kernel while the
+        # client waited for its reply (it is gone before user space looks).
+        (who,) = {(e["pid"], e["uid"]) for e in events}
+        assert {e["command"] for e in events} == {"redis-cli"}, events
         sent = b"".join(
             base64.b64decode(str(e["data"]))
             for e in events

@@ -218,11 +218,12 @@ def test_call_entry_is_the_bpf_struct_call() -> None:
 
 
 def test_decode_peer_reads_pid_ids_and_type_or_says_unknown() -> None:
-    peer = decode_peer(struct.pack("<IIIHH", 4242, 65534, 65534, 1, 1))
+    peer = decode_peer(struct.pack("<IIIHH16s", 4242, 65534, 65534, 1, 1, b"redis-cli\0"))
     assert peer is not None and (peer.pid, peer.uid, peer.gid, peer.kernel_type) == (
         4242, 65534, 65534, 1,
     )  # fmt: skip
-    no_pid = decode_peer(struct.pack("<IIIHH", 0, 0, 0, 5, 1))
-    assert no_pid is not None and no_pid.pid is None
-    assert decode_peer(struct.pack("<IIIHH", 4242, 0, 0, 1, 0)) is None  # not read
+    assert peer.command == "redis-cli"
+    no_pid = decode_peer(struct.pack("<IIIHH16s", 0, 0, 0, 5, 1, b""))
+    assert no_pid is not None and no_pid.pid is None and no_pid.command is None
+    assert decode_peer(struct.pack("<IIIHH16s", 4242, 0, 0, 1, 0, b"")) is None  # not read
     assert decode_peer(b"") is None

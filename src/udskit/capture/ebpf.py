@@ -600,7 +600,9 @@ class EbpfDump:
             client = ClientInfo()
             sock_type = self.sock_type or SocketType.STREAM
         else:
-            command = process_command(peer.pid) if peer.pid is not None else None
+            command = peer.command
+            if command is None and peer.pid is not None:
+                command = process_command(peer.pid)
             client = ClientInfo(peer.pid, peer.uid, peer.gid, command)
             sock_type = next(
                 (t for t in SocketType if t.kernel == peer.kernel_type),

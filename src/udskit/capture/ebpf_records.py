@@ -160,7 +160,7 @@ def decode_made(data: bytes) -> Made:
     return Made(name, uid_gid & 0xFFFFFFFF, uid_gid >> 32, address)
 
 
-_PEER: Final = struct.Struct("<IIIHH")
+_PEER: Final = struct.Struct("<IIIHH16s")
 
 
 @final
@@ -174,6 +174,8 @@ class Peer:
     uid: int
     gid: int
     kernel_type: int
+    #: Its command name at the accept (None if it had gone already).
+    command: str | None = None
 
 
 def decode_peer(data: bytes) -> Peer | None:
@@ -181,10 +183,12 @@ def decode_peer(data: bytes) -> Peer | None:
     who connected is unknown: never guessed from a descriptor that may be reused)."""
     if len(data) < _PEER.size:
         return None
-    pid, uid, gid, kernel_type, ok = _PEER.unpack_from(data)
+    pid, uid, gid, kernel_type, ok, comm = _PEER.unpack_from(data)
     if not ok:
         return None
-    return Peer(pid or None, uid, gid, kernel_type)
+    # Exact bytes, as process_command reads /proc/PID/comm: printers escape them.
+    name = comm.split(b"\0", 1)[0].decode("utf-8", errors="surrogateescape")
+    return Peer(pid or None, uid, gid, kernel_type, name or None)
 
 
 #: struct call of the BPF source, as its enter programs fill it: ptr, count, fd, op,

@@ -72,14 +72,22 @@ static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx,
 typedef struct { __u32 val; } kuid_t;
 typedef struct { __u32 val; } kgid_t;
 struct cred { kuid_t euid; kgid_t egid; } CORE;
+struct hlist_node { struct hlist_node *next, **pprev; };
+struct hlist_head { struct hlist_node *first; };
 struct upid { int nr; } CORE;
-struct pid { struct upid numbers[1]; } CORE;
+struct pid { struct hlist_head tasks[4]; struct upid numbers[1]; } CORE;
 struct sock { struct pid *sk_peer_pid; const struct cred *sk_peer_cred; } CORE;
 struct socket { short type; struct sock *sk; } CORE;
 struct file { void *private_data; } CORE;
 struct fdtable { unsigned int max_fds; struct file **fd; } CORE;
 struct files_struct { struct fdtable *fdt; } CORE;
-struct task_struct { struct files_struct *files; } CORE;
+struct task_struct {
+	struct files_struct *files;
+	struct hlist_node pid_links[4];
+	char comm[16];
+} CORE;
+#define PIDTYPE_TGID 1
+#define BPF_FIELD_BYTE_OFFSET 0
 #define KREAD(dst, src) \
 	bpf_probe_read_kernel(&(dst), sizeof(dst), __builtin_preserve_access_index(&(src)))
 
@@ -595,6 +603,7 @@ struct peer_info {
 	__u32 gid;
 	__u16 type; /* SOCK_STREAM, SOCK_SEQPACKET */
 	__u16 ok;   /* 1 when uid, gid and type were read */
+	char comm[16]; /* its command name, if it still runs ("" if not) */
 };
 
 INLINE void peer_of(__u32 fd, struct peer_info *out)
@@ -618,8 +627,18 @@ INLINE void peer_of(__u32 fd, struct peer_info *out)
 	    KREAD(out->gid, cred->egid.val) || KREAD(out->type, sock->type))
 		return;
 	out->ok = 1;
-	if (KREAD(pid, sk->sk_peer_pid) == 0 && pid)
-		KREAD(out->pid, pid->numbers[0].nr);
+	if (KREAD(pid, sk->sk_peer_pid) || !pid || KREAD(out->pid, pid->numbers[0].nr))
+		return;
+	/* The thread group's leader, from the pid's list of tasks: its name now, read
+	 * here because a short-lived client is gone before user space could look. */
+	struct hlist_node *node = 0;
+	if (KREAD(node, pid->tasks[PIDTYPE_TGID].first) || !node)
+		return;
+	__u32 links = __builtin_preserve_field_info(((struct task_struct *)0)->pid_links,
+						    BPF_FIELD_BYTE_OFFSET);
+	struct task_struct *leader =
+		(struct task_struct *)((char *)node - links - PIDTYPE_TGID * sizeof(struct hlist_node));
+	KREAD(out->comm, leader->comm);
 }
 
 INLINE int accepted(struct exit_ctx *ctx)
