@@ -12,7 +12,8 @@ cache directory is created 0700 and must belong to us: root loads what is in it 
 the kernel, so nobody else may be able to put a file there.
 
 Every way this can fail says so in one line (`BpfUnavailable`): not root, no
-libbpf, no clang, no tracefs, or a kernel that refuses the program.
+libbpf, no clang, no tracefs, a kernel without BTF (the accept's exit reads who
+connected from kernel structures, CO-RE), or a kernel that refuses the program.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = ["BpfProgram", "BpfUnavailable", "check_environment", "compiled_object
 
 SOURCE_NAME: Final = "unixdump.bpf.c"
 TRACEFS: Final = "/sys/kernel/tracing"
+KERNEL_BTF: Final = "/sys/kernel/btf/vmlinux"
 #: Ring buffer size: a power of two; 64 MiB holds about a thousand 64 KiB chunks or
 #: a hundred thousand small ones while user space catches up.
 RING_BYTES: Final = 64 << 20
@@ -193,6 +195,13 @@ def check_environment() -> None:
             "or use --engine proxy"
         )
     _libbpf()
+    if not os.path.exists(KERNEL_BTF):
+        # The accept's exit reads who connected from kernel structures whose layout
+        # libbpf takes from the kernel's BTF (CO-RE).
+        raise BpfUnavailable(
+            f"this kernel has no BTF ({KERNEL_BTF} is missing; CONFIG_DEBUG_INFO_BTF): "
+            "the eBPF engine needs it to read who connects; use --engine proxy"
+        )
     if shutil.which("clang") is None:
         # A cached object will do without clang.
         digest = hashlib.sha256(_source()).hexdigest()[:16]
