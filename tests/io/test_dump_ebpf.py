@@ -485,8 +485,8 @@ def test_http1_met_inside_a_request_body_is_dissected_from_the_next_request(
     pcap = tmp_path / "http.pcapng"
     dump = Dump(peers, "-w", pcap, path)
     # The server has been blocked in recv(2) since before the capture: what that call
-    # returns is not seen (its start was not). Once it has taken the b's, its next
-    # call is seen: the c's are the capture's first chunk, the middle of a request.
+    # returns (the b's) is still recorded, as the capture's first chunk, from the
+    # middle of a request body; the c's follow.
     Path(f"{go}b").touch()
     assert client.proc.stdout.readline() == b"b\n"  # sent: in the queue, or read
     wait_for(lambda: queued_at_server(str(path)) == 0, what="the server to read")
@@ -499,7 +499,7 @@ def test_http1_met_inside_a_request_body_is_dissected_from_the_next_request(
     assert tshark_fields(peers, pcap, "http.request", "http.request.uri") == ["/blob/512"]
     assert tshark_fields(peers, pcap, "http.response", "http.response.code") == ["200", "200"]
     sent = streams(pcap)[1][Direction.C2S]
-    assert sent.startswith(b"c" * 32 + b"GET /blob/512 HTTP/1.1")
+    assert sent.startswith(b"b" * 32 + b"c" * 32 + b"GET /blob/512 HTTP/1.1")
 
 
 def queued_at_server(address: str) -> int | None:
