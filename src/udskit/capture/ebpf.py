@@ -440,7 +440,8 @@ class EbpfDump:
         reader in read(2)) entered before the program ran: their exit would find no
         entry and what they return would be lost. Each thread's /proc syscall line
         says which call it is in and its arguments: the entry its enter would have
-        made is made now, and undone if the thread has left that call meanwhile."""
+        made is made now, and undone if the thread has left that call meanwhile (the
+        entry holds the call's number too: the exit of another call ignores it)."""
         import platform
 
         program = self._program
@@ -467,7 +468,7 @@ class EbpfDump:
                 need = WatchFlags.LISTENER if call.op is CallOp.ACCEPT else WatchFlags.RECORD
                 if not flags & need:
                     continue
-                entry = CALL.pack(call.ptr, call.count, call.fd, call.op, cookie, flags)
+                entry = CALL.pack(call.ptr, call.count, call.fd, call.op, cookie, flags, call.nr)
                 if not program.resume_call(pid, tid, entry):
                     continue
                 if _syscall_line(pid, tid) != line:

@@ -192,8 +192,9 @@ def decode_peer(data: bytes) -> Peer | None:
 
 
 #: struct call of the BPF source, as its enter programs fill it: ptr, count, fd, op,
-#: cookie, flags; the rest (the exit's walking state) zero.
-CALL: Final = struct.Struct("<QQIIII80x")
+#: cookie, flags, then (after id and kind) the syscall's number nr; the rest (the
+#: exit's walking state) zero.
+CALL: Final = struct.Struct("<QQIIII12xI64x")
 
 
 class CallOp(enum.IntEnum):
@@ -234,6 +235,7 @@ class InProgress:
     fd: int
     ptr: int
     count: int
+    nr: int  # the syscall's number: the exit of another call will not take its entry
 
 
 def supports_in_progress(machine: str) -> bool:
@@ -262,7 +264,7 @@ def in_progress_call(line: str, machine: str) -> InProgress | None:
         return None  # peeked bytes are read again, by a call we will see
     if args[0] > 0x7FFFFFFF:
         return None
-    return InProgress(op, args[0], args[1], 0 if op is CallOp.MSG else args[2])
+    return InProgress(op, args[0], args[1], 0 if op is CallOp.MSG else args[2], nr)
 
 
 def direction_of(kind: RecordKind, flags: WatchFlags) -> Direction:

@@ -202,7 +202,7 @@ struct call {
 	/* filled at exit, while the call's bytes are walked */
 	__u64 id;
 	__u32 kind;
-	__u32 pad;
+	__u32 nr;       /* the syscall's number: its exit must be the same call's */
 	__u64 iov_ptr;  /* the next iovec to read */
 	__u64 iov_left; /* iovecs not read yet */
 	__u64 base;     /* the current buffer */
@@ -294,17 +294,20 @@ INLINE struct val *watched(__u32 tgid, __u64 fd)
 }
 
 /* On entry: remember the call of a watched descriptor until its exit. */
-INLINE int enter(__u64 fd, __u32 op, __u64 ptr, __u64 count_, __u32 need)
+INLINE int enter_nr(__s32 nr, __u64 fd, __u32 op, __u64 ptr, __u64 count_, __u32 need)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct val *v = watched(id >> 32, fd);
 	if (!v || !(v->flags & need))
 		return 0;
 	struct call c = {.ptr = ptr, .count = count_, .fd = (__u32)fd, .op = op,
-			 .cookie = v->cookie, .flags = v->flags};
+			 .cookie = v->cookie, .flags = v->flags, .nr = (__u32)nr};
 	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
 	return 0;
 }
+
+/* Every enter program has its context as `ctx`: the call remembers its number. */
+#define enter(...) enter_nr(ctx->nr, __VA_ARGS__)
 
 INLINE void head(struct rec *r, __u32 kind, struct call *c, __u64 id, __u64 len, __u32 cap)
 {
@@ -438,6 +441,8 @@ INLINE int leave(struct exit_ctx *ctx, __u32 kind)
 	if (!c)
 		return 0;
 	__s64 ret = ctx->ret;
+	if (c->nr != (__u32)ctx->nr)
+		goto done; /* an entry left from another call (see _resume_in_progress) */
 	if (c->op == OP_NODATA) {
 		/* The length is known, the bytes went from file to socket (or socket to
 		 * pipe) inside the kernel: a chunk marked as cut, with nothing captured. */
@@ -538,14 +543,14 @@ int enter_recvmmsg(struct enter_ctx *ctx)
 }
 
 /* splice(2) and sendfile(2): which end is the watched socket says the direction. */
-INLINE int enter_nodata(__u64 fd, __u32 kind)
+INLINE int enter_nodata(__s32 nr, __u64 fd, __u32 kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct val *v = watched(id >> 32, fd);
 	if (!v || !(v->flags & F_RECORD))
 		return 0;
 	struct call c = {.fd = (__u32)fd, .op = OP_NODATA, .cookie = v->cookie,
-			 .flags = v->flags, .kind = kind};
+			 .flags = v->flags, .kind = kind, .nr = (__u32)nr};
 	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
 	return 1;
 }
@@ -553,12 +558,12 @@ INLINE int enter_nodata(__u64 fd, __u32 kind)
 SEC("tracepoint/syscalls/sys_enter_splice")
 int enter_splice(struct enter_ctx *ctx)
 {
-	if (!enter_nodata(ARG(2), K_SEND)) /* fd_out */
-		enter_nodata(ARG(0), K_RECV); /* fd_in */
+	if (!enter_nodata(ctx->nr, ARG(2), K_SEND)) /* fd_out */
+		enter_nodata(ctx->nr, ARG(0), K_RECV); /* fd_in */
 	return 0;
 }
 SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int enter_sendfile(struct enter_ctx *ctx) { enter_nodata(ARG(0), K_SEND); return 0; }
+int enter_sendfile(struct enter_ctx *ctx) { enter_nodata(ctx->nr, ARG(0), K_SEND); return 0; }
 
 SEC("tracepoint/syscalls/sys_exit_sendmmsg")
 int exit_sendmmsg(struct exit_ctx *ctx) { return leave(ctx, K_SEND); }
@@ -649,7 +654,7 @@ INLINE int accepted(struct exit_ctx *ctx)
 		return 0;
 	struct call copy = *c;
 	bpf_map_delete_elem(&calls, &id);
-	if (ctx->ret < 0 || copy.op != OP_ACCEPT)
+	if (ctx->ret < 0 || copy.op != OP_ACCEPT || copy.nr != (__u32)ctx->nr)
 		return 0;
 	__u32 which = C_NEXT_COOKIE;
 	__u64 *seq = bpf_map_lookup_elem(&counters, &which);
