@@ -485,8 +485,8 @@ def test_http1_met_inside_a_request_body_is_dissected_from_the_next_request(
     pcap = tmp_path / "http.pcapng"
     dump = Dump(peers, "-w", pcap, path)
     # The server has been blocked in recv(2) since before the capture: what that call
-    # returns is not seen (its start was not). Once it has taken the b's, its next
-    # call is seen: the c's are the capture's first chunk, the middle of a request.
+    # returns (the b's) is still recorded, as the capture's first chunk, from the
+    # middle of a request body; the c's follow.
     Path(f"{go}b").touch()
     assert client.proc.stdout.readline() == b"b\n"  # sent: in the queue, or read
     wait_for(lambda: queued_at_server(str(path)) == 0, what="the server to read")
@@ -499,7 +499,7 @@ def test_http1_met_inside_a_request_body_is_dissected_from_the_next_request(
     assert tshark_fields(peers, pcap, "http.request", "http.request.uri") == ["/blob/512"]
     assert tshark_fields(peers, pcap, "http.response", "http.response.code") == ["200", "200"]
     sent = streams(pcap)[1][Direction.C2S]
-    assert sent.startswith(b"c" * 32 + b"GET /blob/512 HTTP/1.1")
+    assert sent.startswith(b"b" * 32 + b"c" * 32 + b"GET /blob/512 HTTP/1.1")
 
 
 def queued_at_server(address: str) -> int | None:
@@ -530,9 +530,7 @@ def ready_dump(peers: Peers, *args: str | os.PathLike[str]) -> Peer:
 
 
 def ping_as_python(path: Path) -> socket.socket:
-    """A client of another name, left connected: a client that is gone before the
-    eBPF engine reads who it was is recorded without a name (see the README), and
-    its descriptor number, reused by the server, could lend it the next one's."""
+    """A client of another name, left connected."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(str(path))
@@ -542,8 +540,7 @@ def ping_as_python(path: Path) -> socket.socket:
 
 
 def socat_client(peers: Peers, path: Path, *, as_nobody: bool = False) -> Peer:
-    """A client that stays connected while the test talks through it (who a client
-    is, is read while it is connected: see the README on short-lived clients)."""
+    """A client that stays connected while the test talks through it."""
     argv = ["socat", "-", f"UNIX-CONNECT:{path}"]
     return peers.start(*(peers.as_nobody(*argv) if as_nobody else argv), stdin=subprocess.PIPE)
 
@@ -805,3 +802,159 @@ def test_a_missing_command_is_one_line_and_127(peers: Peers, ebpf: None) -> None
     result = peers.udskit_run("dump", "--engine", "ebpf", "--", "no-such-program-here")
     assert result.returncode == 127
     assert "cannot run 'no-such-program-here': No such file or directory" in result.stderr.decode()
+
+
+# -- who a short-lived client is -----------------------------------------------------------------
+def json_events(dump: Peer) -> list[dict[str, object]]:
+    """Stop `udskit dump --json` (SIGINT) and read every event it printed."""
+    os.kill(dump.pid, signal.SIGINT)
+    out, err = dump.proc.communicate(timeout=60)
+    assert dump.proc.returncode == 130, err.decode(errors="replace")  # stopped by Ctrl-C
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+def test_short_lived_clients_of_two_users_each_keep_their_own_identity(
+    peers: Peers, sockdir: Path, ebpf: None
+) -> None:
+    """redis closes the end of a client that has gone and accepts the next client under
+    the same descriptor number: who connected must come from that connection, not from
+    whatever the number names once the capture gets to it."""
+    os.chmod(sockdir, 0o755)
+    path = sockdir / "redis.sock"
+    peers.start("redis-server", "--port", "0", "--unixsocket", path, "--unixsocketperm", "777",
+                "--save", "", "--appendonly", "no", wait_for=path, listening=True)  # fmt: skip
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    nobody = _nobody_ids()[0]
+    truth: dict[int, tuple[int, str]] = {}  # pid -> (uid, what it said)
+    for i in range(40):
+        word = f"client-{i}-of-{'nobody' if i % 2 else 'root'}"
+        argv = ["redis-cli", "-s", str(path), "ECHO", word]
+        client = peers.start(*(peers.as_nobody(*argv) if i % 2 else argv))
+        out, _ = client.proc.communicate(timeout=30)
+        assert out.strip() == word.encode()
+        truth[client.pid] = (nobody if i % 2 else 0, word)
+    by_conn: dict[object, list[dict[str, object]]] = {}
+    for event in json_events(dump):
+        by_conn.setdefault(event["conn"], []).append(event)
+    seen: dict[int, tuple[int, str]] = {}
+    for events in by_conn.values():
+        # One identity per connection; the command name read in the kernel while the
+        # client waited for its reply (it is gone before user space looks).
+        (who,) = {(e["pid"], e["uid"]) for e in events}
+        assert {e["command"] for e in events} == {"redis-cli"}, events
+        sent = b"".join(
+            base64.b64decode(str(e["data"]))
+            for e in events
+            if e["event"] == "data" and e["direction"] == "c2s"
+        )
+        assert isinstance(who[0], int) and isinstance(who[1], int), (who, sent)
+        assert who[0] not in seen, f"two connections say they are pid {who[0]}"
+        seen[who[0]] = (who[1], sent.decode())
+    for pid, (uid, word) in truth.items():
+        assert pid in seen, f"the connection of pid {pid} ({word}) is missing or misnamed"
+        assert seen[pid][0] == uid, (pid, word, seen[pid])
+        assert word in seen[pid][1], (pid, word, seen[pid])
+
+
+def test_two_captures_of_one_socket_at_once_both_see_everything(
+    peers: Peers, sockdir: Path, ebpf: None
+) -> None:
+    """Each capture loads its own program, maps and ring buffer: a second one of the
+    same socket sees the connection open before both and a new one, as the first does."""
+    path = redis_server(peers, sockdir)
+    held = ping_as_python(path)  # open before both captures
+    first = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    second = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    held.sendall(b"ECHO held-open\r\n")
+    assert held.recv(100) == b"$9\r\nheld-open\r\n"
+    held.close()
+    new = peers.run("redis-cli", "-s", path, "ECHO", "connected-later")
+    assert new.stdout.strip() == b"connected-later"
+    views = []
+    for dump in (first, second):
+        sent: dict[object, bytes] = {}
+        for event in json_events(dump):
+            if event["event"] == "data" and event["direction"] == "c2s":
+                sent[event["conn"]] = sent.get(event["conn"], b"") + base64.b64decode(
+                    str(event["data"])
+                )
+        views.append(sorted(sent.values()))
+    assert views[0] == views[1]
+    assert len(views[0]) == 2, views[0]
+    assert any(b"held-open" in data for data in views[0])
+    assert any(b"connected-later" in data for data in views[0])
+
+
+# -- calls already in progress when the capture starts --------------------------------------------
+def blocked_in(pid: int, names: tuple[str, ...]) -> bool:
+    """Whether `pid`'s main thread sleeps in one of the syscalls named (x86_64 or
+    aarch64 numbers), as /proc/PID/syscall says."""
+    import platform
+
+    numbers = {
+        "x86_64": {"read": 0, "accept": 43, "accept4": 288},
+        "aarch64": {"read": 63, "accept": 202, "accept4": 242},
+    }.get(platform.machine())
+    if numbers is None:
+        pytest.skip(f"no syscall numbers for {platform.machine()} in this test")
+    try:
+        first = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return first.lstrip("-").isdigit() and int(first) in {numbers[n] for n in names}
+
+
+def test_a_server_blocked_in_accept_at_the_start_has_its_connection_seen(
+    peers: Peers, sockdir: Path, ebpf: None
+) -> None:
+    """nc -lU sleeps in accept(2) when the capture starts: that accept's return must
+    still watch the new connection (it entered before the program ran)."""
+    path = sockdir / "nc.sock"
+    server = peers.start("nc", "-lU", path, wait_for=path, listening=True)
+    wait_for(lambda: blocked_in(server.pid, ("accept", "accept4")), what="nc in accept")
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", path)
+    client = peers.start("nc", "-U", path, stdin=subprocess.PIPE)
+    assert client.proc.stdin is not None and server.proc.stdout is not None
+    client.proc.stdin.write(b"hello through a waiting accept\n")
+    client.proc.stdin.flush()
+    assert server.proc.stdout.readline() == b"hello through a waiting accept\n"
+    close_stdin(client)
+    events = json_events(dump)
+    sent = b"".join(
+        base64.b64decode(str(e["data"]))
+        for e in events
+        if e["event"] == "data" and e["direction"] == "c2s"
+    )
+    assert sent == b"hello through a waiting accept\n", events
+    assert {e["pid"] for e in events} == {client.pid}
+
+
+def test_a_reader_blocked_in_read_at_the_start_has_its_first_bytes_seen(
+    peers: Peers, ebpf: None
+) -> None:
+    """socat gives cat a socketpair as stdin and stdout; cat sleeps in read(2) when
+    the capture of its socket starts. The bytes that read returns are the first of
+    the capture, not lost because the call began before it."""
+    socat = peers.start("socat", "-", "EXEC:cat", stdin=subprocess.PIPE)
+    cat_pid: list[int] = []
+
+    def cat_waits() -> bool:
+        children = Path(f"/proc/{socat.pid}/task/{socat.pid}/children").read_text().split()
+        cat_pid[:] = [int(c) for c in children]
+        return bool(cat_pid) and blocked_in(cat_pid[0], ("read",))
+
+    wait_for(cat_waits, what="cat in read")
+    dump = ready_dump(peers, "--engine", "ebpf", "--json", "--pid", str(cat_pid[0]))
+    assert socat.proc.stdin is not None and socat.proc.stdout is not None
+    socat.proc.stdin.write(b"first line, read by a call older than the capture\n")
+    socat.proc.stdin.flush()
+    assert socat.proc.stdout.readline() == b"first line, read by a call older than the capture\n"
+    events = json_events(dump)
+    close_stdin(socat)
+    got: dict[str, bytes] = {"c2s": b"", "s2c": b""}
+    for e in events:
+        if e["event"] == "data":
+            got[str(e["direction"])] += base64.b64decode(str(e["data"]))
+    # cat's end is the one held by the pid: what it reads goes s2c, what it writes c2s.
+    line = b"first line, read by a call older than the capture\n"
+    assert got == {"s2c": line, "c2s": line}, events

@@ -8,13 +8,18 @@ import pytest
 
 from udskit.address import UnixAddress
 from udskit.capture.ebpf_records import (
+    CALL,
     HEADER,
+    CallOp,
+    InProgress,
     RecordKind,
     Target,
     WatchFlags,
     decode_made,
+    decode_peer,
     decode_record,
     direction_of,
+    in_progress_call,
     plan_watch,
 )
 from udskit.sockdiag import SocketState, UnixSocketInfo, VfsInode
@@ -179,3 +184,50 @@ def test_ring_sizes_are_powers_of_two_within_bounds() -> None:
     assert ring_size(100_000) == 128 << 20
     with pytest.raises(UsageError, match="at most"):
         ring_size(2 << 20)
+
+
+# -- calls in progress at the start, and who connected ---------------------------------------------
+@pytest.mark.parametrize(
+    ("line", "machine", "expected"),
+    [
+        # nc -lU in accept4(3, ...), cat in read(0, buf, 131072), as /proc shows them
+        ("288 0x3 0x7ffd9226a0e0 0x7ffd9226a074 0x800 0x0 0x0 0x7ffd 0x7fe1", "x86_64",
+         InProgress(CallOp.ACCEPT, 3, 0x7FFD9226A0E0, 0x7FFD9226A074, 288)),
+        ("0 0x0 0x7f33fb12c000 0x20000 0x7f33 0xffffffff 0x0 0x7ffe 0x7f33", "x86_64",
+         InProgress(CallOp.BUF, 0, 0x7F33FB12C000, 0x20000, 0)),
+        ("63 0x5 0x1000 0x10 0x0 0x0 0x0 0x7ffe 0x7f33", "aarch64",
+         InProgress(CallOp.BUF, 5, 0x1000, 0x10, 63)),
+        ("47 0x4 0x2000 0x0 0x0 0x0 0x0 0x1 0x2", "x86_64",
+         InProgress(CallOp.MSG, 4, 0x2000, 0, 47)),
+        ("47 0x4 0x2000 0x2 0x0 0x0 0x0 0x1 0x2", "x86_64", None),  # MSG_PEEK: read again
+        ("45 0x4 0x2000 0x10 0x2 0x0 0x0 0x1 0x2", "x86_64", None),  # recvfrom MSG_PEEK
+        ("7 0x4 0x2000 0x10 0x0 0x0 0x0 0x1 0x2", "x86_64", None),  # poll: no data call
+        ("running", "x86_64", None),
+        ("-1 0x7ffe 0x7f33", "x86_64", None),  # blocked, but in no syscall
+        ("0 0x0 0x1000 0x10 0x0 0x0 0x0 0x1 0x2", "riscv64", None),  # numbers not known
+    ],
+)  # fmt: skip
+def test_in_progress_call_from_proc_syscall_lines(
+    line: str, machine: str, expected: InProgress | None
+) -> None:
+    assert in_progress_call(line, machine) == expected
+
+
+def test_call_entry_is_the_bpf_struct_call() -> None:
+    assert CALL.size == 112  # struct call in unixdump.bpf.c
+    entry = CALL.pack(1, 2, 3, 4, 5, 6, 7)
+    assert entry[:32] == struct.pack("<QQIIII", 1, 2, 3, 4, 5, 6)
+    assert entry[44:48] == struct.pack("<I", 7)  # nr, after id (8) and kind (4)
+    assert entry[48:] == bytes(64)
+
+
+def test_decode_peer_reads_pid_ids_and_type_or_says_unknown() -> None:
+    peer = decode_peer(struct.pack("<IIIHH16s", 4242, 65534, 65534, 1, 1, b"redis-cli\0"))
+    assert peer is not None and (peer.pid, peer.uid, peer.gid, peer.kernel_type) == (
+        4242, 65534, 65534, 1,
+    )  # fmt: skip
+    assert peer.command == "redis-cli"
+    no_pid = decode_peer(struct.pack("<IIIHH16s", 0, 0, 0, 5, 1, b""))
+    assert no_pid is not None and no_pid.pid is None and no_pid.command is None
+    assert decode_peer(struct.pack("<IIIHH16s", 4242, 0, 0, 1, 0, b"")) is None  # not read
+    assert decode_peer(b"") is None

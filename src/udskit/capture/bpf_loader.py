@@ -12,7 +12,8 @@ cache directory is created 0700 and must belong to us: root loads what is in it 
 the kernel, so nobody else may be able to put a file there.
 
 Every way this can fail says so in one line (`BpfUnavailable`): not root, no
-libbpf, no clang, no tracefs, or a kernel that refuses the program.
+libbpf, no clang, no tracefs, a kernel without BTF (the accept's exit reads who
+connected from kernel structures, CO-RE), or a kernel that refuses the program.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = ["BpfProgram", "BpfUnavailable", "check_environment", "compiled_object
 
 SOURCE_NAME: Final = "unixdump.bpf.c"
 TRACEFS: Final = "/sys/kernel/tracing"
+KERNEL_BTF: Final = "/sys/kernel/btf/vmlinux"
 #: Ring buffer size: a power of two; 64 MiB holds about a thousand 64 KiB chunks or
 #: a hundred thousand small ones while user space catches up.
 RING_BYTES: Final = 64 << 20
@@ -193,6 +195,13 @@ def check_environment() -> None:
             "or use --engine proxy"
         )
     _libbpf()
+    if not os.path.exists(KERNEL_BTF):
+        # The accept's exit reads who connected from kernel structures whose layout
+        # libbpf takes from the kernel's BTF (CO-RE).
+        raise BpfUnavailable(
+            f"this kernel has no BTF ({KERNEL_BTF} is missing; CONFIG_DEBUG_INFO_BTF): "
+            "the eBPF engine needs it to read who connects; use --engine proxy"
+        )
     if shutil.which("clang") is None:
         # A cached object will do without clang.
         digest = hashlib.sha256(_source()).hexdigest()[:16]
@@ -259,6 +268,7 @@ class BpfProgram:
             self.counters_fd = self._map_fd(b"counters")
             self.procs_fd = self._map_fd(b"procs")
             self.traced_fd = self._map_fd(b"traced")
+            self.calls_fd = self._map_fd(b"calls")
 
             self._ring = RingReader(self._map_fd(b"events"), ring_bytes, on_record)
         except BaseException:
@@ -294,6 +304,23 @@ class BpfProgram:
         value = ctypes.c_uint32(1)
         self._lib.bpf_map_update_elem(self.traced_fd, ctypes.byref(key), ctypes.byref(value), 0)
         self.watch_process(pid)
+
+    def resume_call(self, pid: int, tid: int, call: bytes) -> bool:
+        """Record, at its exit, a call thread `tid` entered before the program ran:
+        `call` is a struct call as the enter program would have made it. False when
+        the thread has entered a call since (it is seen then): never overwritten."""
+        key = ctypes.c_uint64((pid << 32) | tid)
+        value = ctypes.create_string_buffer(call, len(call))
+        return bool(self._lib.bpf_map_update_elem(self.calls_fd, ctypes.byref(key), value, 1) == 0)
+
+    def forget_call(self, pid: int, tid: int, call: bytes) -> None:
+        """Undo `resume_call` if the entry is still the one it made (the thread left
+        that call before the entry was made: it must not be used at another exit)."""
+        key = ctypes.c_uint64((pid << 32) | tid)
+        value = ctypes.create_string_buffer(len(call))
+        found = self._lib.bpf_map_lookup_elem(self.calls_fd, ctypes.byref(key), value) == 0
+        if found and value.raw == call:
+            self._lib.bpf_map_delete_elem(self.calls_fd, ctypes.byref(key))
 
     def unwatch(self, pid: int, fd: int) -> None:
         key = (ctypes.c_uint32 * 2)(pid, fd)

@@ -9,21 +9,25 @@ same `Tap` calls the proxy engine makes, and counts what the kernel dropped.
 So connections that were open before the capture are seen, abstract names and
 socketpairs too, and the server's SO_PEERCRED still names the real client.
 
-Who the client is: for a connection recorded at the server's end, its SO_PEERCRED,
-read through a copy of the server's descriptor (pidfd_getfd(2)) that is closed at
-once; at the client's end, the holding process itself (/proc/PID/status).
+Who the client is: for a connection accepted during the capture, what the BPF
+program read at the accept's exit from the new socket (the pid and credentials
+connect(2) left there, as SO_PEERCRED returns them): never through the server's
+descriptor later, whose number may name the next client by then. For a connection
+open before the start, its SO_PEERCRED through a copy of the server's descriptor
+(pidfd_getfd(2)) closed at once; at the client's end, the holding process itself.
 
 sendmmsg/recvmmsg are one chunk per message (up to 64 per call); splice and sendfile
 move bytes that never pass through the process's memory, so their chunks carry the
 length and are marked as cut, with nothing captured.
 
-What is not seen (yet): a syscall already in progress when the capture starts (a
-server blocked in accept(2) or read(2) then: its next call is seen); descriptors a
-process inherits by fork() after the start; connections accepted in the few
-milliseconds between the scan and the start of the watch. Who a client is, is read
-from the server's descriptor when its accept is handled (the ring wakes the reader
-at once for it): a client that has connected, talked and closed before that shows as
-pid "?" (and passes no --pid/--pname/--uid filter).
+A call already in progress on a watched descriptor when the capture starts (a server
+waiting in accept(2), a reader in read(2)) entered before the program ran: the entry
+its enter would have made is made from /proc/PID/task/TID/syscall, so what it returns
+is recorded (x86_64 and aarch64; elsewhere a start note says it is not).
+
+What is not seen (yet): descriptors a process inherits by fork() after the start;
+connections accepted in the few milliseconds between the scan and the start of the
+watch.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from typing import Any, Final, final
 from udskit.address import AddressKind, parse_address
 from udskit.capture.bpf_loader import RING_BYTES, BpfProgram
 from udskit.capture.ebpf_records import (
+    CALL,
     HEADER,
+    CallOp,
     Plan,
     PlannedConn,
     Record,
@@ -53,9 +59,12 @@ from udskit.capture.ebpf_records import (
     Target,
     WatchFlags,
     decode_made,
+    decode_peer,
     decode_record,
     direction_of,
+    in_progress_call,
     plan_watch,
+    supports_in_progress,
 )
 from udskit.errors import BpfUnavailable, UdskitError
 from udskit.procfs import process_command, walk_socket_fds
@@ -124,10 +133,11 @@ def target_from(
 
 
 @contextmanager
-def _borrowed(pid: int, fd: int) -> Iterator[socket.socket | None]:
+def _borrowed(pid: int, fd: int, inode: int | None = None) -> Iterator[socket.socket | None]:
     """Another process's socket, through a copy of its descriptor (pidfd_getfd(2)),
     closed again at once: our copy must not keep a connection open. None when the
-    process or the descriptor is gone."""
+    process or the descriptor is gone, or (given `inode`) when the number now names
+    another socket: closed and reused since the scan, it would tell of someone else."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
@@ -141,6 +151,10 @@ def _borrowed(pid: int, fd: int) -> Iterator[socket.socket | None]:
     if copy < 0:
         yield None
         return
+    if inode is not None and os.fstat(copy).st_ino != inode:
+        os.close(copy)
+        yield None
+        return
     sock = socket.socket(fileno=copy)
     try:
         yield sock
@@ -148,9 +162,10 @@ def _borrowed(pid: int, fd: int) -> Iterator[socket.socket | None]:
         sock.close()
 
 
-def _peer_cred_of(pid: int, fd: int) -> ClientInfo:
-    """SO_PEERCRED of another process's socket: who its peer is."""
-    with _borrowed(pid, fd) as sock:
+def _peer_cred_of(pid: int, fd: int, inode: int) -> ClientInfo:
+    """SO_PEERCRED of another process's socket `inode`: who its peer is (unknown if
+    the descriptor no longer names that socket)."""
+    with _borrowed(pid, fd, inode) as sock:
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12) if sock else None
         except OSError:
@@ -171,6 +186,15 @@ def _socket_type_of(pid: int, fd: int, default: SocketType) -> SocketType:
         except OSError:
             kernel = None
     return next((t for t in SocketType if t.kernel == kernel), default)
+
+
+def _syscall_line(pid: int, tid: int) -> str:
+    """/proc/PID/task/TID/syscall: the call a thread is blocked in ('' if gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall", encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return ""
 
 
 def _process_info(pid: int) -> ClientInfo:
@@ -269,6 +293,8 @@ class EbpfDump:
         self._offset = 0
         self.sock_type: SocketType | None = None
         self.watched_listeners = 0
+        #: Calls already in progress at the start that are recorded at their end.
+        self.resumed_calls = 0
 
     # -- ProxyDump's surface ------------------------------------------------------------
     @property
@@ -390,6 +416,9 @@ class EbpfDump:
         }:
             program.watch_process(pid)
         self.watched_listeners = len(plan.listeners)
+        watched: dict[tuple[int, int], tuple[int, int]] = {
+            key: (0, int(WatchFlags.LISTENER)) for key in plan.listeners
+        }
         now = time.time_ns()
         for planned in plan.conns:
             cookie = self._next_cookie
@@ -400,9 +429,52 @@ class EbpfDump:
                 conn.fds.add((pid, fd))
                 self._by_fd[(pid, fd)] = conn
                 program.watch(pid, fd, cookie, flags)
+                watched[(pid, fd)] = (cookie, int(flags))
             self._opened(conn, now)
         if plan.conns:
             self.sock_type = plan.conns[0].sock_type
+        self._resume_in_progress(watched)
+
+    def _resume_in_progress(self, watched: dict[tuple[int, int], tuple[int, int]]) -> None:
+        """Calls already blocked on a watched descriptor (a server in accept(2), a
+        reader in read(2)) entered before the program ran: their exit would find no
+        entry and what they return would be lost. Each thread's /proc syscall line
+        says which call it is in and its arguments: the entry its enter would have
+        made is made now, and undone if the thread has left that call meanwhile (the
+        entry holds the call's number too: the exit of another call ignores it)."""
+        import platform
+
+        program = self._program
+        assert program is not None
+        machine = platform.machine()
+        if not supports_in_progress(machine):
+            self.start_notes.append(
+                f"calls already in progress at the start (a server waiting in accept, a "
+                f"reader in read) are not recorded on {machine}: their next calls are"
+            )
+            return
+        for pid in sorted({pid for pid, _fd in watched}):
+            try:
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            except (OSError, ValueError):
+                continue
+            for tid in tids:
+                line = _syscall_line(pid, tid)
+                call = in_progress_call(line, machine) if line else None
+                target = watched.get((pid, call.fd)) if call is not None else None
+                if call is None or target is None:
+                    continue
+                cookie, flags = target
+                need = WatchFlags.LISTENER if call.op is CallOp.ACCEPT else WatchFlags.RECORD
+                if not flags & need:
+                    continue
+                entry = CALL.pack(call.ptr, call.count, call.fd, call.op, cookie, flags, call.nr)
+                if not program.resume_call(pid, tid, entry):
+                    continue
+                if _syscall_line(pid, tid) != line:
+                    program.forget_call(pid, tid, entry)
+                else:
+                    self.resumed_calls += 1
 
     def _new_conn(
         self, cookie: int, sock_type: SocketType, server_side: bool, planned: PlannedConn | None
@@ -410,7 +482,9 @@ class EbpfDump:
         self._next_id += 1
         if planned is not None:
             pid, fd = planned.fds[0]
-            client = _peer_cred_of(pid, fd) if planned.server_side else _process_info(pid)
+            client = (
+                _peer_cred_of(pid, fd, planned.inode) if planned.server_side else _process_info(pid)
+            )
         else:
             client = ClientInfo()
         path = self.display_path
@@ -518,10 +592,26 @@ class EbpfDump:
             # Accepted while we were planning: the scan found it already.
             self._cookies[record.cookie] = known
             return
-        sock_type = self._socket_type(*key)
+        # Who connected and the socket's type, as the kernel read them at the accept's
+        # exit: by now the client may be gone and the server may have closed this
+        # descriptor and accepted the next client under the same number, so nothing
+        # is read through it here (it would name the next client).
+        peer = decode_peer(record.data)
+        if peer is None:
+            client = ClientInfo()
+            sock_type = self.sock_type or SocketType.STREAM
+        else:
+            command = peer.command
+            if command is None and peer.pid is not None:
+                command = process_command(peer.pid)
+            client = ClientInfo(peer.pid, peer.uid, peer.gid, command)
+            sock_type = next(
+                (t for t in SocketType if t.kernel == peer.kernel_type),
+                self.sock_type or SocketType.STREAM,
+            )
         conn = self._new_conn(record.cookie, sock_type, True, None)
         conn.info = ConnectionInfo(
-            conn.info.id, sock_type, conn.info.listen, conn.info.upstream, _peer_cred_of(*key)
+            conn.info.id, sock_type, conn.info.listen, conn.info.upstream, client
         )
         conn.fds.add(key)
         self._by_fd[key] = conn
@@ -544,9 +634,6 @@ class EbpfDump:
         conn.fds.add(key)
         self._by_fd[key] = conn
         self._opened(conn, record.time_ns + self._offset)
-
-    def _socket_type(self, pid: int, fd: int) -> SocketType:
-        return _socket_type_of(pid, fd, self.sock_type or SocketType.STREAM)
 
     def _fd_closed(self, pid: int, fd: int, cookie: int, time_ns: int) -> None:
         key = (pid, fd)

@@ -29,9 +29,13 @@ from udskit.socktype import SocketType
 from udskit.tap import Direction
 
 __all__ = [
+    "CALL",
     "HEADER",
     "SNAP_LEN",
+    "CallOp",
+    "InProgress",
     "Made",
+    "Peer",
     "Plan",
     "PlannedConn",
     "Record",
@@ -39,9 +43,12 @@ __all__ = [
     "Target",
     "WatchFlags",
     "decode_made",
+    "decode_peer",
     "decode_record",
     "direction_of",
+    "in_progress_call",
     "plan_watch",
+    "supports_in_progress",
 ]
 
 #: The most bytes one syscall's chunk is recorded with (SNAP_LEN in the BPF source).
@@ -151,6 +158,113 @@ def decode_made(data: bytes) -> Made:
             address = from_sun_path(addr[2:addrlen])
     name = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
     return Made(name, uid_gid & 0xFFFFFFFF, uid_gid >> 32, address)
+
+
+_PEER: Final = struct.Struct("<IIIHH16s")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who connected, as the kernel saw it at the accept(2) exit (struct peer_info):
+    the client's pid (None if the kernel held none), effective uid and gid when it
+    connected (what SO_PEERCRED says), and the socket's kernel type number."""
+
+    pid: int | None
+    uid: int
+    gid: int
+    kernel_type: int
+    #: Its command name at the accept (None if it had gone already).
+    command: str | None = None
+
+
+def decode_peer(data: bytes) -> Peer | None:
+    """The data of an ACCEPT record; None when the kernel could not read it (then
+    who connected is unknown: never guessed from a descriptor that may be reused)."""
+    if len(data) < _PEER.size:
+        return None
+    pid, uid, gid, kernel_type, ok, comm = _PEER.unpack_from(data)
+    if not ok:
+        return None
+    # Exact bytes, as process_command reads /proc/PID/comm: printers escape them.
+    name = comm.split(b"\0", 1)[0].decode("utf-8", errors="surrogateescape")
+    return Peer(pid or None, uid, gid, kernel_type, name or None)
+
+
+#: struct call of the BPF source, as its enter programs fill it: ptr, count, fd, op,
+#: cookie, flags, then (after id and kind) the syscall's number nr; the rest (the
+#: exit's walking state) zero.
+CALL: Final = struct.Struct("<QQIIII12xI64x")
+
+
+class CallOp(enum.IntEnum):
+    """OP_* in the BPF source: how the exit finds a call's bytes."""
+
+    BUF = 1  # fd, buf, count
+    IOV = 2  # fd, iov, vlen
+    MSG = 3  # fd, msghdr
+    ACCEPT = 4
+    MMSG = 8  # fd, mmsghdr vector, vlen
+
+
+_MSG_PEEK: Final = 2
+# Syscall number -> (op, the argument that holds flags whose MSG_PEEK skips it), per
+# architecture (the numbers in /proc/PID/task/TID/syscall are the arch's own).
+_IN_PROGRESS: Final[dict[str, dict[int, tuple[CallOp, int | None]]]] = {
+    "x86_64": {
+        0: (CallOp.BUF, None), 1: (CallOp.BUF, None), 19: (CallOp.IOV, None),
+        20: (CallOp.IOV, None), 44: (CallOp.BUF, None), 45: (CallOp.BUF, 3),
+        46: (CallOp.MSG, None), 47: (CallOp.MSG, 2), 43: (CallOp.ACCEPT, None),
+        288: (CallOp.ACCEPT, None), 299: (CallOp.MMSG, 3), 307: (CallOp.MMSG, None),
+    },
+    "aarch64": {
+        63: (CallOp.BUF, None), 64: (CallOp.BUF, None), 65: (CallOp.IOV, None),
+        66: (CallOp.IOV, None), 206: (CallOp.BUF, None), 207: (CallOp.BUF, 3),
+        211: (CallOp.MSG, None), 212: (CallOp.MSG, 2), 202: (CallOp.ACCEPT, None),
+        242: (CallOp.ACCEPT, None), 243: (CallOp.MMSG, 3), 269: (CallOp.MMSG, None),
+    },
+}  # fmt: skip
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    """A syscall a thread is blocked in, on descriptor `fd` (from /proc/.../syscall)."""
+
+    op: CallOp
+    fd: int
+    ptr: int
+    count: int
+    nr: int  # the syscall's number: the exit of another call will not take its entry
+
+
+def supports_in_progress(machine: str) -> bool:
+    """Whether `in_progress_call` knows this architecture's syscall numbers."""
+    return machine in _IN_PROGRESS
+
+
+def in_progress_call(line: str, machine: str) -> InProgress | None:
+    """The socket call a thread is blocked in, from its /proc/PID/task/TID/syscall line
+    ("NR ARG1 ... ARG6 SP PC" in hex; "running" or "-1 ..." when it is in none), or
+    None when it is in no call the capture records (or on an unknown architecture)."""
+    fields = line.split()
+    table = _IN_PROGRESS.get(machine)
+    if table is None or len(fields) < 7:
+        return None
+    try:
+        nr = int(fields[0])
+        args = [int(x, 16) for x in fields[1:7]]
+    except ValueError:
+        return None
+    known = table.get(nr)
+    if known is None:
+        return None
+    op, flags_arg = known
+    if flags_arg is not None and args[flags_arg] & _MSG_PEEK:
+        return None  # peeked bytes are read again, by a call we will see
+    if args[0] > 0x7FFFFFFF:
+        return None
+    return InProgress(op, args[0], args[1], 0 if op is CallOp.MSG else args[2], nr)
 
 
 def direction_of(kind: RecordKind, flags: WatchFlags) -> Direction:

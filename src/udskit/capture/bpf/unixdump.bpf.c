@@ -21,6 +21,7 @@
  */
 
 typedef unsigned char __u8;
+typedef unsigned short __u16;
 typedef unsigned int __u32;
 typedef int __s32;
 typedef unsigned long long __u64;
@@ -52,6 +53,7 @@ static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static __u64 (*bpf_get_current_uid_gid)(void) = (void *)15;
+static __u64 (*bpf_get_current_task)(void) = (void *)35;
 static long (*bpf_get_current_comm)(void *buf, __u32 size) = (void *)16;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *src) = (void *)112;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
@@ -60,6 +62,34 @@ static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
 static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx,
                         __u64 flags) = (void *)181;
+
+/* The few kernel structures the accept(2) exit walks, from the new descriptor to
+ * the credentials connect(2) stored in the server's socket (what SO_PEERCRED
+ * returns). Only the fields used are declared: preserve_access_index makes clang
+ * emit CO-RE relocations, and libbpf fits every offset to the running kernel from
+ * its BTF (/sys/kernel/btf/vmlinux) at load, so no kernel headers are needed. */
+#define CORE __attribute__((preserve_access_index))
+typedef struct { __u32 val; } kuid_t;
+typedef struct { __u32 val; } kgid_t;
+struct cred { kuid_t euid; kgid_t egid; } CORE;
+struct hlist_node { struct hlist_node *next, **pprev; };
+struct hlist_head { struct hlist_node *first; };
+struct upid { int nr; } CORE;
+struct pid { struct hlist_head tasks[4]; struct upid numbers[1]; } CORE;
+struct sock { struct pid *sk_peer_pid; const struct cred *sk_peer_cred; } CORE;
+struct socket { short type; struct sock *sk; } CORE;
+struct file { void *private_data; } CORE;
+struct fdtable { unsigned int max_fds; struct file **fd; } CORE;
+struct files_struct { struct fdtable *fdt; } CORE;
+struct task_struct {
+	struct files_struct *files;
+	struct hlist_node pid_links[4];
+	char comm[16];
+} CORE;
+#define PIDTYPE_TGID 1
+#define BPF_FIELD_BYTE_OFFSET 0
+#define KREAD(dst, src) \
+	bpf_probe_read_kernel(&(dst), sizeof(dst), __builtin_preserve_access_index(&(src)))
 
 /* The raw syscall tracepoint contexts: common header, syscall number, arguments. */
 struct enter_ctx {
@@ -172,7 +202,7 @@ struct call {
 	/* filled at exit, while the call's bytes are walked */
 	__u64 id;
 	__u32 kind;
-	__u32 pad;
+	__u32 nr;       /* the syscall's number: its exit must be the same call's */
 	__u64 iov_ptr;  /* the next iovec to read */
 	__u64 iov_left; /* iovecs not read yet */
 	__u64 base;     /* the current buffer */
@@ -264,17 +294,20 @@ INLINE struct val *watched(__u32 tgid, __u64 fd)
 }
 
 /* On entry: remember the call of a watched descriptor until its exit. */
-INLINE int enter(__u64 fd, __u32 op, __u64 ptr, __u64 count_, __u32 need)
+INLINE int enter_nr(__s32 nr, __u64 fd, __u32 op, __u64 ptr, __u64 count_, __u32 need)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct val *v = watched(id >> 32, fd);
 	if (!v || !(v->flags & need))
 		return 0;
 	struct call c = {.ptr = ptr, .count = count_, .fd = (__u32)fd, .op = op,
-			 .cookie = v->cookie, .flags = v->flags};
+			 .cookie = v->cookie, .flags = v->flags, .nr = (__u32)nr};
 	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
 	return 0;
 }
+
+/* Every enter program has its context as `ctx`: the call remembers its number. */
+#define enter(...) enter_nr(ctx->nr, __VA_ARGS__)
 
 INLINE void head(struct rec *r, __u32 kind, struct call *c, __u64 id, __u64 len, __u32 cap)
 {
@@ -408,6 +441,8 @@ INLINE int leave(struct exit_ctx *ctx, __u32 kind)
 	if (!c)
 		return 0;
 	__s64 ret = ctx->ret;
+	if (c->nr != (__u32)ctx->nr)
+		goto done; /* an entry left from another call (see _resume_in_progress) */
 	if (c->op == OP_NODATA) {
 		/* The length is known, the bytes went from file to socket (or socket to
 		 * pipe) inside the kernel: a chunk marked as cut, with nothing captured. */
@@ -508,14 +543,14 @@ int enter_recvmmsg(struct enter_ctx *ctx)
 }
 
 /* splice(2) and sendfile(2): which end is the watched socket says the direction. */
-INLINE int enter_nodata(__u64 fd, __u32 kind)
+INLINE int enter_nodata(__s32 nr, __u64 fd, __u32 kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct val *v = watched(id >> 32, fd);
 	if (!v || !(v->flags & F_RECORD))
 		return 0;
 	struct call c = {.fd = (__u32)fd, .op = OP_NODATA, .cookie = v->cookie,
-			 .flags = v->flags, .kind = kind};
+			 .flags = v->flags, .kind = kind, .nr = (__u32)nr};
 	bpf_map_update_elem(&calls, &id, &c, BPF_ANY);
 	return 1;
 }
@@ -523,12 +558,12 @@ INLINE int enter_nodata(__u64 fd, __u32 kind)
 SEC("tracepoint/syscalls/sys_enter_splice")
 int enter_splice(struct enter_ctx *ctx)
 {
-	if (!enter_nodata(ARG(2), K_SEND)) /* fd_out */
-		enter_nodata(ARG(0), K_RECV); /* fd_in */
+	if (!enter_nodata(ctx->nr, ARG(2), K_SEND)) /* fd_out */
+		enter_nodata(ctx->nr, ARG(0), K_RECV); /* fd_in */
 	return 0;
 }
 SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int enter_sendfile(struct enter_ctx *ctx) { enter_nodata(ARG(0), K_SEND); return 0; }
+int enter_sendfile(struct enter_ctx *ctx) { enter_nodata(ctx->nr, ARG(0), K_SEND); return 0; }
 
 SEC("tracepoint/syscalls/sys_exit_sendmmsg")
 int exit_sendmmsg(struct exit_ctx *ctx) { return leave(ctx, K_SEND); }
@@ -563,6 +598,54 @@ int enter_accept(struct enter_ctx *ctx) { return enter(ARG(0), OP_ACCEPT, 0, 0, 
 SEC("tracepoint/syscalls/sys_enter_accept4")
 int enter_accept4(struct enter_ctx *ctx) { return enter(ARG(0), OP_ACCEPT, 0, 0, F_LISTENER); }
 
+/* Data of K_ACCEPT records: who connected, read here, at the accept's exit, while
+ * the descriptor surely is the accepted socket. Read later in user space through
+ * the server's descriptor, it could name the NEXT client: a short-lived one closes,
+ * the server closes its end, and the next accept reuses the number. */
+struct peer_info {
+	__u32 pid; /* 0: the kernel holds no pid (or it could not be read) */
+	__u32 uid; /* the client's effective ids when it connected, as SO_PEERCRED */
+	__u32 gid;
+	__u16 type; /* SOCK_STREAM, SOCK_SEQPACKET */
+	__u16 ok;   /* 1 when uid, gid and type were read */
+	char comm[16]; /* its command name, if it still runs ("" if not) */
+};
+
+INLINE void peer_of(__u32 fd, struct peer_info *out)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct files_struct *files = 0;
+	struct fdtable *fdt = 0;
+	struct file **array = 0;
+	struct file *file = 0;
+	struct socket *sock = 0;
+	struct sock *sk = 0;
+	const struct cred *cred = 0;
+	struct pid *pid = 0;
+	unsigned int max_fds = 0;
+	__builtin_memset(out, 0, sizeof(*out));
+	if (KREAD(files, task->files) || !files || KREAD(fdt, files->fdt) || !fdt ||
+	    KREAD(max_fds, fdt->max_fds) || fd >= max_fds || KREAD(array, fdt->fd) || !array ||
+	    bpf_probe_read_kernel(&file, sizeof(file), array + fd) || !file ||
+	    KREAD(sock, file->private_data) || !sock || KREAD(sk, sock->sk) || !sk ||
+	    KREAD(cred, sk->sk_peer_cred) || !cred || KREAD(out->uid, cred->euid.val) ||
+	    KREAD(out->gid, cred->egid.val) || KREAD(out->type, sock->type))
+		return;
+	out->ok = 1;
+	if (KREAD(pid, sk->sk_peer_pid) || !pid || KREAD(out->pid, pid->numbers[0].nr))
+		return;
+	/* The thread group's leader, from the pid's list of tasks: its name now, read
+	 * here because a short-lived client is gone before user space could look. */
+	struct hlist_node *node = 0;
+	if (KREAD(node, pid->tasks[PIDTYPE_TGID].first) || !node)
+		return;
+	__u32 links = __builtin_preserve_field_info(((struct task_struct *)0)->pid_links,
+						    BPF_FIELD_BYTE_OFFSET);
+	struct task_struct *leader =
+		(struct task_struct *)((char *)node - links - PIDTYPE_TGID * sizeof(struct hlist_node));
+	KREAD(out->comm, leader->comm);
+}
+
 INLINE int accepted(struct exit_ctx *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -571,7 +654,7 @@ INLINE int accepted(struct exit_ctx *ctx)
 		return 0;
 	struct call copy = *c;
 	bpf_map_delete_elem(&calls, &id);
-	if (ctx->ret < 0 || copy.op != OP_ACCEPT)
+	if (ctx->ret < 0 || copy.op != OP_ACCEPT || copy.nr != (__u32)ctx->nr)
 		return 0;
 	__u32 which = C_NEXT_COOKIE;
 	__u64 *seq = bpf_map_lookup_elem(&counters, &which);
@@ -583,16 +666,14 @@ INLINE int accepted(struct exit_ctx *ctx)
 	bpf_map_update_elem(&socks, &k, &v, BPF_ANY);
 	copy.cookie = v.cookie;
 	copy.flags = v.flags;
-	/* Wake the reader now, not at the next poll: it reads the client's SO_PEERCRED
-	 * and command through the server's descriptor, which a short-lived client (one
-	 * redis-cli command) has closed a few milliseconds later. */
-	struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec), 0);
+	struct rec *r = bpf_ringbuf_reserve(&events, sizeof(struct rec) + sizeof(struct peer_info), 0);
 	if (!r) {
 		count(C_LOST_EVENTS, 1);
 		return 0;
 	}
-	head(r, K_ACCEPT, &copy, id, (__u64)ctx->ret, 0);
-	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
+	peer_of((__u32)ctx->ret, (struct peer_info *)(r + 1));
+	head(r, K_ACCEPT, &copy, id, (__u64)ctx->ret, sizeof(struct peer_info));
+	bpf_ringbuf_submit(r, wake_flags());
 	return 0;
 }
 
