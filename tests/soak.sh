@@ -54,7 +54,8 @@ for i in $(seq 1 "$runs"); do
   fi
   start=$(date +%s)
   # In the background and waited for, so that Ctrl-C or SIGTERM reach the traps at once.
-  setsid .venv/bin/pytest -q -p no:cacheprovider --junitxml="$work/run-$i.xml" >"$work/run-$i.log" 2>&1 &
+  # `make unit` is what `make test` runs (same processes, same options).
+  setsid make -s unit PYTEST_ARGS="-p no:cacheprovider --junitxml=$work/run-$i.xml" >"$work/run-$i.log" 2>&1 &
   run_pid=$!
   if wait "$run_pid"; then
     green=$(( green + 1 )); verdict=green
