@@ -28,7 +28,7 @@ from udskit.errors import PeerClosed, SocketError, UdskitError, UsageError, sock
 from udskit.probe import explain, os_errors
 from udskit.procfs import process_command
 from udskit.safetext import escape_text
-from udskit.signals import Terminated, start_worker
+from udskit.signals import STOP_SIGNALS, Terminated, signals_held, start_worker
 from udskit.socktype import SocketType
 from udskit.talkevents import Accepted, Closed, Received, Refused, ServerEvent, Stopped
 
@@ -333,15 +333,23 @@ def _command_or_none(pid: int) -> str | None:
 
 @final
 class _Live:
-    """The client connections and exec children in flight, so that a stop ends them."""
+    """The client connections and exec children in flight, so that a stop ends them.
+
+    Once `end_all` has run, whatever is added is ended at once: a --concurrent
+    connection thread that started its command while the main thread was ending the
+    others would otherwise leave it running after the server."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: set[socket.socket | subprocess.Popen[bytes]] = set()
+        self._ended = False
 
     def add(self, item: socket.socket | subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._items.add(item)
+            ended = self._ended
+        if ended:
+            self._end(item)
 
     def discard(self, item: socket.socket | subprocess.Popen[bytes]) -> None:
         with self._lock:
@@ -350,12 +358,17 @@ class _Live:
     def end_all(self) -> None:
         with self._lock:
             items = list(self._items)
+            self._ended = True
         for item in items:
-            if isinstance(item, socket.socket):
-                with suppress(OSError):
-                    item.shutdown(socket.SHUT_RDWR)
-            else:
-                _end_group(item)
+            self._end(item)
+
+    @staticmethod
+    def _end(item: socket.socket | subprocess.Popen[bytes]) -> None:
+        if isinstance(item, socket.socket):
+            with suppress(OSError):
+                item.shutdown(socket.SHUT_RDWR)
+        else:
+            _end_group(item)
 
 
 def _handle_in_thread(*args: Any) -> None:
@@ -492,19 +505,38 @@ def _exec_on(conn: socket.socket, command: str, extra_env: dict[str, str], live:
     """Run `command` with the connection as its stdin and stdout, as inetd does.
 
     In a process group of its own, so that stopping the server reaches the command and
-    not just the /bin/sh that started it."""
+    not just the /bin/sh that started it. The stop signals are held from before the
+    fork until the child is in `live`: the command is running before Popen returns, and
+    a SIGTERM raised in that gap (or before `live.add`) left it running after the server
+    had exited (seen in a soak). The child starts with them unblocked again."""
     env = dict(os.environ, **extra_env)
-    proc = subprocess.Popen(
-        command, shell=True, stdin=conn.fileno(), stdout=conn.fileno(), env=env, process_group=0
-    )
-    live.add(proc)
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        with signals_held():
+            proc = subprocess.Popen(
+                command,
+                shell=True,
+                stdin=conn.fileno(),
+                stdout=conn.fileno(),
+                env=env,
+                process_group=0,
+                preexec_fn=_unblock_stop_signals,  # noqa: PLW1509 (one C call, no lock)
+            )
+            live.add(proc)
         proc.wait()
     except BaseException:
-        _end_group(proc)
+        if proc is not None:
+            _end_group(proc)
         raise
     finally:
-        live.discard(proc)
+        if proc is not None:
+            live.discard(proc)
+
+
+def _unblock_stop_signals() -> None:
+    """In the forked child, before exec: the command must hear SIGTERM and Ctrl-C,
+    whatever the thread that started it had blocked."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _end_group(proc: subprocess.Popen[bytes]) -> None:

@@ -227,7 +227,7 @@ def test_exec_command_is_stopped_with_the_server(
     peers: Peers, sockdir: Path, mode: list[str]
 ) -> None:
     path = sockdir / "exec.sock"
-    marker = f"600.{os.getpid()}"  # a sleep length no other process has
+    marker = f"600.{os.getpid()}{len(mode)}"  # a sleep length no other process has
     server = peers.udskit(
         "listen", path, *mode, "--exec", f"sleep {marker}", wait_for=path, listening=True
     )

@@ -213,14 +213,41 @@ def run_cli(argv: list[str], stop: Interrupter, path: str) -> tuple[int | str | 
     return status, os.path.lexists(path)
 
 
-@pytest.mark.parametrize("extra", [["--concurrent"], ["--type", "seqpacket"]])
+#: In the command line of the shell that runs each --exec command: found in /proc, it is
+#: a command the interrupted server left running.
+EXEC_MARK = f"udskit-stop-anywhere-{os.getpid()}"
+
+
+def _commands_left() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if EXEC_MARK.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--concurrent"],
+        ["--type", "seqpacket"],
+        # Echoes the client's one byte; the `:` keeps the shell (and the mark) there.
+        ["--exec", f"head -c 1; : {EXEC_MARK}"],
+    ],
+)
 def test_listen_interrupted_at_every_line_exits_130_and_leaves_no_file(extra: list[str]) -> None:
     where = fresh_dir()
     try:
         warm = os.path.join(where, "warm.sock")
         # Once through, so that the imports of the first run are not what is interrupted
         # (Ctrl-C during imports is tests/cli/test_early_ctrl_c.py's subject).
-        argv = ["listen", warm, "--echo", "--count", "1", *extra]
+        echo = [] if "--exec" in extra else ["--echo"]
+        argv = ["listen", warm, *echo, "--count", "1", *extra]
         status, _left = run_cli(argv, Interrupter(0), warm)
         assert status == 0
         bad = []
@@ -230,12 +257,17 @@ def test_listen_interrupted_at_every_line_exits_130_and_leaves_no_file(extra: li
             path = os.path.join(where, f"s{at}.sock")
             stop = Interrupter(at)
             before = open_fds()
-            status, left = run_cli(["listen", path, "--echo", "--count", "1", *extra], stop, path)
+            argv = ["listen", path, *echo, "--count", "1", *extra]
+            status, left = run_cli(argv, stop, path)
             if leaked := open_fds() - before:
                 bad.append((stop.where, status, f"leaked {sorted(leaked)}"))
             if current_umask() != umask:
                 bad.append((stop.where, status, f"umask {current_umask():o}"))
                 os.umask(umask)
+            if left_running := _commands_left():
+                bad.append((stop.where, status, f"--exec command left running: {left_running}"))
+                for pid in left_running:
+                    os.kill(pid, signal.SIGKILL)
             if not stop.where:
                 assert status == 0
                 break

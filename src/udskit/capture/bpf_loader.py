@@ -29,7 +29,6 @@ import struct
 import subprocess
 import tempfile
 from collections.abc import Callable
-from importlib import resources
 from typing import Final, final
 
 from udskit.errors import BpfUnavailable, UsageError
@@ -67,6 +66,8 @@ _U32: Final = struct.Struct("<I")
 
 
 def _source() -> bytes:
+    from importlib import resources  # here: ~15 ms of every dump's start-up otherwise
+
     return (resources.files("udskit.capture") / "bpf" / SOURCE_NAME).read_bytes()
 
 

@@ -54,7 +54,6 @@ one-connection relay) are `udskit.errors.UdskitError`s with one actionable line.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from udskit.endpoint_spec import EndpointKind, EndpointSpec, format_endpoint, parse_endpoint
@@ -88,6 +87,8 @@ async def serve_relay_async(left: ListenLike, right: EndpointLike, **options: An
     """The same from asyncio: the engine runs its own epoll loop in a worker thread (it
     is faster than asyncio's for this job); cancelling this coroutine stops it and
     waits for its cleanup."""
+    import asyncio  # here: 40 ms of every relay's and dump's start-up otherwise (it loads ssl)
+
     relay = Relay(left, right, **options)
     relay.open()
     try:
