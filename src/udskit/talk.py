@@ -285,9 +285,12 @@ def _serve_connections(
             pid, uid, gid = cred.pid, cred.uid, cred.gid
             groups = peer_groups(conn) if report.active else ()
             if not options.peers.allows(uid, gid, conn):
-                log(f"refused a client: pid {pid} uid {uid} gid {gid} is not allowed")
-                conn.close()
-                report(Refused(pid, uid, gid, groups))
+                # On record before the close: the client sees its end of file after.
+                try:
+                    log(f"refused a client: pid {pid} uid {uid} gid {gid} is not allowed")
+                    report(Refused(pid, uid, gid, groups))
+                finally:
+                    conn.close()
                 continue
             served += 1
             if report.active:

@@ -494,11 +494,16 @@ class Relay:
         )
         if identity is not None and not self.allowed(identity.uid, identity.gid, identity.groups):
             # Refused before anything reaches RIGHT: no upstream connection is made.
+            # Said before the close: once the client sees its end of file, the refusal
+            # is on record (a stop right after the close otherwise lost the line; seen
+            # in a soak as a test that SIGTERMed the relay once nobody's client ended).
             self.stats.refused += 1
-            sock.close()
-            self.emit(
-                EventKind.REFUSED, conn, self.admission.why_refused(identity.uid, identity.gid)
-            )
+            try:
+                self.emit(
+                    EventKind.REFUSED, conn, self.admission.why_refused(identity.uid, identity.gid)
+                )
+            finally:
+                sock.close()
             return
         self.stats.accepted += 1
         self.emit(EventKind.ACCEPTED, conn)
