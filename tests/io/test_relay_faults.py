@@ -226,8 +226,8 @@ def test_no_file_descriptors_left_fails_one_client_not_the_relay(
             server.listen(8)
         relay = peers.start(sys.executable, "-c", _SCARCE_FDS, left, right_spec, str(free))
         lines = _Lines(relay)
-        assert lines.next()[0] == "listening"
-        assert lines.next()[0] == "ready"
+        assert lines.next()[0] == "ready"  # open() has bound; the script set its limit
+        assert lines.next()[0] == "listening"  # serve_forever() serves
         for conn_id in (1, 2):  # the relay lives on and keeps serving
             if right == "dgram":
                 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
@@ -541,8 +541,8 @@ def test_a_relay_at_its_fd_limit_says_so_once_not_every_pause(peers: Peers, sock
             sys.executable, "-c", _SCARCE_FDS, f"unix-listen:{front}", f"unix:{back}", "0"
         )
         lines = _Lines(relay)
-        assert lines.next()[0] == "listening"
-        assert lines.next()[0] == "ready"
+        assert lines.next()[0] == "ready"  # open() has bound; the script set its limit
+        assert lines.next()[0] == "listening"  # serve_forever() serves
         clients = []
         for _ in range(3):  # they wait in the backlog: every accept() fails with EMFILE
             client = socket.socket(socket.AF_UNIX)

@@ -263,8 +263,17 @@ class Relay:
                     )
                 else:
                     self.loop.register(self._listen.sock.fileno(), IN, self._on_accept)
-                self.core.event(
-                    RelayEvent(EventKind.LISTENING, time.time_ns(), detail=str(self._listen.spec))
+                # Said when the loop starts serving, not here: what the caller does between
+                # open() and serving (the CLI looks up user names for its admission note,
+                # with /etc/passwd open meanwhile) is then over, so "listening" means ready.
+                # A test that took the relay's descriptors as its baseline on this event
+                # caught /etc/passwd still open, and waited in vain for it to come back.
+                spec = str(self._listen.spec)
+                self.loop.call_later(
+                    0.0,
+                    lambda: self.core.event(
+                        RelayEvent(EventKind.LISTENING, time.time_ns(), detail=spec)
+                    ),
                 )
         except BaseException:
             self.close()
