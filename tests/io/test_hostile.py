@@ -404,8 +404,10 @@ def test_a_socket_bound_at_the_staging_name_during_a_dump_does_not_stop_the_rest
     peers.udskit("listen", path, "--echo", wait_for=path, listening=True)
     original = os.lstat(path).st_ino
     dump = start_dump(peers, path)
-    with open("/proc/net/unix") as f:
-        names = [line.split()[-1] for line in f if f"{hostile_dir}/.app.sock.udskit-new-" in line]
+    # Bytes: other tests bind names that are not UTF-8 (byte 0xfe seen in a soak).
+    staging = os.fsencode(f"{hostile_dir}/.app.sock.udskit-new-")
+    with open("/proc/net/unix", "rb") as f:
+        names = [os.fsdecode(line.split()[-1]) for line in f if staging in line]
     assert names, "the proxy's bound name"
     squatter = as_nobody_python(
         peers, STAGING_SQUATTER, names[0], stdin=subprocess.PIPE, stdout=subprocess.PIPE
