@@ -61,6 +61,13 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def unblock_stop_signals() -> None:
+    """For `preexec_fn`, in a forked child before exec: a command started while its
+    parent held the stop signals (`signals_held`, a worker thread) must still hear
+    SIGTERM and Ctrl-C. One C call, no lock: safe between fork and exec."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 @contextmanager
 def stop_signals_call(on_signal: Callable[[int], None]) -> Iterator[None]:
     """For the duration, a stop signal calls `on_signal(signum)` instead of raising, so

@@ -28,7 +28,7 @@ from udskit.errors import PeerClosed, SocketError, UdskitError, UsageError, sock
 from udskit.probe import explain, os_errors
 from udskit.procfs import process_command
 from udskit.safetext import escape_text
-from udskit.signals import STOP_SIGNALS, Terminated, signals_held, start_worker
+from udskit.signals import Terminated, signals_held, start_worker, unblock_stop_signals
 from udskit.socktype import SocketType
 from udskit.talkevents import Accepted, Closed, Received, Refused, ServerEvent, Stopped
 
@@ -523,7 +523,7 @@ def _exec_on(conn: socket.socket, command: str, extra_env: dict[str, str], live:
                 stdout=conn.fileno(),
                 env=env,
                 process_group=0,
-                preexec_fn=_unblock_stop_signals,  # noqa: PLW1509 (one C call, no lock)
+                preexec_fn=unblock_stop_signals,  # noqa: PLW1509 (one C call, no lock)
             )
             live.add(proc)
         proc.wait()
@@ -534,12 +534,6 @@ def _exec_on(conn: socket.socket, command: str, extra_env: dict[str, str], live:
     finally:
         if proc is not None:
             live.discard(proc)
-
-
-def _unblock_stop_signals() -> None:
-    """In the forked child, before exec: the command must hear SIGTERM and Ctrl-C,
-    whatever the thread that started it had blocked."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _end_group(proc: subprocess.Popen[bytes]) -> None:

@@ -49,7 +49,7 @@ from udskit.relay.sides import (
     stdio_bridge,
 )
 from udskit.relay.stream import Session
-from udskit.signals import start_worker
+from udskit.signals import signals_held, start_worker
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Tap
 
@@ -524,7 +524,12 @@ class Relay:
         if self.right.kind is EndpointKind.EXEC:
             assert self.right.command is not None
             try:
-                upstream, child = spawn_exec(self.right.command)
+                # The command runs before Popen returns: a stop signal raised before it
+                # is known here left it running after the relay (seen in a soak, with
+                # the other CPU busy). Known at once, it is ended with the others.
+                with signals_held():
+                    upstream, child = spawn_exec(self.right.command)
+                    self._children[child.pid] = child
             except SocketError as err:
                 self._failed(conn, client, str(err), err.errno)
                 return
@@ -692,6 +697,7 @@ class Relay:
     def _reap(self, child: subprocess.Popen[bytes]) -> None:
         """Wait for a command without blocking the loop: a pidfd says when it exits."""
         if child.poll() is not None:
+            self._children.pop(child.pid, None)  # (known since its start: see _connect_upstream)
             return
         pid = child.pid
         self._children[pid] = child

@@ -23,7 +23,7 @@ from udskit.endpoint_spec import EndpointKind, EndpointSpec
 from udskit.endpoints import DEFAULT_BACKLOG, Listener, open_listener
 from udskit.errors import SocketError, UsageError, socket_error
 from udskit.probe import os_errors
-from udskit.signals import start_worker
+from udskit.signals import start_worker, unblock_stop_signals
 from udskit.socktype import SocketType
 
 
@@ -221,6 +221,9 @@ def spawn_exec(command: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
                 stdout=theirs.fileno(),
                 close_fds=True,
                 process_group=0,
+                # The caller may hold the stop signals around this (see Relay): the
+                # command must not inherit them blocked.
+                preexec_fn=unblock_stop_signals,  # noqa: PLW1509 (one C call, no lock)
             )
         except OSError as exc:
             raise SocketError("exec", command, exc.errno, f"exec {command}: {exc}") from None
