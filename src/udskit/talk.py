@@ -643,10 +643,12 @@ def pump_stream(sock: socket.socket, address: UnixAddress, stdin: BinaryIO, out:
     """
     failure: list[BaseException] = []
     uploaded = threading.Event()
+    sending = threading.Event()  # a byte of stdin was in hand for the server
 
     def upload() -> None:
         try:
             while chunk := _read_chunk(stdin):
+                sending.set()
                 with os_errors("send", address):
                     sock.sendall(chunk)
             uploaded.set()  # before the shutdown: the server's end may follow at once
@@ -668,6 +670,13 @@ def pump_stream(sock: socket.socket, address: UnixAddress, stdin: BinaryIO, out:
     if failure:
         # The server closed before taking all of stdin: say so rather than drop data.
         raise failure[0]
+    if sending.is_set() and not uploaded.is_set() and _closed_both_ways(sock):
+        # The same, seen here first: the server is gone (not just done sending) while
+        # the request was under way, and the send that fails with EPIPE may not have
+        # run yet. Say it as that send would, whichever thread saw the end first (the
+        # message used to depend on the scheduler: seen in a soak with the CPU busy).
+        with os_errors("send", address):
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
     if received == 0 and not uploaded.is_set():
         # An end before our request ended, and not a byte: what a server that turns this
         # client away does (udskit listen --allow-uid, a full server), not an answer.
@@ -676,6 +685,14 @@ def pump_stream(sock: socket.socket, address: UnixAddress, stdin: BinaryIO, out:
             "anything: the server may refuse this client (its --allow-uid/--allow-gid, "
             "or a limit on clients); `udskit doctor` and the server's log say more"
         )
+
+
+def _closed_both_ways(sock: socket.socket) -> bool:
+    """Has the peer closed its socket, not just shut down its sending side? The kernel
+    then marks ours shut down both ways, which poll(2) reports as POLLHUP."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return any(events & select.POLLHUP for _fd, events in poller.poll(0))
 
 
 def pump_messages(
