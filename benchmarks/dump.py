@@ -17,6 +17,9 @@ a smaller run). A real redis-server listens on a unix socket in a temporary dire
   syscalls and writes the same pcapng; redis-benchmark talks to redis directly.
   Left out, saying why, where eBPF cannot run. Anything the capture lost (ring
   buffer drops, a writer that fell behind) is printed under the table.
+* ebpf, idle: the same engine capturing a socket nobody uses, while redis-benchmark
+  talks to redis: the cost of the tracepoints alone (each of redis's syscalls enters
+  the programs and is filtered out in the kernel), the floor under the ebpf column.
 
 socat listens with backlog=128 (its default of 5 makes 50 simultaneous connects fail).
 Every round runs each contender once, in turn, so the noise of a shared machine spreads
@@ -45,6 +48,10 @@ from udskit.probe import is_bound
 
 CONTENDERS = ["direct", "udskit dump -w", "socat+tcpdump", "socat alone"]
 EBPF = "dump --engine ebpf"
+#: The eBPF engine attached to a socket redis does not use: every syscall of redis
+#: still enters the programs, which find no socket of interest and record nothing.
+#: The floor of any capture built on syscall tracepoints, on this machine.
+EBPF_IDLE = "ebpf, idle"
 UDSKIT_DUMP = [sys.executable, "-m", "udskit", "dump"]
 #: What the eBPF captures said about losses, one line per run that lost anything.
 LOSSES: list[str] = []
@@ -113,10 +120,17 @@ def through(contender: str, workdir: Path, redis_sock: str) -> Iterator[str]:
                 raise SystemExit("udskit dump did not put redis's socket back")
             assert (workdir / "dump.pcapng").stat().st_size > 0
         return
-    if contender == EBPF:
+    if contender in (EBPF, EBPF_IDLE):
         pcap = workdir / "ebpf.pcapng"
+        watched = redis_sock
+        idle = None
+        if contender == EBPF_IDLE:
+            watched = str(workdir / "idle.sock")
+            idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            idle.bind(watched)
+            idle.listen()
         dump = subprocess.Popen(
-            [*UDSKIT_DUMP, "--engine", "ebpf", "-w", str(pcap), redis_sock],
+            [*UDSKIT_DUMP, "--engine", "ebpf", "-w", str(pcap), watched],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -139,6 +153,9 @@ def through(contender: str, workdir: Path, redis_sock: str) -> Iterator[str]:
                 line for line in rest.splitlines() if "dropped" in line or "WARNING" in line
             )
             assert pcap.stat().st_size > 0
+            if idle is not None:
+                idle.close()
+                os.unlink(watched)
         return
     front = str(workdir / "front.sock")
     listen = f"UNIX-LISTEN:{front},fork,backlog=128"
@@ -221,7 +238,7 @@ def main() -> None:
         action="append",
         metavar="CONTENDER",
         help="run direct and this contender only (repeatable), e.g. --only "
-        f"'{EBPF}'; one of: {', '.join([*CONTENDERS[1:], EBPF])}",
+        f"'{EBPF}'; one of: {', '.join([*CONTENDERS[1:], EBPF, EBPF_IDLE])}",
     )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
@@ -238,7 +255,7 @@ def main() -> None:
 
     try:
         BpfProgram(lambda _raw: None).close()
-        CONTENDERS.append(EBPF)
+        CONTENDERS.extend((EBPF, EBPF_IDLE))
     except BpfUnavailable as exc:
         print(f"no eBPF column: {exc}", file=sys.stderr)
     if args.only:

@@ -37,6 +37,34 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Each failing test of one run: its name, then the end of its report (the assertion and
+# what the test printed), indented; the end of the log if the run wrote no report.
+show_failures() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+report, log = Path(sys.argv[1]), Path(sys.argv[2])
+if not report.exists():
+    lines = log.read_text(errors="replace").splitlines()[-40:]
+    print("\n".join("    | " + line for line in lines))
+    sys.exit(0)
+for case in ET.parse(report).iter("testcase"):
+    for kind in ("failure", "error"):
+        found = case.find(kind)
+        if found is None:
+            continue
+        print(f"  {kind}: {case.get('classname')}::{case.get('name')}")
+        text = (found.text or found.get("message") or "").splitlines()[-60:]
+        for stream in ("system-out", "system-err"):
+            extra = case.find(stream)
+            if extra is not None and extra.text:
+                text += [f"-- {stream}"] + extra.text.splitlines()[-20:]
+        print("\n".join("    | " + line for line in text))
+PY
+}
+
 git clone -q "$top" "$work/udskit"
 cd "$work/udskit"
 echo "soak: $runs runs of $(git log -1 --format='%h %s') in $work/udskit"
@@ -55,7 +83,7 @@ for i in $(seq 1 "$runs"); do
   start=$(date +%s)
   # In the background and waited for, so that Ctrl-C or SIGTERM reach the traps at once.
   # `make unit` is what `make test` runs (same processes, same options).
-  setsid make -s unit PYTEST_ARGS="-p no:cacheprovider --junitxml=$work/run-$i.xml" >"$work/run-$i.log" 2>&1 &
+  setsid make -s unit PYTEST_ARGS="-p no:cacheprovider -o junit_logging=out-err --junitxml=$work/run-$i.xml" >"$work/run-$i.log" 2>&1 &
   run_pid=$!
   if wait "$run_pid"; then
     green=$(( green + 1 )); verdict=green
@@ -65,6 +93,9 @@ for i in $(seq 1 "$runs"); do
   run_pid=""
   if [ -n "$hog_pid" ]; then kill "$hog_pid"; wait "$hog_pid" 2>/dev/null || true; hog_pid=""; fi
   echo "run $i/$runs: $verdict in $(( $(date +%s) - start )) s$hog: $(tail -n 1 "$work/run-$i.log")"
+  # What failed, and why, goes in this script's output: the clone (and its logs) is
+  # removed at the end unless --keep.
+  if [ "$verdict" = FAILED ]; then show_failures "$work/run-$i.xml" "$work/run-$i.log"; fi
 done
 
 echo "soak: $green of $runs runs green"
