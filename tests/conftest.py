@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -73,6 +73,23 @@ def tcp_listening(port: int) -> bool:
     with open("/proc/net/tcp") as f:
         rows = [line.split() for line in f.readlines()[1:]]
     return any(r[1].endswith(f":{port:04X}") and r[3] == "0A" for r in rows)
+
+
+def pids_whose_argv(match: Callable[[list[bytes]], bool]) -> list[int]:
+    """Pids of the processes whose argv (from /proc/PID/cmdline, as bytes) `match`
+    accepts: how a test finds a command that udskit started and must have stopped."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if match(raw.removesuffix(b"\0").split(b"\0") if raw else []):
+            found.append(int(entry))
+    return found
 
 
 def ready(address: UnixAddress) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Peer, Peers, wait_until
+from tests.conftest import Peer, Peers, pids_whose_argv, wait_until
 from tests.io.test_relay import front_connect, recv_all, unix_server
 from udskit.errors import UsageError
 from udskit.relay import EventKind, Relay, RelayEvent
@@ -316,15 +316,8 @@ def test_empty_seqpacket_records_are_forwarded_not_taken_for_eof(sockdir: Path) 
 
 # -- 6 and 9: commands ----------------------------------------------------------------------
 def _processes_with(arg: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if arg.encode() in f.read().split(b"\0"):
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
+    word = arg.encode()
+    return pids_whose_argv(lambda argv: word in argv)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import UDSKIT, Peers, wait_until
+from tests.conftest import UDSKIT, Peers, pids_whose_argv, wait_until
 from udskit.address import parse_address
 from udskit.endpoints import open_listener
 from udskit.errors import SocketError
@@ -243,14 +243,5 @@ def test_exec_command_is_stopped_with_the_server(
 
 def _pids_named(marker: str) -> list[int]:
     """Pids of `sleep MARKER` processes (not of the shells that started them)."""
-    want = b"sleep\0" + marker.encode() + b"\0"
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read() == want:
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    want = [b"sleep", marker.encode()]
+    return pids_whose_argv(lambda argv: argv == want)

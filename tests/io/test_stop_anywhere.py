@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 import udskit
+from tests.conftest import pids_whose_argv
 from udskit.endpoints import close_open_listeners, open_listener
 from udskit.socktype import SocketType
 from udskit.umask import current_umask
@@ -219,16 +220,8 @@ EXEC_MARK = f"udskit-stop-anywhere-{os.getpid()}"
 
 
 def _commands_left() -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if EXEC_MARK.encode() in f.read():
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    mark = EXEC_MARK.encode()
+    return pids_whose_argv(lambda argv: any(mark in arg for arg in argv))
 
 
 @pytest.mark.parametrize(
