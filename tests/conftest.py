@@ -92,6 +92,41 @@ def pids_whose_argv(match: Callable[[list[bytes]], bool]) -> list[int]:
     return found
 
 
+def threads_report(pid: int) -> str:
+    """What each thread of a process that should have ended is doing: its state, the
+    syscall it sleeps in, the signals it blocks and has pending (one line each)."""
+    lines = []
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError as exc:
+        return f"pid {pid}: {exc.strerror}"
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{base}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"{base}/syscall") as f:
+                call = f.read().split()
+        except OSError:
+            continue
+        show = ("Name", "State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt")
+        facts = " ".join(f"{k}={fields.get(k, '?').strip()}" for k in show)
+        lines.append(f"  tid {tid}: {facts} syscall={' '.join(call[:3]) or '?'}")
+    # The Python stacks too, where py-spy happens to be installed (not a test peer).
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if spy is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(
+                [spy, "dump", "--pid", str(pid)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            lines.append(done.stdout + done.stderr)
+    return "\n".join(lines)
+
+
 def ready(address: UnixAddress) -> bool:
     """Can a client use `address` now? A datagram socket once it is bound; a stream or
     seqpacket one only once it listens: its file appears at bind(), and a connect()
@@ -168,8 +203,15 @@ class Peer:
 
     def wait(self, timeout: float = 10.0) -> int:
         """Its exit status; in a failed assertion it shows what the program said on
-        stderr (read only then, so a test may still read the pipe itself)."""
-        return ExitOf(self.proc.wait(timeout), self)
+        stderr (read only then, so a test may still read the pipe itself). One that
+        outlives `timeout` fails with what each of its threads was doing."""
+        try:
+            return ExitOf(self.proc.wait(timeout), self)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{' '.join(self.argv[-6:])} still runs after {timeout}s:\n"
+                f"{threads_report(self.proc.pid)}"
+            ) from None
 
     def unread_stderr(self) -> str:
         """What is left in its stderr pipe, without waiting for a grandchild that

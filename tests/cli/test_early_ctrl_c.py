@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Peers
+from tests.conftest import ROOT, Peers, threads_report
 from tests.io.test_dump import ECHO_SERVER
 
 UDSKIT_SCRIPT = Path(sys.executable).parent / "udskit"
@@ -66,9 +66,12 @@ def ctrl_c_after(argv: list[str], delay: float, cwd: Path) -> tuple[int, str]:
     try:
         _out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
+        doing = threads_report(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise AssertionError(f"{argv} did not stop on Ctrl-C after {delay * 1000:.0f} ms") from None
+        raise AssertionError(
+            f"{argv} did not stop on Ctrl-C after {delay * 1000:.0f} ms:\n{doing}"
+        ) from None
     try:  # nothing of its process group may outlive it (writers, peers, children)
         os.killpg(proc.pid, 0)
     except ProcessLookupError:

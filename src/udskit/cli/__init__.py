@@ -14,7 +14,7 @@ import signal
 import sys
 
 from udskit.cli.env import Env, ExitStatus
-from udskit.signals import STOP_SIGNALS, Terminated
+from udskit.signals import STOP_SIGNALS, Terminated, stop_handled, stops_reach_the_main_thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,7 +34,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser.build_parser(command)
 
 
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    stop_handled()
+    raise KeyboardInterrupt
+
+
 def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
+    stop_handled()
     raise Terminated(signum)
 
 
@@ -121,11 +127,12 @@ def run() -> None:
     # A non-interactive shell starts background jobs with SIGINT ignored, and Python then
     # leaves it ignored: `udskit listen ... &` in a script would not stop on SIGINT.
     try:  # from the first handler on: a stop signal may strike on the very next line
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _raise_interrupt)
         signal.signal(signal.SIGTERM, _raise_terminated)
         signal.signal(signal.SIGHUP, _raise_terminated)
         _rethrow_swallowed_stops()
-        status = main()
+        with stops_reach_the_main_thread():
+            status = main()
         _on_the_way_out()
         if _swallowed:  # the command ended before the timer could raise it again
             status = _interrupted(_swallowed.pop())
