@@ -22,6 +22,11 @@ def _leave(signum: int, _frame: object) -> None:
 
 for _signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
     _signal.signal(_signum, _leave)
+# A blocked mask survives exec: a parent that started us while it held the stop signals
+# (a Python program inside pthread_sigmask, some supervisors) would leave a server that
+# neither Ctrl-C nor SIGTERM could stop. The same reasoning as for an inherited ignored
+# SIGINT (udskit.cli.run). After the handlers: one already pending leaves quietly.
+_signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP))
 
 
 def main() -> None:

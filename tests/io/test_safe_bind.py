@@ -157,6 +157,55 @@ def test_socket_file_removed_on_signal(
     assert not path.exists()
 
 
+@pytest.mark.parametrize("inherited", ["ignored", "blocked"])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_server_started_with_the_stop_signals_ignored_or_blocked_still_stops(
+    sockdir: Path, inherited: str, signum: int, status: int
+) -> None:
+    """Both survive exec: a shell's `trap '' INT TERM` (and a background job of a
+    non-interactive shell, for SIGINT) leaves them ignored, and a parent that starts
+    us while it holds them blocked passes its mask on. Either would leave a server
+    that Ctrl-C and SIGTERM cannot stop."""
+    path = sockdir / "deaf.sock"
+    argv = [*UDSKIT, "listen", "--concurrent", "--echo", str(path)]
+    stops = {signal.SIGINT, signal.SIGTERM}
+    if inherited == "ignored":
+        argv = ["sh", "-c", "trap '' INT TERM; exec \"$@\"", "sh", *argv]
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops if inherited == "blocked" else ())
+    try:
+        server = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        wait_until(lambda: is_bound(parse_address(str(path)), listening=True), what="listening")
+        with socket.socket(socket.AF_UNIX) as idle:
+            idle.connect(str(path))
+            idle.sendall(b"x")
+            assert idle.recv(1) == b"x"
+            os.kill(server.pid, signum)
+            try:
+                code = server.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)  # so that its stderr can be read
+                server.wait()
+                code = None
+        assert server.stderr is not None
+        assert code == status, f"exit {code}: {server.stderr.read().decode(errors='replace')}"
+        assert not path.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        if server.stderr is not None:
+            server.stderr.close()
+
+
 def test_closing_does_not_unlink_a_successor(sockdir: Path) -> None:
     path = sockdir / "succ.sock"
     first = open_listener(path)
