@@ -49,7 +49,7 @@ from udskit.relay.sides import (
     stdio_bridge,
 )
 from udskit.relay.stream import Session
-from udskit.signals import signals_held, start_worker
+from udskit.signals import STOP_SIGNALS, signals_held, start_worker
 from udskit.socktype import SocketType
 from udskit.tap import ClientInfo, ConnectionInfo, Tap
 
@@ -292,8 +292,15 @@ class Relay:
                     return
             self.loop.run()
         finally:
-            self.close()
-            self._finished.set()
+            # close() whole: cut by a Ctrl-C, it left a command running (the stop-anywhere
+            # test). The first call blocks the stop signals; one that comes meanwhile is
+            # raised once close() is done.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                self.close()
+                self._finished.set()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def start(self) -> Relay:
         """Open now (errors raise here), then serve in a background thread."""
@@ -524,12 +531,7 @@ class Relay:
         if self.right.kind is EndpointKind.EXEC:
             assert self.right.command is not None
             try:
-                # The command runs before Popen returns: a stop signal raised before it
-                # is known here left it running after the relay (seen in a soak, with
-                # the other CPU busy). Known at once, it is ended with the others.
-                with signals_held():
-                    upstream, child = spawn_exec(self.right.command)
-                    self._children[child.pid] = child
+                upstream, child = self._spawn(self.right.command)
             except SocketError as err:
                 self._failed(conn, client, str(err), err.errno)
                 return
@@ -663,19 +665,17 @@ class Relay:
     # -- one connection, no listener -------------------------------------------------------
     def _open_single(self) -> None:
         """LEFT connects (or is stdio / a command): one session, then the relay ends."""
-        left_sock, left_child = self._open_side(self.left)
+        # A command is among self._children from its start (see _spawn), so a stop at
+        # any line here ends it with the relay.
+        left_sock, _left_child = self._open_side(self.left)
         try:
             right_sock, right_child = self._open_side(self.right)
         except BaseException:
             left_sock.close()
-            if left_child is not None:
-                self._reap(left_child)
             raise
         conn = ConnectionInfo(
             self.new_id(), self.left.sock_type, str(self.left), str(self.right), ClientInfo()
         )
-        if left_child is not None:
-            self._children[left_child.pid] = left_child
         self._start_session(conn, left_sock, right_sock, right_child)
 
     def _open_side(
@@ -690,8 +690,17 @@ class Relay:
             return sock, None
         if spec.kind is EndpointKind.EXEC:
             assert spec.command is not None
-            return spawn_exec(spec.command)
+            return self._spawn(spec.command)
         return connect_blocking(resolve_target(spec), self.connect_timeout), None
+
+    def _spawn(self, command: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+        """Start an exec: command, known to the relay before any stop signal can strike.
+        The command runs before Popen returns: a stop signal raised before the relay knew
+        it left it running after the relay (seen in a soak, with the other CPU busy)."""
+        with signals_held():
+            sock, child = spawn_exec(command)
+            self._children[child.pid] = child
+        return sock, child
 
     # -- children (exec:) -----------------------------------------------------------------
     def _reap(self, child: subprocess.Popen[bytes]) -> None:
