@@ -73,17 +73,14 @@ def explain(
         if path is None and sock_type is not None:
             # An abstract name is looked up with the type (unix_find_abstract): one of
             # another type answers ECONNREFUSED, not EPROTOTYPE as a file would.
-            real = bound_type(address, exclude=sock_type)
-            if real is not None:
-                return f"{address} is a {real.noun} socket; use --type {real.value}"
+            hint = _other_type(address, sock_type)
+            if hint is not None:
+                return hint
         return _refused(address, path)
     if err in (errno.EACCES, errno.EPERM) and path is not None:
         return permission_problem(path, binding=op in ("listen", "bind"))
     if err == errno.EPROTOTYPE:
-        real = bound_type(address, exclude=sock_type)
-        if real is not None:
-            return f"{address} is a {real.noun} socket; use --type {real.value}"
-        return None
+        return _other_type(address, sock_type)
     if err == errno.EADDRINUSE and address.kind is AddressKind.ABSTRACT:
         owners = bound_owners(address)
         who = f" by {owners}" if owners else ""
@@ -98,6 +95,15 @@ def explain(
             "it is not reading fast enough: wait and retry"
         )
     return None
+
+
+def _other_type(address: UnixAddress, sock_type: SocketType | None) -> str | None:
+    """'... is a datagram socket; use --type dgram' when a socket of another type than
+    `sock_type` is bound at `address`."""
+    real = bound_type(address, exclude=sock_type)
+    if real is None:
+        return None
+    return f"{address} is a {real.noun} socket; use --type {real.value}"
 
 
 def _cannot_create(path: str) -> str:

@@ -162,31 +162,14 @@ class RecordDecoder:
                 direction = Direction.C2S if c2s else Direction.S2C
                 encoder.data(conn, direction, view[pos + data_size : end], length, t)
                 pos = end
-            elif kind == KIND_OPEN:
-                if pos + open_size > size:
-                    break
-                _k, conn, t, meta_len = OPEN.unpack_from(buf, pos)
-                end = pos + open_size + meta_len
-                if end > size:
-                    break
-                meta = json.loads(bytes(view[pos + open_size : end]))
-                client = ClientInfo(meta["pid"], meta["uid"], meta["gid"], meta["command"])
-                encoder.opened(
-                    conn,
-                    meta["path"],
-                    SocketType(meta["type"]),
-                    client,
-                    t,
-                    bool(meta.get("midstream")),
-                )
-                pos = end
             elif kind == KIND_CLOSE:
                 if pos + close_size > size:
                     break
                 _k, first, conn, t = CLOSE.unpack_from(buf, pos)
                 encoder.closed(conn, _FIRST[first], t)
                 pos += close_size
-            elif kind == KIND_FDS:
+            elif kind in (KIND_OPEN, KIND_FDS):
+                # The same header and a JSON body: who connected, or what was passed.
                 if pos + open_size > size:
                     break
                 _k, conn, t, meta_len = OPEN.unpack_from(buf, pos)
@@ -194,7 +177,18 @@ class RecordDecoder:
                 if end > size:
                     break
                 meta = json.loads(bytes(view[pos + open_size : end]))
-                encoder.fds(conn, Direction(meta["direction"]), tuple(meta["fds"]), t)
+                if kind == KIND_OPEN:
+                    client = ClientInfo(meta["pid"], meta["uid"], meta["gid"], meta["command"])
+                    encoder.opened(
+                        conn,
+                        meta["path"],
+                        SocketType(meta["type"]),
+                        client,
+                        t,
+                        bool(meta.get("midstream")),
+                    )
+                else:
+                    encoder.fds(conn, Direction(meta["direction"]), tuple(meta["fds"]), t)
                 pos = end
             else:
                 raise ValueError(f"bad record kind {kind} at {pos}")
