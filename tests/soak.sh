@@ -28,8 +28,14 @@ work=$(mktemp -d /tmp/udskit-soak.XXXXXX)
 hog_pid=""
 run_pid=""
 cleanup() {
-  # The run is in its own session: stop it (and every peer it started) by its group.
-  if [ -n "$run_pid" ]; then kill -INT -- "-$run_pid" 2>/dev/null || true; sleep 2; kill -KILL -- "-$run_pid" 2>/dev/null || true; fi
+  # The run is in its own session: stop it by its group. Its tests' peers sit in their
+  # own sessions and are stopped by the tests' teardown, so that gets up to 30 s
+  # before the KILL (after 2 s, a soak stopped mid-run had left a redis-server behind).
+  if [ -n "$run_pid" ]; then
+    kill -INT -- "-$run_pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 -- "-$run_pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$run_pid" 2>/dev/null || true
+  fi
   if [ -n "$hog_pid" ]; then kill "$hog_pid" 2>/dev/null || true; wait "$hog_pid" 2>/dev/null || true; fi
   if [ "$keep" = 0 ]; then rm -rf "$work"; else echo "kept: $work"; fi
 }
