@@ -228,9 +228,14 @@ def run_cli(
 EXEC_MARK = f"udskit-stop-anywhere-{os.getpid()}"
 
 
-def _commands_left() -> list[int]:
+def _kill_commands_left() -> list[int]:
+    """Commands with the mark that an interrupted run left running, killed by PID."""
     mark = EXEC_MARK.encode()
-    return pids_whose_argv(lambda argv: any(mark in arg for arg in argv))
+    left = pids_whose_argv(lambda argv: any(mark in arg for arg in argv))
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 @pytest.mark.parametrize(
@@ -266,10 +271,8 @@ def test_listen_interrupted_at_every_line_exits_130_and_leaves_no_file(extra: li
             if current_umask() != umask:
                 bad.append((stop.where, status, f"umask {current_umask():o}"))
                 os.umask(umask)
-            if left_running := _commands_left():
+            if left_running := _kill_commands_left():
                 bad.append((stop.where, status, f"--exec command left running: {left_running}"))
-                for pid in left_running:
-                    os.kill(pid, signal.SIGKILL)
             if not stop.where:
                 assert status == 0
                 break
@@ -333,10 +336,8 @@ def test_relay_of_one_command_interrupted_at_every_line_leaves_nothing_running()
         while True:
             stop = Interrupter(at)
             status, _ = run_cli(argv, stop, right, serve)
-            if left_running := _commands_left():
+            if left_running := _kill_commands_left():
                 bad.append((stop.where, status, f"command left running: {left_running}"))
-                for pid in left_running:
-                    os.kill(pid, signal.SIGKILL)
             if not stop.where:
                 assert status == 0
                 break
