@@ -133,28 +133,29 @@ def stops_reach_the_main_thread() -> Iterator[None]:
 
 
 def _watch(read_end: int, main: int) -> None:
+    """Read the signal numbers; after a stop signal, kick the main thread every 10 ms
+    until a stop handler has run (or 2 s have passed). A byte 0, or the end, ends it."""
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
     acked = _handled
+    kick_until = 0.0
     while True:
-        poller.poll()
+        due = _handled == acked and time.monotonic() < kick_until
+        if due:
+            with suppress(OSError):
+                signal.pthread_kill(main, _KICK)
+        else:
+            acked = _handled
+        if not poller.poll(int(_KICK_EVERY * 1000) if due else -1):
+            continue
         try:
             data = os.read(read_end, 512)
         except BlockingIOError:
             continue
         if not data or 0 in data:
             return  # the command is over
-        if STOP_SIGNALS.isdisjoint(data):
-            continue  # our own kicks, a timer: nothing to hurry
-        deadline = time.monotonic() + _KICK_FOR
-        while _handled == acked and time.monotonic() < deadline:
-            with suppress(OSError):
-                signal.pthread_kill(main, _KICK)
-            if poller.poll(int(_KICK_EVERY * 1000)):  # also listening for the end
-                with suppress(BlockingIOError):
-                    if 0 in os.read(read_end, 512):
-                        return
-        acked = _handled
+        if not STOP_SIGNALS.isdisjoint(data):  # (not our own kicks, nor a timer)
+            kick_until = time.monotonic() + _KICK_FOR
 
 
 @contextmanager

@@ -706,7 +706,7 @@ class Relay:
     def _reap(self, child: subprocess.Popen[bytes]) -> None:
         """Wait for a command without blocking the loop: a pidfd says when it exits."""
         if child.poll() is not None:
-            self._children.pop(child.pid, None)  # (known since its start: see _connect_upstream)
+            self._children.pop(child.pid, None)  # (known since its start: see _spawn)
             return
         pid = child.pid
         self._children[pid] = child
