@@ -21,6 +21,7 @@ the kernel would then record that text as the socket's name (getsockname, ss, ls
 The exclusion between udskit processes (`exclusive()`) is a lock file in a directory
 only the running user may write (`private_dir()`): a flock on the socket's directory,
 which every user who can open it may take, let anybody hang root's udskit for ever.
+The holder removes the lock file as it lets go, so the directory does not fill up.
 Dump state files live there too, so that `udskit dump --restore` after a kill -9
 trusts only records the same user wrote.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -38,7 +40,7 @@ from typing import Any, Final, final
 
 from udskit.access import FileFacts, PathFacts, directory_exposure
 from udskit.errors import UdskitError, socket_error
-from udskit.signals import signals_held
+from udskit.signals import STOP_SIGNALS, signals_held
 
 __all__ = [
     "LOCK_WAIT",
@@ -322,14 +324,37 @@ def _lock_holder(fd: int) -> str:
     return "another process"
 
 
+def _try_lock(fd: int, lock_path: str) -> bool | None:
+    """One attempt at the lock on `fd`. True: held, and `fd` is still the file at
+    `lock_path`. False: another process holds it. None: held, but its previous holder
+    had removed it on release; the path must be opened again."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    mine = os.fstat(fd)
+    try:
+        there = os.stat(lock_path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return None if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino) else True
+
+
 @contextmanager
 def exclusive(path: str, *, timeout: float = LOCK_WAIT, op: str = "lock") -> Iterator[None]:
     """Exclude other udskit processes of this user from the directory holding `path`.
 
     Waits at most `timeout` seconds, then fails with a line naming the holder. The lock
     file lives in `private_dir()`, so no other user can create, hold or replace it.
-    The wait sleeps in small steps, so Ctrl-C and SIGTERM are handled at once."""
+    The wait sleeps in small steps, so Ctrl-C and SIGTERM are handled at once.
+
+    The holder removes the lock file before it lets go (one file was left per directory
+    ever locked: thousands in /run/udskit after a few test runs). So a waiter that wins
+    the lock checks that its file is still the one at the path, and opens the path
+    again if not: whoever holds the file at the path is alone in the directory."""
     fd = -1
+    locked = False
+    lock_path = ""
     try:
         # A Ctrl-C between open() and the try that closes it leaked the lock file's
         # descriptor, and with it the lock: in a program that goes on after a
@@ -343,16 +368,22 @@ def exclusive(path: str, *, timeout: float = LOCK_WAIT, op: str = "lock") -> Ite
             if directory is not None:
                 with directory:
                     lock_path = os.path.join(private_dir(), f"lock-{_key(directory)}")
-                fd = _open_private(lock_path, os.O_RDWR | os.O_CREAT)
-        if fd < 0:
+        if not lock_path:
             yield
             return
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with signals_held():  # `fd` and `locked` always say what the finally must undo
+                if fd < 0:
+                    fd = _open_private(lock_path, os.O_RDWR | os.O_CREAT)
+                state = _try_lock(fd, lock_path)
+                if state is None:
+                    os.close(fd)
+                    fd = -1
+                locked = state is True
+            if locked:
                 break
-            except BlockingIOError:
+            if state is False:
                 if time.monotonic() >= deadline:
                     raise socket_error(
                         op,
@@ -366,7 +397,16 @@ def exclusive(path: str, *, timeout: float = LOCK_WAIT, op: str = "lock") -> Ite
         yield
     finally:
         if fd >= 0:
-            os.close(fd)
+            # Raw mask, first call: a Ctrl-C between unlink and close would leak the
+            # descriptor, and `with signals_held()` has a window before its __enter__.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                if locked:
+                    with suppress(OSError):  # left behind, it is only reused
+                        os.unlink(lock_path)
+                os.close(fd)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _state_path(directory: Directory, name: str) -> str:

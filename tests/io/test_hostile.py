@@ -27,7 +27,7 @@ from udskit.address import parse_address
 from udskit.capture.proxy import Takeover, dump_record, leftover_names, restore_leftovers
 from udskit.endpoints import open_listener
 from udskit.errors import SocketError, UdskitError
-from udskit.fsguard import exclusive, socket_file_inode
+from udskit.fsguard import exclusive, private_dir, socket_file_inode
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -290,6 +290,48 @@ def test_a_lock_held_by_another_udskit_fails_in_bounded_time_naming_it(sockdir: 
     assert "\n" not in message
     assert f"another udskit works on {sockdir}" in message
     assert f"pid {os.getpid()}" in message  # the holder, from /proc/locks
+
+
+#: Take the directory lock ROUNDS times; inside, make a marker with O_EXCL and remove it.
+#: Two processes inside at once make one of them fail (the marker exists, or is gone).
+CONTENDER = """\
+import os, sys
+from udskit.fsguard import exclusive
+directory, rounds = sys.argv[1], int(sys.argv[2])
+marker = os.path.join(directory, "inside")
+for _ in range(rounds):
+    with exclusive(os.path.join(directory, "app.sock"), timeout=60):
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.sched_yield()
+        os.unlink(marker)
+"""
+
+
+def lock_file_of(directory: Path) -> Path:
+    st = os.stat(directory)
+    return Path(private_dir()) / f"lock-{st.st_dev:x}-{st.st_ino}-dir"
+
+
+def test_udskit_leaves_no_lock_file_behind(peers: Peers, sockdir: Path) -> None:
+    lock_file = lock_file_of(sockdir)
+    path = sockdir / "app.sock"
+    with exclusive(str(path)):
+        assert lock_file.is_file()  # the name this test looks for
+    assert not lock_file.exists()
+    server = peers.udskit("listen", path, "--echo", wait_for=path, listening=True)
+    server.stop(signal.SIGINT)
+    assert server.proc.returncode == 130, server.unread_stderr()
+    assert not path.exists()
+    assert not lock_file.exists()  # thousands were left in /run/udskit, one per directory
+
+
+def test_the_lock_excludes_while_its_holders_remove_its_file(peers: Peers, sockdir: Path) -> None:
+    """A waiter that wins the lock on a file its holder has just removed must not go in
+    beside the process that made the next one."""
+    contenders = [peers.start(sys.executable, "-c", CONTENDER, sockdir, "150") for _ in range(4)]
+    for contender in contenders:
+        assert contender.wait(120) == 0
+    assert not lock_file_of(sockdir).exists()
 
 
 # -- files nobody plants ------------------------------------------------------------------------
