@@ -9,6 +9,7 @@ each one by PID at teardown, also when the test fails.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import signal
@@ -187,9 +188,15 @@ class ExitOf(int):
 class Peer:
     """A running program; stopping it kills it by PID (its whole process group)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], argv: Sequence[str]) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        argv: Sequence[str],
+        teardown_signal: int = signal.SIGKILL,
+    ) -> None:
         self.proc = proc
         self.argv = list(argv)
+        self.teardown_signal = teardown_signal
         self.stdout_data = b""
         self.stderr_data = b""
 
@@ -356,7 +363,11 @@ class Peers:
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
+        teardown_signal: int = signal.SIGKILL,
     ) -> Peer:
+        """Start a program in its own session; teardown stops it with `teardown_signal`
+        (then SIGKILL to its group after 10 s). A server that must clean up after itself
+        gets its own stop signal: a SIGKILLed postmaster leaves its shared memory behind."""
         args = as_other_user(patient_socat([os.fspath(a) for a in argv]))
         if args[0] != sys.executable:
             self.require(args[0])
@@ -369,7 +380,7 @@ class Peers:
             cwd=cwd,
             start_new_session=True,
         )
-        peer = Peer(proc, args)
+        peer = Peer(proc, args, teardown_signal)
         self._started.append(peer)
         if wait_for is not None:
             address = parse_address(os.fspath(wait_for))
@@ -384,6 +395,12 @@ class Peers:
 
             wait_until(up, timeout, f"{address} from {args[0]}")
         return peer
+
+    def postgres(self, *argv: str | os.PathLike[str], **kwargs: object) -> Peer:
+        """Start a PostgreSQL server (argv after the program, perhaps behind setpriv). Its
+        teardown is a fast shutdown (SIGINT): killed, the postmaster leaves its segments
+        in /dev/shm and in SysV shared memory, and each suite run left two of each."""
+        return self.start(*argv, teardown_signal=signal.SIGINT, **kwargs)  # type: ignore[arg-type]
 
     def udskit(self, *args: str | os.PathLike[str], **kwargs: object) -> Peer:
         return self.start(*UDSKIT, *args, **kwargs)  # type: ignore[arg-type]
@@ -435,7 +452,7 @@ class Peers:
 
     def stop_all(self) -> None:
         for peer in reversed(self._started):
-            peer.stop()
+            peer.stop(peer.teardown_signal)
 
 
 @pytest.fixture(autouse=True)
@@ -491,3 +508,11 @@ def abstract_name(request: pytest.FixtureRequest) -> str:
     """A unique abstract name for this test (abstract names are machine-wide)."""
     safe = "".join(c if c.isalnum() else "-" for c in request.node.name)[:48]
     return f"@udskit-test-{os.getpid()}-{safe}"
+
+
+def postgres_program(name: str) -> str:
+    """The path of one of PostgreSQL's programs (Debian keeps them out of PATH)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
+    if not found[-1]:
+        pytest.fail(f"PostgreSQL's {name} is missing (run `make peers` as root)")
+    return found[-1]

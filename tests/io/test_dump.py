@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import base64
 import collections
-import glob
 import hashlib
 import json
 import os
 import pwd
 import random
-import shutil
 import signal
 import socket
 import stat
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import UDSKIT, Peer, Peers
+from tests.conftest import UDSKIT, Peer, Peers, postgres_program
 from udskit.capture.events import EventKind
 from udskit.capture.pcapng import decode_events
 from udskit.capture.proxy import dump_record, leftover_names
@@ -546,13 +544,6 @@ def test_errors_are_one_line(peers: Peers, sockdir: Path, tmp_path: Path) -> Non
     assert unwritable.returncode == 2 and b"-w" in unwritable.stderr
 
 
-def _postgres_program(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
-    if not found[-1]:
-        pytest.fail(f"PostgreSQL's {name} is missing (run `make peers` as root)")
-    return found[-1]
-
-
 def test_psql_through_dump_is_dissected_as_postgresql(
     peers: Peers, sockdir: Path, tmp_path: Path
 ) -> None:
@@ -566,15 +557,15 @@ def test_psql_through_dump_is_dissected_as_postgresql(
     env = dict(os.environ, LANG="C", LC_ALL="C")
     init = peers.run(
         *peers.as_nobody(
-            _postgres_program("initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-N"
+            postgres_program("initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-N"
         ),
         env=env,
     )
     assert init.returncode == 0, init.stderr
     sock = run / ".s.PGSQL.5432"
-    peers.start(
+    peers.postgres(
         *peers.as_nobody(
-            _postgres_program("postgres"), "-D", data, "-k", run, "-c", "listen_addresses="
+            postgres_program("postgres"), "-D", data, "-k", run, "-c", "listen_addresses="
         ),
         env=env,
         wait_for=sock,

@@ -5,7 +5,6 @@ servers that print what the kernel tells them. Run as root (the suite is)."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pwd
@@ -14,9 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import UDSKIT, Peers
+from tests.conftest import UDSKIT, Peers, postgres_program
 from tests.io.test_dump import ECHO_SERVER, start_dump, stop_dump, wait_for
 
 PEERCRED_SERVER = """\
@@ -102,13 +99,6 @@ def test_datagram_server_with_passcred_sees_each_sender(peers: Peers, sockdir: P
         assert seen == "seen " + mine.removeprefix("mine "), result.stderr
 
 
-def _postgres_program(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} is missing (run `make peers` as root)")
-    return found[-1]
-
-
 def test_postgres_peer_authentication_judges_the_client_not_the_dump(
     peers: Peers, sockdir: Path
 ) -> None:
@@ -124,7 +114,7 @@ def test_postgres_peer_authentication_judges_the_client_not_the_dump(
     as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
     init = peers.run(
         *as_postgres,
-        _postgres_program("initdb"),
+        postgres_program("initdb"),
         "-D",
         data,
         "-U",
@@ -137,9 +127,9 @@ def test_postgres_peer_authentication_judges_the_client_not_the_dump(
     )
     assert init.returncode == 0, init.stderr
     sock = run / ".s.PGSQL.5432"
-    peers.start(
+    peers.postgres(
         *as_postgres,
-        _postgres_program("postgres"),
+        postgres_program("postgres"),
         "-D",
         data,
         "-c",
@@ -151,9 +141,9 @@ def test_postgres_peer_authentication_judges_the_client_not_the_dump(
         wait_for=sock,
         listening=True,
     )
-    ready = [_postgres_program("pg_isready"), "-q", "-h", str(run)]
+    ready = [postgres_program("pg_isready"), "-q", "-h", str(run)]
     wait_for(lambda: peers.run(*ready).returncode == 0, what="PostgreSQL to accept logins")
-    psql = [_postgres_program("psql"), "-h", str(run), "-d", "postgres", "-At", "-c"]
+    psql = [postgres_program("psql"), "-h", str(run), "-d", "postgres", "-At", "-c"]
     sql = "SELECT current_user"
 
     last_error: list[bytes] = []
