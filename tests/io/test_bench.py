@@ -12,6 +12,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,49 @@ def test_every_transport_carries_a_large_message_both_ways(
         else:
             assert result.bytes_moved >= size and result.elapsed_ns > 0
     assert list(sockdir.iterdir()) == []
+
+
+#: Stop process PID for 25 ms of every 28 until a line arrives on stdin; the last signal
+#: sent is always SIGCONT, so the process is never left stopped.
+LATE_SCHEDULER = """\
+import os, select, signal, sys, time
+pid = int(sys.argv[1])
+print("ready", flush=True)
+while True:
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(0.025)
+    os.kill(pid, signal.SIGCONT)
+    if select.select([sys.stdin], [], [], 0.003)[0]:
+        break
+"""
+
+
+@pytest.mark.parametrize(
+    "transport", [t for t in Transport if not t.keeps_boundaries], ids=lambda t: t.value
+)
+def test_a_measuring_side_run_late_still_counts_a_whole_message(
+    transport: Transport, sockdir: Path, peers: Peers
+) -> None:
+    """Seen in a soak with the other CPU busy: the measuring side of a 20 ms trial at
+    1 MiB was descheduled past the end of its window, woke, read what the socket held
+    and closed the window, having counted 438,528 bytes. Here another process stops it
+    (SIGSTOP) most of the time, as a late scheduler would."""
+    size = 1 << 20
+    late = peers.start(
+        sys.executable, "-c", LATE_SCHEDULER, str(os.getpid()), stdin=subprocess.PIPE
+    )
+    assert late.proc.stdin is not None and late.proc.stdout is not None
+    assert late.proc.stdout.readline() == b"ready\n"
+    try:
+        results = [
+            run_trial(Trial(transport, Pattern.THROUGHPUT, size, 0), 0.02, sockdir)
+            for _ in range(3)
+        ]
+    finally:
+        late.proc.stdin.write(b"done\n")
+        late.proc.stdin.flush()
+        assert late.wait() == 0
+    assert [r.bytes_moved >= size for r in results] == [True] * 3, results
 
 
 # -- chart ----------------------------------------------------------------------------------

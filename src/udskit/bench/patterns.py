@@ -17,7 +17,10 @@ arrive in a window of its own clock that starts after a short warm-up, raises th
 flag when the window ends and drains the rest uncounted. The measuring side owns the
 window: a peer that kept its own clock would finish early whenever the scheduler ran
 the measuring side late (seen with 20 ms trials on a busy 2-core machine: the peer
-was done before the warm-up ended).
+was done before the warm-up ended). The window also lasts until a whole message's
+bytes have been counted: on a byte stream, a measuring side that the scheduler ran
+past the end of its window woke, read what the socket held and counted less than one
+message (438,528 bytes of a 1 MiB one, in a soak with the other CPU busy).
 """
 
 from __future__ import annotations
@@ -150,7 +153,8 @@ def blast(end: End, size: int, stop: StopFlag, limit_seconds: float) -> None:
 def sink(
     end: End, size: int, seconds: float, keeps_boundaries: bool, stop: StopFlag
 ) -> tuple[int, int]:
-    """The measuring side of throughput: (bytes, nanoseconds) of the measured window."""
+    """The measuring side of throughput: (bytes, nanoseconds) of the measured window,
+    which lasts the measured share of `seconds` and holds at least `size` bytes."""
     # One message per receive where the kernel keeps boundaries; all that has arrived,
     # up to STREAM_READ, on a byte stream.
     view = memoryview(bytearray(size if keeps_boundaries else max(size, STREAM_READ)))
@@ -176,7 +180,7 @@ def sink(
                     raise BenchFailed("the peer stopped before the measured window ended")
                 total += count
             stopped = now()
-            if stopped >= stop_at:
+            if stopped >= stop_at and total >= size:
                 break
     finally:
         stop[0] = 1
