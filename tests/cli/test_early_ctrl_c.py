@@ -126,3 +126,39 @@ def _help(command: str) -> str:
         [str(UDSKIT_SCRIPT), command, "--help"], capture_output=True, check=False, cwd=ROOT
     )
     return shown.stdout.decode()
+
+
+#: The command line around a command that creates a class whose `__set_name__` meets the
+#: stop signal, as `udskit listen` did when a SIGINT came during a lazy import of a module
+#: with a dataclass `field()`. The handler runs right after raise_signal returns.
+WRAPPED_STOP = """\
+import signal, sys
+import udskit.cli as cli
+
+def main():
+    class Descriptor:
+        def __set_name__(self, owner, name):
+            signal.raise_signal(int(sys.argv[1]))
+            print("the stop signal was not handled", file=sys.stderr)
+
+    class Owner:
+        attribute = Descriptor()
+
+    return 0
+
+cli.main = main
+cli.run()
+"""
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_that_python_wraps_in_another_error_still_exits_as_the_stop(
+    signum: int, status: int
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WRAPPED_STOP, str(int(signum))],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr.decode()) == (status, "")

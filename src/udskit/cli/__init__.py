@@ -143,7 +143,29 @@ def run() -> None:
         # last lines above: no traceback for a Ctrl-C.
         status = _interrupted(exc)
         _on_the_way_out()
+    except RuntimeError as exc:
+        stop = _wrapped_stop(exc)
+        if stop is None:
+            raise
+        status = _interrupted(stop)
+        _on_the_way_out()
     sys.exit(status)
+
+
+def _wrapped_stop(exc: RuntimeError) -> KeyboardInterrupt | Terminated | None:
+    """The stop signal's exception inside one that CPython wrapped it in. Python 3.11
+    turns an exception raised in `__set_name__` into "RuntimeError: Error calling
+    __set_name__" (3.12 re-raises it with a note): a SIGINT that reached `udskit listen`
+    as a lazy import created a dataclass with a `field()` ended in a traceback and
+    exit 1, not 130."""
+    cause = exc.__cause__
+    for _ in range(8):
+        if isinstance(cause, (KeyboardInterrupt, Terminated)):
+            return cause
+        if not isinstance(cause, RuntimeError):
+            return None
+        cause = cause.__cause__
+    return None
 
 
 def _on_the_way_out() -> None:
