@@ -129,7 +129,7 @@ complete -c udskit -n '__fish_seen_subcommand_from bench' -s t -l transport -r -
 complete -c udskit -n '__fish_seen_subcommand_from bench' -l no-tcp-baseline -d 'do not add tcp when -t leaves it out (no ratios then)'
 complete -c udskit -n '__fish_seen_subcommand_from bench' -s p -l pattern -r -f -a 'pingpong throughput' -d 'pingpong or throughput (repeatable; default: both)'
 complete -c udskit -n '__fish_seen_subcommand_from bench' -l sizes -r -f -d 'message sizes, like 1,64,4K,1M (K, M = 1024, 1024²; default: 1,64,512,4K,16K,64K,256K,1M; with --quick 64,4K,64K)'
-complete -c udskit -n '__fish_seen_subcommand_from bench' -l duration -r -f -d 'time per transport and size, over all rounds (default 1; --quick 0.3)'
+complete -c udskit -n '__fish_seen_subcommand_from bench' -l duration -r -f -d 'time per transport and size, over all rounds (default 1; --quick 0.3); however short, a trial measures at least one round trip or one whole message'
 complete -c udskit -n '__fish_seen_subcommand_from bench' -l rounds -r -f -d 'rounds per transport and size; the median is reported (default 3)'
 complete -c udskit -n '__fish_seen_subcommand_from bench' -l pin -r -f -d 'pin the measuring and the peer process to two CPUs (default: the first two this process may use)'
 complete -c udskit -n '__fish_seen_subcommand_from bench' -l json -r -d 'write the results as JSON (\'-\': stdout)'

@@ -110,7 +110,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--duration",
         type=float,
         metavar="SECONDS",
-        help="time per transport and size, over all rounds (default 1; --quick 0.3)",
+        help="time per transport and size, over all rounds (default 1; --quick 0.3); "
+        "however short, a trial measures at least one round trip or one whole message",
     )
     parser.add_argument(
         "--rounds",
