@@ -186,7 +186,8 @@ class ExitOf(int):
 
 
 class Peer:
-    """A running program; stopping it kills it by PID (its whole process group)."""
+    """A running program; teardown stops it by PID (SIGKILL to its process group, unless
+    it was started with its own `teardown_signal`)."""
 
     def __init__(
         self,

@@ -138,13 +138,10 @@ def run() -> None:
             status = _interrupted(_swallowed.pop())
         with contextlib.suppress(BrokenPipeError):
             sys.stdout.flush()
-    except (KeyboardInterrupt, Terminated) as exc:
+    except (KeyboardInterrupt, Terminated, RuntimeError) as exc:
         # Between the handlers and a command's own try (imports, the parser), or the
         # last lines above: no traceback for a Ctrl-C.
-        status = _interrupted(exc)
-        _on_the_way_out()
-    except RuntimeError as exc:
-        stop = _wrapped_stop(exc)
+        stop = _wrapped_stop(exc) if isinstance(exc, RuntimeError) else exc
         if stop is None:
             raise
         status = _interrupted(stop)
